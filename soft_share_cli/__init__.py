@@ -1,0 +1,30 @@
+"""ssc: analyse, fold and evaluate CNNs trained with soft parameter sharing.
+
+Importing this package is cheap: heavy modules (torch and friends) load on first use of a name
+below, so ``ssc --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from soft_share_cli._version import __version__
+
+# public name -> module that defines it (imported lazily)
+_EXPORTS = {
+    "TemplateBank": "soft_share_cli.layers",
+    "SConv2d": "soft_share_cli.layers",
+    "SWRN": "soft_share_cli.models.wrn",
+    "WRN": "soft_share_cli.models.wrn",
+    "build_model": "soft_share_cli.models.registry",
+    "SscError": "soft_share_cli.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'soft_share_cli' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from soft_share_cli.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Soft parameter sharing layers: a bank of weight templates and convolutions that mix them.
+
+Parameter names and shapes follow the authors' public code so that state dicts move between the
+two codebases unchanged: a bank holds ``templates`` of shape ``(K, O, I, k, k)``; a shared conv
+holds ``coefficients`` of shape ``(K, 1, 1, 1, 1)`` and registers its bank as the submodule
+``bank`` (which is why one template tensor appears under several state-dict keys).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class TemplateBank(nn.Module):
+    """K convolution weight templates shared by several :class:`SConv2d` layers.
+
+    Args:
+        num_templates: K, the number of templates.
+        in_planes: input channels of every layer that uses the bank.
+        out_planes: output channels of every layer that uses the bank.
+        kernel_size: spatial size k of the square kernels.
+    """
+
+    def __init__(self, num_templates: int, in_planes: int, out_planes: int, kernel_size: int):
+        super().__init__()
+        if num_templates < 1:
+            raise ValueError(f"a template bank needs at least one template, got {num_templates}")
+        self.coefficient_shape = (num_templates, 1, 1, 1, 1)
+        templates = torch.empty(num_templates, out_planes, in_planes, kernel_size, kernel_size)
+        for template in templates:
+            # Each template is initialised like an ordinary conv weight would be.
+            nn.init.kaiming_normal_(template)
+        self.templates = nn.Parameter(templates)
+
+    @property
+    def num_templates(self) -> int:
+        return int(self.templates.shape[0])
+
+    def forward(self, coefficients: Tensor) -> Tensor:
+        """Return the weight ``sum_k coefficients[k] * templates[k]``."""
+        return torch.tensordot(coefficients.reshape(-1), self.templates, dims=1)
+
+    def extra_repr(self) -> str:
+        k, o, i, kh, _ = self.templates.shape
+        return f"templates={k}, out={o}, in={i}, kernel={kh}"
+
+
+class SConv2d(nn.Module):
+    """A bias-free 2d convolution whose weight is a learned mix of a bank's templates.
+
+    Args:
+        bank: the :class:`TemplateBank` to draw the weight from (registered as ``bank``).
+        stride: convolution stride.
+        padding: zero padding on each side.
+    """
+
+    def __init__(self, bank: TemplateBank, stride: int = 1, padding: int = 1):
+        super().__init__()
+        self.stride = stride
+        self.padding = padding
+        self.bank = bank
+        self.coefficients = nn.Parameter(torch.zeros(bank.coefficient_shape))
+
+    def weight(self) -> Tensor:
+        """The generated convolution weight ``(O, I, k, k)``."""
+        return self.bank(self.coefficients)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight(), stride=self.stride, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, padding={self.padding}"
