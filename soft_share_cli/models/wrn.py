@@ -81,7 +81,7 @@ class _WideResNet(nn.Module):
         channels = [16, 16 * width, 32 * width, 64 * width]
 
         self.conv_3x3 = nn.Conv2d(in_channels, channels[0], 3, stride=1, padding=1, bias=False)
-        for i, stride in zip((1, 2, 3), (1, 2, 2)):
+        for i, stride in zip((1, 2, 3), (1, 2, 2), strict=True):
             bank = None
             if num_templates is not None:
                 bank = TemplateBank(num_templates, channels[i], channels[i], 3)
@@ -115,7 +115,7 @@ class _WideResNet(nn.Module):
             init = torch.empty(len(group), group[0].coefficients.numel())
             nn.init.orthogonal_(init)
             with torch.no_grad():
-                for conv, row in zip(group, init):
+                for conv, row in zip(group, init, strict=True):
                     conv.coefficients.copy_(row.view_as(conv.coefficients))
 
     def forward(self, x: Tensor) -> Tensor:

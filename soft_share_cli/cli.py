@@ -1,0 +1,189 @@
+"""The ``ssc`` command line. Thin: parse, call one pipeline function, render.
+
+Heavy libraries (torch, matplotlib, scikit-learn, networkx) are imported inside the commands, so
+``ssc --help`` and ``ssc --version`` never load them. Every :class:`SscError` becomes one line on
+stderr and its exit code in :func:`main`, the only place that does so.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from soft_share_cli._version import __version__
+from soft_share_cli.errors import EXIT_CODES, SscError
+
+INTERNAL_ERROR = 4  # a bug in ssc, not in the input: the message asks for a report
+_state = {"debug": False}
+
+DATA_HELP = (
+    "Data to use: digits | npz:FILE | cifar10:DIR | cifar100:DIR | folder:DIR "
+    "(see README, 'Data specs')."
+)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _state["debug"] = True
+
+
+def common(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command takes."""
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_debug,
+        help="Show the full traceback when something fails.",
+    )(func)
+
+
+_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+@click.version_option(__version__, "-V", "--version", prog_name="ssc")
+@common
+def cli() -> None:
+    """Analyse, fold and evaluate CNNs trained with soft parameter sharing."""
+
+
+@cli.command("info")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def info_command(checkpoint: str, as_json: bool) -> None:
+    """Show what CHECKPOINT is: format, wrapping, architecture, parameters, provenance."""
+    from soft_share_cli import render
+    from soft_share_cli.pipeline import inspect_checkpoint
+
+    result = inspect_checkpoint(checkpoint)
+    render.print_json(result.to_dict()) if as_json else render.render_info(result)
+
+
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option("--data", "data_spec", required=True, help=DATA_HELP)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def eval_command(
+    checkpoint: str, data_spec: str, device: str, batch_size: int, as_json: bool
+) -> None:
+    """Measure CHECKPOINT's top-1 (and top-5) accuracy on the test split of --data."""
+    from soft_share_cli import render
+    from soft_share_cli.pipeline import run_eval
+
+    with render.progress_bar() as progress:
+        report = run_eval(
+            checkpoint, data_spec, batch_size=batch_size, device=device, progress=progress
+        )
+    render.print_json(report.to_dict()) if as_json else render.render_eval(report)
+
+
+@cli.command("train")
+@click.option("--data", "data_spec", required=True, help=DATA_HELP)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option("--arch", type=click.Choice(["swrn", "wrn"]), default="swrn", show_default=True)
+@click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 10, 16, 22, 28, ...")
+@click.option("--width", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--templates", type=click.IntRange(min=1), default=3, show_default=True, help="K (swrn only)."
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option(
+    "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
+)
+@click.option(
+    "--align",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Weight of the coefficient-alignment regulariser (grows networks that fold well).",
+)
+@click.option("--augment/--no-augment", default=False, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def train_command(
+    data_spec: str,
+    output: str,
+    arch: str,
+    depth: int,
+    width: int,
+    templates: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    schedule: str,
+    align: float,
+    augment: bool,
+    seed: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT."""
+    from soft_share_cli import render
+    from soft_share_cli.pipeline import run_train
+    from soft_share_cli.training import Schedule, TrainConfig
+
+    config = TrainConfig(
+        arch=arch,
+        depth=depth,
+        width=width,
+        num_templates=templates if arch == "swrn" else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=Schedule(schedule),
+        align=align,
+        augment=augment,
+        seed=seed,
+        device=device,
+    )
+    command = "ssc " + shlex.join(sys.argv[1:])
+    with render.progress_bar() as progress:
+        report = run_train(config, data_spec, output, command=command, progress=progress)
+    render.print_json(report.to_dict()) if as_json else render.render_train(report)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every failure into one line and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="ssc", standalone_mode=False)
+    except SscError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        _fail("interrupted; nothing was written", 130)
+    except Exception as exc:  # a bug: say so plainly, keep the traceback behind --debug
+        _fail(
+            f"internal error ({type(exc).__name__}: {exc}); "
+            "rerun with --debug and report the traceback",
+            INTERNAL_ERROR,
+        )
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)

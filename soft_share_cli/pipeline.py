@@ -1,0 +1,229 @@
+"""What each command does, as library calls returning result dataclasses (no rendering here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from soft_share_cli._version import __version__
+
+SCHEMA_VERSION = 1
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is: format, wrapping, architecture, parameters and provenance."""
+
+    path: str
+    format: str
+    container: str
+    stripped_prefix: str | None
+    placeholders: tuple[str, ...]
+    architecture: dict[str, Any] | None  # ArchSpec.to_dict(), None when unknown
+    architecture_name: str | None
+    architecture_error: str | None  # why the architecture is unknown
+    tensors: int
+    unique_parameters: int
+    file_bytes: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.path,
+            "format": self.format,
+            "container": self.container,
+            "stripped_prefix": self.stripped_prefix,
+            "placeholders": list(self.placeholders),
+            "architecture": self.architecture,
+            "architecture_name": self.architecture_name,
+            "architecture_error": self.architecture_error,
+            "tensors": self.tensors,
+            "unique_parameters": self.unique_parameters,
+            "file_bytes": self.file_bytes,
+            "metadata": self.metadata,
+        }
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Load a checkpoint safely and describe it; an unknown architecture is reported, not raised."""
+    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.errors import ArchitectureError
+    from soft_share_cli.infer import architecture_of
+    from soft_share_cli.params import count_state_dict_parameters
+
+    ckpt = load_checkpoint(path)
+    arch: dict[str, Any] | None = None
+    name = error = None
+    try:
+        spec = architecture_of(ckpt)
+        arch, name = spec.to_dict(), spec.describe()
+    except ArchitectureError as exc:
+        error = str(exc)
+    return CheckpointInfo(
+        path=str(path),
+        format=ckpt.format,
+        container=ckpt.container,
+        stripped_prefix=ckpt.stripped_prefix,
+        placeholders=tuple(ckpt.placeholders),
+        architecture=arch,
+        architecture_name=name,
+        architecture_error=error,
+        tensors=len(ckpt.state_dict),
+        unique_parameters=count_state_dict_parameters(ckpt.state_dict),
+        file_bytes=Path(path).stat().st_size,
+        metadata=_jsonable(ckpt.metadata),
+    )
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """``ssc eval``: which network on which data, and how well it did."""
+
+    checkpoint: str
+    architecture: str
+    data: str
+    device: str
+    batch_size: int
+    result: Any  # evaluation.EvalResult
+    recorded_top1: float | None  # accuracy stored in the checkpoint for the same data, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.checkpoint,
+            "architecture": self.architecture,
+            "data": self.data,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            **self.result.to_dict(),
+            "recorded_top1": self.recorded_top1,
+        }
+
+
+def run_eval(
+    path: str | Path,
+    data_spec: str,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split."""
+    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.data import load_data, parse_data_spec
+    from soft_share_cli.evaluation import evaluate
+    from soft_share_cli.infer import rebuild_model
+
+    parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
+    ckpt = load_checkpoint(path)
+    model, spec = rebuild_model(ckpt)
+    data = load_data(data_spec, split="test")
+    if data.in_channels != spec.kwargs.get("in_channels", data.in_channels):
+        from soft_share_cli.errors import DataError
+
+        raise DataError(
+            f"{data_spec} has {data.in_channels} input channels but {spec.describe()} expects "
+            f"{spec.kwargs['in_channels']}"
+        )
+    result = evaluate(
+        model,
+        data,
+        batch_size=batch_size,
+        device=device,
+        progress=(lambda done, total: progress("evaluating", done, total)) if progress else None,
+    )
+    recorded = ckpt.metadata.get("test_top1") if ckpt.metadata.get("data") == data_spec else None
+    return EvalReport(str(path), spec.describe(), data_spec, device, batch_size, result, recorded)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain-JSON view of metadata (placeholders and arrays become short descriptions)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return repr(value)
+
+
+def version_info() -> dict[str, str]:
+    return {"ssc": __version__}
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """``ssc train``: what was trained, how it went, and where the checkpoint is."""
+
+    output: str
+    architecture: str
+    data: str
+    history: tuple[Any, ...]  # training.EpochRecord per epoch
+    test_top1: float | None
+    parameters: int
+    file_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "output": self.output,
+            "architecture": self.architecture,
+            "data": self.data,
+            "history": [asdict(e) for e in self.history],
+            "test_top1": self.test_top1,
+            "parameters": self.parameters,
+            "file_bytes": self.file_bytes,
+            "seconds": self.seconds,
+        }
+
+
+def run_train(
+    config: Any,
+    data_spec: str,
+    output: str | Path,
+    *,
+    command: str | None = None,
+    progress: Progress | None = None,
+) -> TrainReport:
+    """Train ``config`` on ``data_spec`` and write a self-describing checkpoint atomically."""
+    from soft_share_cli.checkpoint import save_checkpoint
+    from soft_share_cli.data import load_data, parse_data_spec
+    from soft_share_cli.infer import ArchSpec
+    from soft_share_cli.params import count_parameters
+    from soft_share_cli.training import checkpoint_metadata, train
+
+    parse_data_spec(data_spec)
+    train_data = load_data(data_spec, split="train")
+    test_data = load_data(data_spec, split="test")
+    result = train(config, train_data, test_data, progress=progress)
+    metadata = checkpoint_metadata(result, config, train_data, command)
+    # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
+    metadata["data"] = data_spec
+    metadata["test_top1"] = result.test_top1
+    save_checkpoint(
+        output,
+        arch=result.arch,
+        arch_kwargs=result.arch_kwargs,
+        state_dict=result.model.state_dict(),
+        metadata=metadata,
+    )
+    return TrainReport(
+        output=str(output),
+        architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),
+        data=data_spec,
+        history=tuple(result.history),
+        test_top1=result.test_top1,
+        parameters=count_parameters(result.model),
+        file_bytes=Path(output).stat().st_size,
+        seconds=result.seconds,
+    )
