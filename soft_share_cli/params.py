@@ -17,7 +17,7 @@ def _storage_key(tensor: Tensor) -> tuple[int, int, int, tuple[int, ...]]:
     # Two keys name the same parameter when they view the same bytes the same way.
     return (
         tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
+        int(tensor.storage_offset()),
         tensor.numel(),
         tuple(tensor.stride()),
     )

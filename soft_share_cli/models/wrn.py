@@ -60,6 +60,11 @@ class Block(nn.Module):
 class _WideResNet(nn.Module):
     """Shared skeleton of WRN and SWRN; ``num_templates=None`` builds the plain network."""
 
+    # registered with add_module in __init__ (names fixed by the authors' layout)
+    stage_1: nn.Sequential
+    stage_2: nn.Sequential
+    stage_3: nn.Sequential
+
     def __init__(
         self,
         depth: int,

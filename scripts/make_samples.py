@@ -1,0 +1,149 @@
+"""Regenerate ``sample_checkpoints/``: train with ``ssc train``, re-wrap, measure, document.
+
+Run from the repository root: ``python scripts/make_samples.py`` (about 5 minutes on 2 CPU cores).
+Every file is produced by a command recorded in ``sample_checkpoints/README.md``, whose accuracy
+column is measured by ``ssc eval`` on the files as written, and mirrored in ``manifest.json`` for
+the tests.
+
+Besides our own format, two files reproduce the layout of the authors' training script so that
+loading them is tested without the authors' code: a dict ``{epoch, arch, state_dict, recorder,
+optimizer}`` whose state-dict keys carry DataParallel's ``module.`` prefix and whose recorder is a
+pickled instance of a class ``RecorderMeter`` from a module named ``utils`` (our own stand-in,
+written below: plain data, numpy arrays). One is saved in the zip format, one in the legacy
+pre-1.6 format.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "sample_checkpoints"
+COMMON = "--data digits --arch swrn --depth 28 --width 1 --templates 4 --epochs 40 --seed 0"
+TRAINED = {
+    "swrn28-1-4_digits_align.pt": f"{COMMON} --align 1.0",
+    "swrn28-1-4_digits.pt": COMMON,
+}
+# (output, source, legacy format?)
+AUTHORS = [
+    ("authors_swrn28-1-4_digits_align.pth.tar", "swrn28-1-4_digits_align.pt", False),
+    ("authors_legacy_swrn28-1-4_digits.pth.tar", "swrn28-1-4_digits.pt", True),
+]
+
+# Our stand-in for the authors' utils.RecorderMeter: only data, as the real one.
+UTILS_SOURCE = textwrap.dedent(
+    """
+    import numpy as np
+
+    class RecorderMeter(object):
+        def __init__(self, total_epoch):
+            self.total_epoch = total_epoch
+            self.current_epoch = 0
+            self.epoch_losses = np.zeros((total_epoch, 2), dtype=np.float32) - 1
+            self.epoch_accuracy = np.zeros((total_epoch, 2), dtype=np.float32)
+    """
+)
+
+
+def ssc(args: str) -> str:
+    """Run the ssc CLI as a user would and return its stdout."""
+    cmd = [sys.executable, "-m", "soft_share_cli", *shlex.split(args)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+
+
+def authors_layout(source: Path, target: Path, legacy: bool) -> None:
+    """Write ``source`` (our checkpoint) the way the authors' main.py saves a training run."""
+    import torch
+
+    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.infer import rebuild_model
+
+    checkpoint = load_checkpoint(source)
+    model, _ = rebuild_model(checkpoint)
+    history = checkpoint.metadata["history"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "utils.py").write_text(UTILS_SOURCE)
+        sys.path.insert(0, tmp)
+        try:
+            import utils  # the stand-in above, importable only while we pickle
+
+            recorder = utils.RecorderMeter(len(history))
+            for i, epoch in enumerate(history):
+                recorder.epoch_losses[i] = (epoch["train_loss"], -1)
+                recorder.epoch_accuracy[i] = (epoch["train_top1"], epoch["test_top1"])
+            recorder.current_epoch = len(history)
+            # An SGD state like the authors' (coefficients without weight decay), with momentum
+            # buffers from one gradient in eval mode (lr 0: the weights do not move).
+            coefficients = [p for n, p in model.named_parameters() if "coefficients" in n]
+            others = [p for n, p in model.named_parameters() if "coefficients" not in n]
+            optimizer = torch.optim.SGD(
+                [{"params": coefficients, "weight_decay": 0.0},
+                 {"params": others, "weight_decay": 5e-4}],
+                lr=0.0, momentum=0.9, nesterov=True,
+            )
+            x = torch.zeros(8, model.in_channels, 8, 8)
+            model(x).sum().backward()
+            optimizer.step()
+            # DataParallel's keys: every name gets "module.", shared templates stay shared.
+            state = {f"module.{k}": v for k, v in model.state_dict().items()}
+            payload = {
+                "epoch": len(history),
+                "arch": "swrn",
+                "state_dict": state,
+                "recorder": recorder,
+                "optimizer": optimizer.state_dict(),
+            }
+            torch.save(payload, target, _use_new_zipfile_serialization=not legacy)
+        finally:
+            sys.path.remove(tmp)
+            sys.modules.pop("utils", None)
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    rows = []
+    for name, args in TRAINED.items():
+        print(f"training {name} ...", file=sys.stderr)
+        ssc(f"train {args} -o sample_checkpoints/{name}")
+        rows.append((name, f"ssc train {args} -o sample_checkpoints/{name}"))
+    for name, source, legacy in AUTHORS:
+        authors_layout(OUT / source, OUT / name, legacy)
+        fmt = "legacy" if legacy else "zip"
+        rows.append((name, f"scripts/make_samples.py: {source} in the authors' layout ({fmt})"))
+    manifest = {}
+    for name, how in rows:
+        report = json.loads(ssc(f"eval sample_checkpoints/{name} --data digits --json"))
+        manifest[name] = {
+            "made_by": how,
+            "architecture": report["architecture"],
+            "test_top1": report["top1"],
+            "samples": report["samples"],
+            "bytes": (OUT / name).stat().st_size,
+        }
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    lines = [
+        "# Sample checkpoints",
+        "",
+        "Regenerate with `python scripts/make_samples.py` (trains on scikit-learn's digits, CPU).",
+        "Accuracy: `ssc eval FILE --data digits` (the 360-image held-out split).",
+        "",
+        "| file | architecture | made by | test top-1 | size |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in manifest.items():
+        lines.append(
+            f"| `{name}` | {m['architecture']} | `{m['made_by']}` | {m['test_top1']:.2f} % "
+            f"| {m['bytes'] / 1e6:.2f} MB |"
+        )
+    (OUT / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
