@@ -1,0 +1,392 @@
+"""Static inspection of pickles: which globals does a checkpoint reference, and may we load it?
+
+Nothing here executes a pickle. :func:`scan_pickle` walks the opcodes with
+:func:`pickletools.genops` and emulates only the unpickler's *stack shape* — enough to know which
+strings ``STACK_GLOBAL`` pops (pushed directly or fetched back from the memo) — and
+:func:`classify` sorts the globals found into three groups:
+
+* allowed: what ``torch.load(weights_only=True)`` already accepts, plus numpy's array and scalar
+  reconstructors (the authors' ``RecorderMeter`` holds numpy arrays);
+* refused: the standard library (it can run commands, open files, evaluate code), any other
+  ``torch.*``/``numpy.*`` global, and third-party packages known to run code on unpickling;
+* placeholder: every other name (``utils.RecorderMeter``, ``__main__.Thing``, and the stdlib's
+  ``argparse.Namespace``) is replaced at load time by an inert :class:`InertObject` subclass that
+  only stores what it is given.
+
+:func:`scan_zip` and :func:`scan_legacy` apply the scan to the pickles of a torch zip file and
+of the legacy format. The scan is a first gate with a readable verdict; torch's own weights-only
+unpickler stays the second gate, so a global missed here is still never imported.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import functools
+import importlib
+import io
+import pickletools
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from soft_share_cli.errors import CheckpointError
+
+# Python 2 names that ``sys.stdlib_module_names`` (a Python 3 list) does not know.
+_PY2_SYSTEM_MODULES = frozenset(
+    {"__builtin__", "__builtins__", "copy_reg", "posix", "nt", "commands", "popen2", "exceptions"}
+)
+
+# Harmless standard-library data holders common in training checkpoints (``args``): replaced by a
+# placeholder like a user class instead of refused. Nothing of the real class is ever used.
+_INERT_STDLIB = frozenset({"argparse.Namespace"})
+
+# Third-party packages whose globals run code, spawn processes or reach the network when called.
+# A placeholder would defuse them too, but a checkpoint naming them is hostile or foreign: refuse.
+_CODE_RUNNING_PACKAGES = frozenset(
+    {
+        "dill", "cloudpickle", "joblib", "yaml", "ruamel", "pandas", "IPython", "ipykernel",
+        "jupyter_client", "numexpr", "sympy", "jinja2", "mako", "pip", "setuptools",
+        "pkg_resources", "pytest", "_pytest", "pexpect", "ptyprocess", "sh", "plumbum",
+        "invoke", "fabric", "paramiko", "requests", "urllib3", "httpx", "aiohttp", "boto3",
+        "botocore", "psutil", "docker", "tensorflow", "keras", "jax",
+    }
+)  # fmt: skip
+
+# Opcodes that push a string the unpickler could later hand to STACK_GLOBAL.
+_STRING_OPS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+     "BINUNICODE8"}
+)  # fmt: skip
+_INT_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
+_MEMO_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MARK = pickletools.markobject
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+_LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the object, storage keys
+
+
+class PickleScanError(ValueError):
+    """The bytes are not a well-formed pickle (truncated, unknown opcode, bad stack use)."""
+
+
+class _Unknown:
+    """Stack slot holding something other than a string literal."""
+
+
+_UNKNOWN = _Unknown()
+
+
+@dataclass(frozen=True)
+class PickleScan:
+    """What one pickle references, read without running it.
+
+    Attributes:
+        globals: dotted names (``module.qualname``) after Python 2 name mapping; names that
+            cannot be resolved statically appear as ``<...>`` and are always refused.
+        ints: the first few integer literals, used to recognise torch's legacy magic number.
+    """
+
+    globals: frozenset[str]
+    ints: tuple[int, ...]
+
+
+def _map_py2_name(module: str, name: str) -> tuple[str, str]:
+    # The same mapping torch's weights-only unpickler applies, so our verdict names what it sees.
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _dotted(module: str, name: str) -> str:
+    module, name = _map_py2_name(module, name)
+    return f"{module}.{name}"
+
+
+class _StackModel:
+    """The unpickler's stack, memo and MARK frames, with string literals as the only values."""
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
+        self.frames: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+
+    def pop_mark(self) -> None:
+        if not self.frames:
+            raise PickleScanError("MARK expected on the pickle stack")
+        self.stack = self.frames.pop()
+
+    def pop(self, count: int) -> None:
+        if len(self.stack) < count:
+            raise PickleScanError("pickle stack underflow")
+        del self.stack[len(self.stack) - count :]
+
+    def top(self) -> Any:
+        if not self.stack:
+            raise PickleScanError("pickle stack underflow")
+        return self.stack[-1]
+
+    def generic(self, opcode: pickletools.OpcodeInfo) -> None:
+        """Apply an opcode's documented stack effect, pushing values we do not model."""
+        before = opcode.stack_before
+        if _MARK in before:
+            self.pop_mark()  # drops the frame's items (the stackslice)
+            self.pop(before.index(_MARK))
+        else:
+            self.pop(len(before))
+        self.stack.extend(_UNKNOWN for _ in opcode.stack_after)
+
+
+def scan_pickle(stream: IO[bytes]) -> PickleScan:
+    """Read one pickle from ``stream`` (up to and including STOP) and list its globals.
+
+    Raises:
+        PickleScanError: the pickle is malformed; loading is refused rather than guessed at.
+    """
+    model = _StackModel()
+    found: set[str] = set()
+    ints: list[int] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(stream):
+            name = opcode.name
+            if name in _STRING_OPS:
+                model.stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+            elif name == "MARK":
+                model.frames.append(model.stack)
+                model.stack = []
+            elif name == "POP" and not model.stack:
+                model.pop_mark()  # the real unpickler pops a MARK when the frame is empty
+            elif name in _MEMO_PUT_OPS and isinstance(arg, int):
+                model.memo[arg] = model.top()
+            elif name == "MEMOIZE":
+                model.memo[len(model.memo)] = model.top()
+            elif name in _MEMO_GET_OPS:
+                if arg not in model.memo:
+                    raise PickleScanError(f"memo key {arg} read before it was stored")
+                model.stack.append(model.memo[arg])
+            elif name == "DUP":
+                model.stack.append(model.top())
+            elif name == "STACK_GLOBAL":
+                qualname, module = model.top(), model.stack[-2] if len(model.stack) > 1 else None
+                if isinstance(module, str) and isinstance(qualname, str):
+                    found.add(_dotted(module, qualname))
+                else:
+                    found.add("<STACK_GLOBAL with computed operands>")
+                model.generic(opcode)
+            else:
+                if name in ("GLOBAL", "INST"):
+                    module, _, qualname = str(arg).partition(" ")
+                    found.add(_dotted(module, qualname))
+                elif name.startswith("EXT"):
+                    # copyreg's extension registry maps integers to arbitrary globals.
+                    found.add(f"<extension registry code {arg}>")
+                elif name in _INT_OPS and isinstance(arg, int) and len(ints) < 8:
+                    ints.append(arg)
+                model.generic(opcode)
+    except PickleScanError:
+        raise
+    except Exception as exc:  # genops raises ValueError on truncation, unknown opcodes, ...
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PickleScanError(detail) from None
+    return PickleScan(frozenset(found), tuple(ints))
+
+
+@functools.lru_cache(maxsize=1)
+def torch_allowed_names() -> frozenset[str]:
+    """Globals torch's weights-only unpickler accepts without being told (private API, guarded)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except Exception:  # pragma: no cover - only on a torch that renamed its private helper
+        import torch
+
+        names = {
+            "collections.OrderedDict", "torch.Size", "torch.Tensor", "torch.device",
+            "torch.nn.parameter.Parameter", "torch.serialization._get_layout",
+            "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+            "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+            "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+        }  # fmt: skip
+        names |= {f"torch.{n}" for n in dir(torch) if n.endswith("Storage")}
+        names |= {str(v) for v in vars(torch).values() if isinstance(v, torch.dtype)}
+        return frozenset(names)
+
+
+@functools.lru_cache(maxsize=1)
+def numpy_safe_globals() -> tuple[tuple[Any, str], ...]:
+    """numpy's array, dtype and scalar reconstructors under every name numpy 1.x/2.x pickles.
+
+    They rebuild arrays from raw bytes and never import or call anything named in the file.
+    ``copyreg._reconstructor`` is deliberately absent: only protocol 0/1 pickles use it, and
+    torch's weights-only unpickler cannot read those anyway.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+
+    pairs: list[tuple[Any, str]] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        pairs.append((multiarray._reconstruct, f"{module}._reconstruct"))
+        pairs.append((multiarray.scalar, f"{module}.scalar"))
+    try:
+        dtypes = importlib.import_module("numpy.dtypes")  # numpy >= 1.25
+    except ImportError:  # pragma: no cover
+        dtypes = None
+    for attr in dir(dtypes) if dtypes is not None else ():
+        obj = getattr(dtypes, attr)
+        if isinstance(obj, type) and issubclass(obj, np.dtype):
+            pairs.append((obj, f"numpy.dtypes.{attr}"))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the globals of a checkpoint were classified (each tuple sorted)."""
+
+    refused: tuple[str, ...]
+    placeholders: tuple[str, ...]
+
+
+def _is_refused(dotted: str) -> bool:
+    if dotted in _INERT_STDLIB:
+        return False
+    parts = dotted.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        return True  # "<computed ...>" markers and malformed names
+    top = parts[0]
+    return (
+        top in sys.stdlib_module_names
+        or top in _PY2_SYSTEM_MODULES
+        or top in ("torch", "numpy")
+        or top in _CODE_RUNNING_PACKAGES
+    )
+
+
+def classify(names: Iterable[str]) -> Verdict:
+    """Sort dotted global names into refused ones and ones to replace by placeholders.
+
+    Allowed names (torch's own list and :func:`numpy_safe_globals`) appear in neither tuple.
+    """
+    allowed = torch_allowed_names() | {name for _, name in numpy_safe_globals()}
+    pending = [name for name in set(names) if name not in allowed]
+    refused = sorted(name for name in pending if _is_refused(name))
+    placeholders = sorted(name for name in pending if not _is_refused(name))
+    return Verdict(tuple(refused), tuple(placeholders))
+
+
+class InertObject:
+    """Stands in for a class a checkpoint names: it stores what it is given and does nothing.
+
+    ``inert_args``/``inert_kwargs`` hold constructor arguments; pickled state lands in
+    ``__dict__`` (so ``vars(obj)`` reads like the original object's attributes), or under
+    ``state`` when it is not a dict.
+    """
+
+    __slots__ = ("inert_args", "inert_kwargs", "__dict__")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        # NEWOBJ calls __new__ without __init__; keep the arguments either way.
+        self = super().__new__(cls)
+        self.inert_args, self.inert_kwargs = args, kwargs
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.inert_args, self.inert_kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        # (dict, slots-dict) is what objects with __slots__ pickle as.
+        if (
+            isinstance(state, tuple)
+            and len(state) == 2
+            and all(part is None or isinstance(part, dict) for part in state)
+        ):
+            for part in state:
+                self.__dict__.update(part or {})
+        elif isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["state"] = state
+
+    def __repr__(self) -> str:
+        return f"<inert placeholder for {type(self).__module__}.{type(self).__qualname__}>"
+
+
+def make_placeholders(names: Iterable[str]) -> list[tuple[type[InertObject], str]]:
+    """One fresh :class:`InertObject` subclass per dotted name, paired with that name."""
+    pairs = []
+    for dotted in names:
+        module, _, qualname = dotted.rpartition(".")
+        cls = type(qualname, (InertObject,), {"__module__": module, "__qualname__": qualname})
+        pairs.append((cls, dotted))
+    return pairs
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message, at most 200 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def scan_zip(path: Path) -> set[str]:
+    """Globals referenced by the pickles of a torch zip checkpoint."""
+    names: set[str] = set()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # torch reads <archive>/data.pkl; scanning every pickle member costs little more.
+            pickles = [m for m in archive.infolist() if m.filename.endswith(".pkl")]
+            if not any(m.filename.rsplit("/", 1)[-1] == "data.pkl" for m in pickles):
+                raise CheckpointError(
+                    f"{path}: a zip file without data.pkl, not a torch checkpoint"
+                )
+            for member in pickles:
+                names |= scan_pickle(io.BytesIO(archive.read(member))).globals
+    except PickleScanError as exc:
+        raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({exc})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt zip archive ({one_line(exc)})"
+        ) from None
+    return names
+
+
+def scan_legacy(path: Path) -> set[str]:
+    """Globals referenced by the first five pickles of a legacy (pre-1.6) torch file.
+
+    Those are the magic number, protocol version, sys_info, the object and the storage keys;
+    raw tensor bytes follow them and are never parsed as pickles.
+    """
+    names: set[str] = set()
+    with path.open("rb") as fh:
+        for index in range(_LEGACY_PICKLES):
+            try:
+                found = scan_pickle(fh)
+            except PickleScanError as exc:
+                if index == 0:
+                    if tarfile.is_tarfile(path):
+                        raise CheckpointError(
+                            f"{path}: uses torch's pre-0.4 tar format, which ssc does not read"
+                        ) from None
+                    raise CheckpointError(
+                        f"{path}: not a checkpoint (neither a torch zip or legacy file nor "
+                        "safetensors)"
+                    ) from None
+                if classify(names).refused:
+                    return names  # report what was already found to be unsafe
+                raise CheckpointError(
+                    f"{path}: truncated or corrupt legacy checkpoint ({exc})"
+                ) from None
+            names |= found.globals
+            if index == 0 and _LEGACY_MAGIC not in found.ints:
+                # A plain pickle: refuse it as unsafe if it is, else as not a torch file.
+                if classify(names).refused:
+                    return names
+                raise CheckpointError(f"{path}: a pickle file but not a torch checkpoint")
+    return names
