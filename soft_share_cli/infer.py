@@ -40,10 +40,9 @@ class ArchSpec:
             name = f"{self.arch.upper()} {k['depth']}-{k['width']}"
             if self.arch == "swrn":
                 name += f"-{k.get('num_templates')}"
-            return (
-                f"{name} ({k.get('num_classes', 10)} classes, "
-                f"{k.get('in_channels', 3)} input channels)"
-            )
+            channels = k.get("in_channels", 3)
+            plural = "s" if channels != 1 else ""
+            return f"{name} ({k.get('num_classes', 10)} classes, {channels} input channel{plural})"
         args = ", ".join(f"{key}={value}" for key, value in k.items())
         return f"{self.arch}({args})"
 

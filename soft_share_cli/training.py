@@ -349,6 +349,6 @@ def checkpoint_metadata(
         "config": config.to_dict(),
         "command": command,
         "ssc_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
