@@ -141,6 +141,22 @@ def run_eval(
     return EvalReport(str(path), spec.describe(), data_spec, device, batch_size, result, recorded)
 
 
+def check_writable(path: str | Path) -> None:
+    """Raise InputError unless a file could be created at ``path``."""
+    import os
+
+    from soft_share_cli.errors import InputError
+
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise InputError(f"cannot write {path}: it is a directory")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {path}: directory {parent} is not writable")
+
+
 def _jsonable(value: Any) -> Any:
     """Plain-JSON view of metadata (placeholders and arrays become short descriptions)."""
     if isinstance(value, dict):
@@ -203,6 +219,7 @@ def run_train(
     from soft_share_cli.training import checkpoint_metadata, train
 
     parse_data_spec(data_spec)
+    check_writable(output)  # fail now, not after an hour of training
     train_data = load_data(data_spec, split="train")
     test_data = load_data(data_spec, split="test")
     result = train(config, train_data, test_data, progress=progress)
