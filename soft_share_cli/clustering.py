@@ -1,0 +1,196 @@
+"""Cluster the layers of one template bank by their similarity (the LSM).
+
+Two layers whose similarity is 1 use the same filter up to a scale, so a cluster is a set of
+layers that folding can serve with one weight tensor. The tree comes from scikit-learn's
+agglomerative clustering on the distance ``1 - S``; the cut is done here, on ``S`` itself, so the
+guarantee is exact and inclusive: with complete linkage every pair in a cluster has
+``S >= threshold - TOLERANCE``, and exactly parallel layers (``S == 1`` up to rounding) stay
+together even at ``threshold = 1``. scikit-learn's own ``distance_threshold`` cut compares with a
+strict ``<`` on ``1 - S`` computed in floats, which gets both of those edge cases wrong.
+
+scikit-learn is imported inside the functions: the CLI imports :class:`Linkage` to build its
+``click.Choice``, and ``ssc --help`` must not pay for scikit-learn.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import numpy as np
+
+# Similarities within this of the threshold count as meeting it. Cosines of exactly parallel
+# vectors come out as 1 +- a few ulps (~1e-16); 1e-12 absorbs that with a wide margin while
+# staying far below any difference between layers that a user could mean.
+TOLERANCE = 1e-12
+
+# At LSM >= 0.95 two coefficient vectors are within ~18 degrees (sin = 0.31) of each other: close
+# to parallel, yet loose enough for trained (never exactly parallel) layers. The README justifies
+# the value against measurements.
+DEFAULT_THRESHOLD = 0.95
+
+Clusters = tuple[tuple[int, ...], ...]
+
+
+class Linkage(str, enum.Enum):
+    """How the similarity between two groups of layers is measured when merging them.
+
+    ``COMPLETE`` (the default) uses the least similar pair, so every pair in a cluster meets the
+    threshold, which is what folding needs; ``AVERAGE`` the mean over pairs; ``SINGLE`` the most
+    similar pair, which chains (A~B, B~C puts A with C however far apart they are).
+    """
+
+    COMPLETE = "complete"
+    AVERAGE = "average"
+    SINGLE = "single"
+
+
+def _as_similarity(similarity: np.ndarray) -> np.ndarray:
+    """Validate an LSM and return it as a clean float64 copy (clipped, unit diagonal)."""
+    s = np.array(similarity, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"similarity must be a square (L, L) matrix, got shape {s.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("similarity contains NaN or infinite values")
+    # Loose bounds: rounding may push |cos| a few ulps past [0, 1]; anything further is a bug
+    # upstream (a signed cosine, a distance passed as a similarity) and must not be clipped away.
+    if s.size and (s.min() < -1e-9 or s.max() > 1 + 1e-9):
+        raise ValueError(f"similarity entries must lie in [0, 1], got [{s.min():g}, {s.max():g}]")
+    if not np.allclose(s, s.T, rtol=0.0, atol=1e-9):
+        raise ValueError("similarity must be symmetric")
+    s = np.clip((s + s.T) / 2.0, 0.0, 1.0)
+    np.fill_diagonal(s, 1.0)
+    return s
+
+
+def _check_threshold(threshold: float) -> float:
+    value = float(threshold)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return value
+
+
+def _dendrogram(s: np.ndarray, linkage: Linkage) -> tuple[np.ndarray, np.ndarray]:
+    """Merge tree of the layers: ``children`` (L-1, 2) as in scikit-learn, and ``heights`` (L-1,).
+
+    A height is the linkage similarity of the merge, recomputed on ``S`` from the members (not
+    taken as ``1 - distance``, which rounds), then capped by the children's heights so that it
+    never increases along the tree. Cutting at ``t`` then means: apply the merges with
+    ``height >= t``, and those always form whole subtrees.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    n = s.shape[0]
+    distance = np.clip(1.0 - s, 0.0, None)
+    np.fill_diagonal(distance, 0.0)
+    model = AgglomerativeClustering(
+        n_clusters=1,
+        metric="precomputed",
+        linkage=linkage.value,
+        compute_full_tree=True,
+    ).fit(distance)
+    children = np.asarray(model.children_, dtype=np.int64)
+
+    members: list[list[int]] = [[i] for i in range(n)]
+    node_height: list[float] = [math.inf] * n  # a leaf never limits its parent
+    heights = np.empty(n - 1, dtype=np.float64)
+    for k, (a, b) in enumerate(children):
+        cross = s[np.ix_(members[a], members[b])]
+        if linkage is Linkage.COMPLETE:
+            h = float(cross.min())
+        elif linkage is Linkage.SINGLE:
+            h = float(cross.max())
+        else:
+            h = float(cross.mean())
+        # Complete and single linkage are monotone exactly; the mean can wobble by an ulp.
+        h = min(h, node_height[a], node_height[b])
+        heights[k] = h
+        node_height.append(h)
+        members.append(members[a] + members[b])
+    return children, heights
+
+
+def _canonical(groups: list[list[int]]) -> Clusters:
+    """Sorted members, clusters ordered by their smallest member: one spelling per partition."""
+    return tuple(sorted((tuple(sorted(g)) for g in groups), key=lambda c: c[0]))
+
+
+def cluster_layers(
+    similarity: np.ndarray, threshold: float, linkage: Linkage | str = Linkage.COMPLETE
+) -> Clusters:
+    """Group the L layers of one bank so that, with complete linkage, all pairs meet ``threshold``.
+
+    ``similarity`` is the bank's (L, L) LSM (entries in [0, 1], symmetric). A merge happens when
+    its linkage similarity is ``>= threshold`` (inclusive, within :data:`TOLERANCE`). Returns the
+    clusters as sorted tuples of layer indices, ordered by their smallest member, so the result is
+    deterministic and the cluster of layer 0 comes first. ``threshold = 0`` gives one cluster,
+    ``threshold = 1`` groups only exactly parallel layers. Raises ``ValueError`` for a threshold
+    outside [0, 1] or a malformed matrix.
+    """
+    t = _check_threshold(threshold)
+    linkage = Linkage(linkage)
+    s = _as_similarity(similarity)
+    n = s.shape[0]
+    if n <= 1:
+        return ((0,),) if n == 1 else ()
+    children, heights = _dendrogram(s, linkage)
+
+    # Heights never increase along the tree, so the accepted merges form whole subtrees and a
+    # plain union-find over them yields the cut.
+    parent = list(range(2 * n - 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for k, (a, b) in enumerate(children):
+        if heights[k] >= t - TOLERANCE:
+            parent[root(int(a))] = n + k
+            parent[root(int(b))] = n + k
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return _canonical(list(groups.values()))
+
+
+def merge_heights(similarity: np.ndarray, linkage: Linkage | str = Linkage.COMPLETE) -> list[float]:
+    """The thresholds at which the clustering changes, highest first (for choosing a threshold).
+
+    Each value is the similarity at which the dendrogram merges two clusters: at a threshold
+    equal to it the merge happens, just above it it does not. Values closer than
+    :data:`TOLERANCE` to a larger one are dropped, since :func:`cluster_layers` treats them as
+    equal. Empty for fewer than two layers.
+    """
+    linkage = Linkage(linkage)
+    s = _as_similarity(similarity)
+    if s.shape[0] <= 1:
+        return []
+    _, heights = _dendrogram(s, linkage)
+    result: list[float] = []
+    for h in sorted(heights.tolist(), reverse=True):
+        if not result or result[-1] - h > TOLERANCE:
+            result.append(h)
+    return result
+
+
+def cluster_labels(clusters: Clusters, n: int) -> list[int]:
+    """Label of each of ``n`` layers: the position of its cluster in ``clusters``.
+
+    Raises ``ValueError`` unless ``clusters`` is a partition of ``range(n)``.
+    """
+    labels = [-1] * n
+    for label, cluster in enumerate(clusters):
+        if not cluster:
+            raise ValueError(f"cluster {label} is empty")
+        for i in cluster:
+            if not 0 <= i < n:
+                raise ValueError(f"layer index {i} out of range for {n} layers")
+            if labels[i] != -1:
+                raise ValueError(f"layer {i} appears in more than one cluster")
+            labels[i] = label
+    missing = [i for i, label in enumerate(labels) if label == -1]
+    if missing:
+        raise ValueError(f"layers {missing} are in no cluster")
+    return labels
