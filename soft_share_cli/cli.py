@@ -111,6 +111,13 @@ def eval_command(
     show_default=True,
     help="Weight of the coefficient-alignment regulariser (grows networks that fold well).",
 )
+@click.option(
+    "--align-mode",
+    type=click.Choice(["recurrent", "nearest"]),
+    default="recurrent",
+    show_default=True,
+    help="recurrent: same-role layers of consecutive blocks align (loops); nearest: any pair.",
+)
 @click.option("--augment/--no-augment", default=False, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -129,6 +136,7 @@ def train_command(
     weight_decay: float,
     schedule: str,
     align: float,
+    align_mode: str,
     augment: bool,
     seed: int,
     device: str,
@@ -137,6 +145,7 @@ def train_command(
     """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT."""
     from soft_share_cli import render
     from soft_share_cli.pipeline import run_train
+    from soft_share_cli.regularizers import AlignMode
     from soft_share_cli.training import Schedule, TrainConfig
 
     config = TrainConfig(
@@ -150,6 +159,7 @@ def train_command(
         weight_decay=weight_decay,
         schedule=Schedule(schedule),
         align=align,
+        align_mode=AlignMode(align_mode),
         augment=augment,
         seed=seed,
         device=device,

@@ -1,14 +1,25 @@
 """An optional training regulariser that makes soft-shared networks fold well.
 
 The paper mentions a regulariser that raises layer similarity; its exact form could not be
-confirmed, so this one is ours. For each bank ``b`` serving layers ``i = 1..L`` (``L >= 2``)
-with coefficient vectors ``a_i``::
+confirmed, so these are ours. For each bank ``b`` serving layers ``i = 1..L`` (``L >= 2``)
+with coefficient vectors ``a_i`` and ``c_ij = <a_i, a_j> / (||a_i|| * ||a_j|| + eps)``:
 
-    c_ij = <a_i, a_j> / (||a_i|| * ||a_j|| + eps)
-    R_b  = (1 / L) * sum_i (1 - max_{j != i} c_ij ** 2)
-    R    = mean of R_b over the banks with L >= 2   (0 when there is none)
+``AlignMode.RECURRENT`` (the default) pulls every layer toward the layer with the same role
+in the next unit (block) of the bank, ``next(i)``: conv1 of block b toward conv1 of block b+1,
+and so on; in a flat network (all layers under one parent module) ``next(i) = i + 1``::
 
-Each layer is pulled toward its nearest neighbour only, and the square makes the pull
+    R_b = mean over the pairs (i, next(i)) of (1 - c_{i,next(i)} ** 2)
+
+so consecutive blocks converge to the same weights up to a scale: exactly what folding turns
+into a loop over one block.
+
+``AlignMode.NEAREST`` pulls every layer toward whichever layer is already closest::
+
+    R_b = (1 / L) * sum_i (1 - max_{j != i} c_ij ** 2)
+
+Either way ``R = mean of R_b over the banks with at least one pair`` (0 when there is none).
+
+In nearest mode each layer is pulled toward its nearest neighbour only. The square makes the pull
 sign-agnostic (``s * W`` and ``-s * W`` are the same filter up to a scale, which folding keeps as
 an explicit gain). That creates clusters of near-parallel layers without forcing a whole bank
 into one direction, so the network keeps as many distinct filters as it needs.
@@ -21,6 +32,8 @@ exactly orthogonal start (the paper's initialisation when ``L <= K``) is a stati
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +41,38 @@ from soft_share_cli.layers import SConv2d
 
 EPS = 1e-8
 """Keeps the cosine finite for an all-zero coefficient vector (which then counts as orthogonal)."""
+
+
+class AlignMode(str, enum.Enum):
+    """Which layers the alignment regulariser pulls together (see the module docstring)."""
+
+    RECURRENT = "recurrent"
+    NEAREST = "nearest"
+
+
+def coefficient_names(model: nn.Module) -> list[list[str]]:
+    """Module names of the :class:`SConv2d` layers, grouped like :func:`coefficient_groups`."""
+    groups: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SConv2d):
+            groups.setdefault(id(module.bank.templates), []).append(name)
+    return list(groups.values())
+
+
+def recurrence_pairs(names: list[str]) -> list[tuple[int, int]]:
+    """``(i, next(i))``: each layer and the same-role layer of the bank's next unit (block)."""
+    parents = [name.rpartition(".")[0] for name in names]
+    roles = [name.rpartition(".")[2] for name in names]
+    if len(set(parents)) <= 1:  # a flat network: each layer is its own unit
+        return [(i, i + 1) for i in range(len(names) - 1)]
+    units = list(dict.fromkeys(parents))
+    where = {(parents[i], roles[i]): i for i in range(len(names))}
+    pairs = []
+    for i in range(len(names)):
+        u = units.index(parents[i])
+        if u + 1 < len(units) and (units[u + 1], roles[i]) in where:
+            pairs.append((i, where[(units[u + 1], roles[i])]))
+    return pairs
 
 
 def coefficient_groups(model: nn.Module) -> list[list[nn.Parameter]]:
@@ -56,18 +101,39 @@ def _nearest(coefficients: list[nn.Parameter], square: bool) -> Tensor:
     return sim.masked_fill(eye, -1.0).amax(dim=1)
 
 
-def alignment_penalty(groups: list[list[nn.Parameter]]) -> Tensor:
+def _paired(coefficients: list[nn.Parameter], pairs: list[tuple[int, int]]) -> Tensor:
+    """``c_{i,j} ** 2`` for each pair, shape ``(P,)``."""
+    a = torch.stack([c.reshape(-1) for c in coefficients])
+    i = torch.tensor([p[0] for p in pairs], device=a.device)
+    j = torch.tensor([p[1] for p in pairs], device=a.device)
+    cos = (a[i] * a[j]).sum(dim=1) / (a[i].norm(dim=1) * a[j].norm(dim=1) + EPS)
+    return cos.square()
+
+
+def alignment_penalty(
+    groups: list[list[nn.Parameter]],
+    mode: AlignMode = AlignMode.NEAREST,
+    pairs: list[list[tuple[int, int]]] | None = None,
+) -> Tensor:
     """The alignment regulariser ``R`` (see the module docstring) as a differentiable 0-dim tensor.
 
     Args:
         groups: coefficient vectors per bank, as returned by :func:`coefficient_groups`.
             Banks with fewer than two layers have no neighbour to align with and are skipped.
+        mode: which layers are pulled together.
+        pairs: for ``AlignMode.RECURRENT``, :func:`recurrence_pairs` of each bank's layer
+            names (required in that mode).
 
     Returns:
         ``R`` in ``[0, 1]`` on the device of the coefficients; a constant 0 (CPU, no grad)
         when no bank has two layers.
     """
-    penalties = [(1.0 - _nearest(g, square=True)).mean() for g in groups if len(g) >= 2]
+    if AlignMode(mode) is AlignMode.RECURRENT:
+        if pairs is None or len(pairs) != len(groups):
+            raise ValueError("recurrent alignment needs the layer pairs of every bank")
+        penalties = [(1.0 - _paired(g, p)).mean() for g, p in zip(groups, pairs, strict=True) if p]
+    else:
+        penalties = [(1.0 - _nearest(g, square=True)).mean() for g in groups if len(g) >= 2]
     if not penalties:
         return torch.zeros(())
     return torch.stack(penalties).mean()

@@ -24,7 +24,13 @@ from torch import Tensor, nn
 from soft_share_cli.data import Dataset
 from soft_share_cli.errors import DataError, InputError
 from soft_share_cli.models.registry import build_model
-from soft_share_cli.regularizers import alignment_penalty, coefficient_groups
+from soft_share_cli.regularizers import (
+    AlignMode,
+    alignment_penalty,
+    coefficient_groups,
+    coefficient_names,
+    recurrence_pairs,
+)
 
 TRAINABLE_ARCHITECTURES = ("swrn", "wrn")
 
@@ -54,6 +60,8 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # STEP: fractions of epochs where lr drops
     gamma: float = 0.2  # STEP: the factor applied at each milestone (the WRN recipe)
     align: float = 0.0  # weight of the alignment regulariser; > 0 grows foldable networks
+    # recurrent: same-role layers of consecutive blocks align (loops); nearest: any neighbour
+    align_mode: AlignMode = AlignMode.RECURRENT
     augment: bool = False  # random crop (+ flip for RGB); off for digits, whose 8x8 is tiny
     seed: int = 0  # seeds init and shuffling, so a run can be reproduced exactly
     device: str = "cpu"  # any torch device string; data is moved there once
@@ -62,6 +70,7 @@ class TrainConfig:
         """Plain-python form (enums as their values, tuples as lists) for checkpoints and JSON."""
         out = asdict(self)
         out["schedule"] = self.schedule.value
+        out["align_mode"] = AlignMode(self.align_mode).value
         out["milestones"] = list(self.milestones)
         return out
 
@@ -260,6 +269,10 @@ def train(
     model = build_model(config.arch, **kwargs).to(device)
     optimizer = make_optimizer(model, config)
     groups = coefficient_groups(model)
+    pairs = [recurrence_pairs(names) for names in coefficient_names(model)]
+
+    def penalty_of() -> Tensor:
+        return alignment_penalty(groups, config.align_mode, pairs)
     generator = torch.Generator().manual_seed(config.seed)
     x_all = train_data.x.to(device=device, dtype=torch.float32)
     y_all = train_data.y.to(device=device, dtype=torch.long)
@@ -285,7 +298,7 @@ def train(
             loss = F.cross_entropy(logits, y)
             objective = loss
             if config.align > 0:
-                objective = loss + config.align * alignment_penalty(groups).to(device)
+                objective = loss + config.align * penalty_of().to(device)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
@@ -303,7 +316,7 @@ def train(
                 model, test_data, batch_size=max(config.batch_size, 256), device=config.device
             ).top1
         with torch.no_grad():
-            penalty = float(alignment_penalty(groups))
+            penalty = float(penalty_of())
         record = EpochRecord(
             epoch=epoch,
             lr=lr,

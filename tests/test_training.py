@@ -267,3 +267,31 @@ def test_checkpoint_metadata_is_plain_python() -> None:
     ]
     assert meta["command"] == "ssc train --data digits" and len(meta["history"]) == 1
     assert meta["torch_version"] == torch.__version__ and meta["created"].endswith("+00:00")
+
+
+def test_recurrence_pairs_follow_roles_across_blocks() -> None:
+    from soft_share_cli.regularizers import recurrence_pairs
+
+    names = [f"stage_1.{b}.conv{r}" for b in (1, 2, 3) for r in (1, 2)]
+    assert recurrence_pairs(names) == [(0, 2), (1, 3), (2, 4), (3, 5)]
+    assert recurrence_pairs(["conv2", "conv3", "conv4"]) == [(0, 1), (1, 2)]
+    assert recurrence_pairs(["only.conv"]) == []
+
+
+def test_recurrent_penalty_is_zero_for_repeating_blocks_and_one_for_orthogonal() -> None:
+    from soft_share_cli.regularizers import AlignMode, alignment_penalty
+
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    pairs = [[(0, 2), (1, 3)]]
+    repeating = [[nn.Parameter(v.clone()) for v in (a, b, -2 * a, 3 * b)]]
+    assert float(
+        alignment_penalty(repeating, AlignMode.RECURRENT, pairs).detach()
+    ) == pytest.approx(0.0)
+    alternating = [[nn.Parameter(v.clone()) for v in (a, b, b, a)]]
+    assert float(
+        alignment_penalty(alternating, AlignMode.RECURRENT, pairs).detach()
+    ) == pytest.approx(1.0)
+    # nearest mode is satisfied by the alternating bank (every layer has a parallel partner)
+    assert float(alignment_penalty(alternating, AlignMode.NEAREST).detach()) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        alignment_penalty(alternating, AlignMode.RECURRENT)
