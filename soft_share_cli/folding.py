@@ -118,8 +118,8 @@ def _absorb_rule(state_dict: Mapping[str, Any] | None) -> Callable[[str, float],
     """Where the scale of layer ``name`` can go, given the network's other tensors."""
 
     def rule(name: str, scale: float) -> Absorb:
-        if state_dict is None:
-            return Absorb.GAIN
+        if state_dict is None or scale == 0.0:
+            return Absorb.GAIN  # unknown network, or nothing to divide a statistic by
         parent, _, role = name.rpartition(".")
         if f"{parent}.bn2.running_var" not in state_dict:
             return Absorb.GAIN
