@@ -11,7 +11,8 @@ import networkx as nx
 from torch import Tensor
 
 from soft_share_cli.banks import Bank, BankIssue, find_banks
-from soft_share_cli.clustering import DEFAULT_THRESHOLD, Clusters, Linkage, cluster_layers
+from soft_share_cli.clustering import Clusters, Linkage, cluster_layers
+from soft_share_cli.defaults import DEFAULT_THRESHOLD
 from soft_share_cli.errors import InputError
 from soft_share_cli.folding import BankFold, ParameterCounts, parameter_counts, plan_bank
 from soft_share_cli.graph import Loop, find_loops, layer_letters, recurrence_graph
@@ -137,9 +138,9 @@ def analyze_state_dict(
     position = {key: i for i, key in enumerate(state_dict)}
     order = sorted(
         ((r.bank.name, layer.index) for r in used for layer in r.bank.layers),
-        key=lambda item: position[next(b for b in used if b.bank.name == item[0]).bank.layers[
-            item[1]
-        ].key],
+        key=lambda item: position[
+            next(b for b in used if b.bank.name == item[0]).bank.layers[item[1]].key
+        ],
     )
     graph = recurrence_graph(
         [(r.bank.name, [lay.name for lay in r.bank.layers], r.clusters) for r in used], order
@@ -150,9 +151,7 @@ def analyze_state_dict(
     return tuple(results), discovery.issues, counts, graph
 
 
-def analyze_checkpoint(
-    path: str | Path, options: AnalysisOptions = AnalysisOptions()
-) -> Analysis:
+def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
     """Load ``path`` safely and analyse it; works on any network built from template banks."""
     from soft_share_cli.checkpoint import load_checkpoint
     from soft_share_cli.errors import ArchitectureError

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from soft_share_cli._version import __version__
+from soft_share_cli.defaults import DEFAULT_THRESHOLD
 from soft_share_cli.errors import EXIT_CODES, SscError
 
 INTERNAL_ERROR = 4  # a bug in ssc, not in the input: the message asks for a report
@@ -168,6 +169,121 @@ def train_command(
     with render.progress_bar() as progress:
         report = run_train(config, data_spec, output, command=command, progress=progress)
     render.print_json(report.to_dict()) if as_json else render.render_train(report)
+
+
+def analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that decide which layers are the same layer (analyze, plot, fold)."""
+    options = [
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0.0, 1.0),
+            default=DEFAULT_THRESHOLD,
+            show_default=True,
+            help="Layers with similarity >= this may share one weight.",
+        ),
+        click.option(
+            "--metric",
+            type=click.Choice(["coefficients", "weight"]),
+            default="coefficients",
+            show_default=True,
+            help="coefficients: the paper's LSM; weight: cosine of the generated weights.",
+        ),
+        click.option(
+            "--linkage",
+            type=click.Choice(["complete", "average", "single"]),
+            default="complete",
+            show_default=True,
+            help="complete: every pair in a cluster meets the threshold.",
+        ),
+        click.option("--signed", is_flag=True, help="Keep the sign of the cosine in the LSM."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
+    from soft_share_cli.analysis import AnalysisOptions
+    from soft_share_cli.clustering import Linkage
+    from soft_share_cli.similarity import Metric
+
+    return AnalysisOptions(threshold, Metric(metric), Linkage(linkage), signed)
+
+
+@cli.command("analyze")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@analysis_options
+@click.option(
+    "--graph",
+    "graph_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def analyze_command(
+    checkpoint: str,
+    threshold: float,
+    metric: str,
+    linkage: str,
+    signed: bool,
+    graph_path: str | None,
+    as_json: bool,
+) -> None:
+    """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
+    from soft_share_cli import render
+    from soft_share_cli.analysis import analyze_checkpoint
+    from soft_share_cli.graph import export_graph, graph_format
+    from soft_share_cli.pipeline import check_writable
+
+    if graph_path is not None:  # refuse a bad output before the work, not after
+        graph_format(graph_path)
+        check_writable(graph_path)
+    result = analyze_checkpoint(checkpoint, _options(threshold, metric, linkage, signed))
+    if graph_path is not None:
+        export_graph(result.graph, graph_path)
+    render.print_json(result.to_dict()) if as_json else render.render_analysis(result)
+
+
+@cli.command("plot-similarity")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Heatmap file (.png, .svg, .pdf).",
+)
+@analysis_options
+@click.option(
+    "--graph-plot",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also draw the recurrence graph to this file (.png, .svg, .pdf).",
+)
+@common
+def plot_similarity_command(
+    checkpoint: str,
+    output: str,
+    threshold: float,
+    metric: str,
+    linkage: str,
+    signed: bool,
+    graph_plot: str | None,
+) -> None:
+    """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
+    from soft_share_cli import render
+    from soft_share_cli.pipeline import check_writable, plot_similarity
+    from soft_share_cli.plotting import figure_format
+
+    for path in (output, graph_plot):
+        if path is not None:  # refuse a bad output before the work, not after
+            figure_format(path)
+            check_writable(path)
+    written = plot_similarity(
+        checkpoint, output, _options(threshold, metric, linkage, signed), graph_plot
+    )
+    for path in written:
+        render.err.print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,10 +24,6 @@ import numpy as np
 # staying far below any difference between layers that a user could mean.
 TOLERANCE = 1e-12
 
-# At LSM >= 0.95 two coefficient vectors are within ~18 degrees (sin = 0.31) of each other: close
-# to parallel, yet loose enough for trained (never exactly parallel) layers. The README justifies
-# the value against measurements.
-DEFAULT_THRESHOLD = 0.95
 
 Clusters = tuple[tuple[int, ...], ...]
 

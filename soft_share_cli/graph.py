@@ -233,7 +233,9 @@ def recurrence_graph(
 GRAPH_FORMATS = (".graphml", ".gexf", ".json", ".dot")
 
 
-def _format_of(path: Path) -> str:
+def graph_format(path: str | Path) -> str:
+    """The graph format ``path``'s extension names; InputError otherwise."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in GRAPH_FORMATS:
         raise InputError(
@@ -358,7 +360,7 @@ def export_graph(graph: nx.DiGraph, path: str | Path) -> None:
     from soft_share_cli.checkpoint import atomic_write
 
     target = Path(path)
-    writer = _WRITERS[_format_of(target)]
+    writer = _WRITERS[graph_format(target)]
     atomic_write(target, lambda tmp: writer(graph, tmp))
 
 
@@ -370,7 +372,7 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     an unknown extension or a file that cannot be read or parsed.
     """
     source = Path(path)
-    fmt = _format_of(source)
+    fmt = graph_format(source)
     try:
         if fmt == ".graphml":
             graph = nx.DiGraph(nx.read_graphml(source))

@@ -244,3 +244,39 @@ def run_train(
         file_bytes=Path(output).stat().st_size,
         seconds=result.seconds,
     )
+
+
+def plot_similarity(
+    path: str | Path, output: str | Path, options: Any, graph_output: str | Path | None = None
+) -> list[str]:
+    """Draw every bank's similarity heatmap (and optionally the recurrence graph); return paths."""
+    from soft_share_cli.analysis import analyze_checkpoint
+    from soft_share_cli.plotting import (
+        HeatmapInput,
+        graph_figure,
+        save_figure,
+        similarity_figure,
+    )
+
+    analysis = analyze_checkpoint(path, options)
+    panels = [
+        HeatmapInput(
+            bank=b.bank.name,
+            layers=[layer.name for layer in b.bank.layers],
+            matrix=b.similarity.matrix,
+            clusters=b.clusters,
+        )
+        for b in analysis.banks
+    ]
+    metric = "LSM" if options.metric.value == "coefficients" else "weight similarity"
+    title = f"{Path(path).name}: {metric}"
+    save_figure(
+        similarity_figure(panels, options.threshold, title=title, signed=options.signed), output
+    )
+    written = [str(output)]
+    if graph_output is not None:
+        save_figure(
+            graph_figure(analysis.graph, title=f"{Path(path).name}: recurrence graph"), graph_output
+        )
+        written.append(str(graph_output))
+    return written

@@ -365,16 +365,22 @@ def graph_figure(graph: nx.DiGraph, *, title: str | None = None) -> Figure:
     return fig
 
 
+def figure_format(path: str | Path) -> str:
+    """The format ``path``'s extension names ("png", "svg", "pdf"); InputError otherwise."""
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in SAVE_FORMATS:
+        accepted = ", ".join(f".{f}" for f in SAVE_FORMATS)
+        raise InputError(f"cannot save a figure as {Path(path).name!r}: use one of {accepted}")
+    return ext
+
+
 def save_figure(fig: Figure, path: str | Path) -> None:
     """Write ``fig`` to ``path`` atomically, in the format its extension names (png, svg, pdf).
 
     A failure leaves no partial file and keeps any previous file at ``path``. Raises
     :class:`InputError` for another extension or an unwritable path.
     """
-    ext = Path(path).suffix.lower().lstrip(".")
-    if ext not in SAVE_FORMATS:
-        accepted = ", ".join(f".{f}" for f in SAVE_FORMATS)
-        raise InputError(f"cannot save a figure as {Path(path).name!r}: use one of {accepted}")
+    ext = figure_format(path)
     from soft_share_cli.checkpoint import atomic_write  # imports torch: only when saving
 
     # Drop timestamps from vector formats so the same figure gives the same bytes.

@@ -114,3 +114,76 @@ def render_train(report: Any) -> None:
         f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
         f"{report.parameters:,} parameters); test top-1 {_pct(report.test_top1) or 'n/a'}"
     )
+
+
+def render_analysis(analysis: Any) -> None:
+    """``ssc analyze``: facts, one table per bank, the loops, the parameter counts."""
+    facts = analysis.checkpoint
+    opts = analysis.options
+    rows = [
+        ("file", f"{facts['path']} ({facts['format']} format, {facts['container']})"),
+        ("prefix stripped", facts["stripped_prefix"]),
+        ("inert placeholders", ", ".join(facts["placeholders"]) or None),
+        ("architecture", facts["architecture"] or "not a known architecture (banks analysed)"),
+        (
+            "similarity",
+            f"{opts.metric.value} metric{', signed' if opts.signed else ''}; "
+            f"clusters at τ = {opts.threshold:g}, {opts.linkage.value} linkage",
+        ),
+    ]
+    out.print(_kv_table("Checkpoint", rows))
+    for result in analysis.banks:
+        bank = result.bank
+        o, i, k, _ = bank.template_shape
+        title = (
+            f"{bank.name}: {bank.num_templates} templates of {o}×{i}×{k}×{k}, "
+            f"{len(bank.layers)} layers → {len(result.clusters)} distinct weights"
+        )
+        table = Table(title=title, title_justify="left")
+        for name, justify in (
+            ("#", "right"),
+            ("layer", "left"),
+            ("cluster", "center"),
+            ("‖α‖", "right"),
+            ("nearest", "left"),
+            ("S", "right"),
+            ("scale", "right"),
+            ("residual", "right"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        letters = result.letters
+        nearest = result.similarity.nearest()
+        for n, layer in enumerate(bank.layers):
+            j, s = nearest[n]
+            fold = result.fold.layers[n]
+            table.add_row(
+                str(n),
+                layer.name,
+                letters[n],
+                f"{result.similarity.norms[n]:.3f}",
+                "-" if j is None else bank.layers[j].name,
+                "-" if j is None else f"{s:.3f}",
+                f"{fold.scale:+.3f}",
+                f"{fold.residual:.1e}",
+            )
+        out.print(table)
+    out.print("[bold]Loops[/bold]")
+    for line in analysis.loop_summary or ["none at this threshold"]:
+        out.print(f"  • {line}")
+    for issue in analysis.issues:
+        out.print(f"[yellow]warning[/yellow] {issue.message}")
+    p = analysis.params
+    table = Table(title="Parameters", title_justify="left")
+    table.add_column("network")
+    table.add_column("parameters", justify="right")
+    table.add_column("folded saves", justify="right")
+    table.add_row(
+        "checkpoint (unique, by storage)",
+        f"{p.checkpoint_unique:,}",
+        _pct(p.savings_vs_checkpoint_pct),
+    )
+    table.add_row(
+        "unshared equivalent", f"{p.unshared_equivalent:,}", _pct(p.savings_vs_unshared_pct)
+    )
+    table.add_row(f"folded at τ = {opts.threshold:g}", f"{p.folded:,}", "")
+    out.print(table)

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from sklearn.cluster import AgglomerativeClustering
 
 from soft_share_cli.clustering import (
-    DEFAULT_THRESHOLD,
     TOLERANCE,
     Linkage,
     cluster_labels,
     cluster_layers,
     merge_heights,
 )
+from soft_share_cli.defaults import DEFAULT_THRESHOLD
 
 
 def blocks() -> np.ndarray:
