@@ -83,9 +83,13 @@ def authors_layout(source: Path, target: Path, legacy: bool) -> None:
             coefficients = [p for n, p in model.named_parameters() if "coefficients" in n]
             others = [p for n, p in model.named_parameters() if "coefficients" not in n]
             optimizer = torch.optim.SGD(
-                [{"params": coefficients, "weight_decay": 0.0},
-                 {"params": others, "weight_decay": 5e-4}],
-                lr=0.0, momentum=0.9, nesterov=True,
+                [
+                    {"params": coefficients, "weight_decay": 0.0},
+                    {"params": others, "weight_decay": 5e-4},
+                ],
+                lr=0.0,
+                momentum=0.9,
+                nesterov=True,
             )
             x = torch.zeros(8, model.in_channels, 8, 8)
             model(x).sum().backward()

@@ -273,6 +273,7 @@ def train(
 
     def penalty_of() -> Tensor:
         return alignment_penalty(groups, config.align_mode, pairs)
+
     generator = torch.Generator().manual_seed(config.seed)
     x_all = train_data.x.to(device=device, dtype=torch.float32)
     y_all = train_data.y.to(device=device, dtype=torch.long)
