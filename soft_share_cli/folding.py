@@ -190,6 +190,7 @@ def plan_bank(
             residual_vec = a[i] - s * u
             norm = np.sqrt(max(inner(a[i], a[i]), 0.0))
             residual = np.sqrt(max(inner(residual_vec, residual_vec), 0.0)) / norm if norm else 0.0
+            residual = residual if residual > 1e-12 else 0.0  # rounding noise of an exact fit
             folds[i] = LayerFold(name, c, float(s), float(residual), rule(name, float(s)))
     layers = tuple(folds[i] for i in range(len(bank.layers)))
     return BankFold(bank.name, bank.num_templates, bank.weight_numel, clusters, directions, layers)
