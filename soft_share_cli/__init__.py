@@ -19,6 +19,7 @@ _EXPORTS = {
     "WRN": "soft_share_cli.models.wrn",
     "build_model": "soft_share_cli.models.registry",
     "SscError": "soft_share_cli.errors",
+    "load_folded": "soft_share_cli.folded",
 }
 
 __all__ = ["__version__", *_EXPORTS]

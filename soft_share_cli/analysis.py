@@ -158,11 +158,20 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
     from soft_share_cli.infer import architecture_of
 
     ckpt = load_checkpoint(path)
-    try:
-        architecture: str | None = architecture_of(ckpt).describe()
-    except ArchitectureError:
-        architecture = None  # analysis needs no architecture
-    banks, issues, counts, graph = analyze_state_dict(ckpt.state_dict, options)
+    state_dict = ckpt.state_dict
+    if ckpt.container == "ssc-folded":
+        from soft_share_cli.folded import folded_state_dict_view, load_folded
+
+        # A folded network, seen as soft-shared: its distinct weights are the templates.
+        folded = load_folded(path)
+        state_dict = folded_state_dict_view(folded)
+        architecture: str | None = f"folded {folded.describe()}"
+    else:
+        try:
+            architecture = architecture_of(ckpt).describe()
+        except ArchitectureError:
+            architecture = None  # analysis needs no architecture
+    banks, issues, counts, graph = analyze_state_dict(state_dict, options)
     if not banks:
         raise InputError(
             f"{path}: no template banks found (no 5-d '...templates' tensors); "

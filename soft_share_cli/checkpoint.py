@@ -7,6 +7,7 @@ legacy pre-1.6 torch format and ``.safetensors``, and unwraps the containers met
   "arch_kwargs", "state_dict", "metadata"}`` (see :func:`save_checkpoint`);
 * ``"authors-training"``: the authors' ``{"epoch", "arch", "state_dict", "recorder",
   "optimizer"}``, whose ``recorder`` is a pickled ``utils.RecorderMeter``;
+* ``"ssc-folded"``: a folded network (safetensors; see :mod:`soft_share_cli.folded`);
 * ``"state_dict"``: a bare dict of tensors;
 * ``"wrapped:<key>"``: a dict holding one under the first of :data:`WRAPPER_KEYS` that does.
 
@@ -61,7 +62,7 @@ class LoadedCheckpoint:
 
     path: Path
     format: str  # "zip" | "legacy" | "safetensors"
-    container: str  # "ssc" | "authors-training" | "state_dict" | "wrapped:<key>"
+    container: str  # "ssc" | "ssc-folded" | "authors-training" | "state_dict" | "wrapped:<key>"
     state_dict: dict[str, Tensor]
     stripped_prefix: str | None
     arch: str | None
@@ -274,6 +275,10 @@ def _load_safetensors(path: Path) -> LoadedCheckpoint:
             raise CheckpointError(f"{path}: its 'ssc' metadata is not a JSON object")
         arch, arch_kwargs, metadata = _typed_header(path, info)
         container = "ssc"
+    elif header.get("format") == "ssc-folded":
+        from soft_share_cli.folded import folded_metadata  # lazy: folded.py builds on this module
+
+        container, metadata = "ssc-folded", folded_metadata(path, header)  # program and report
     state_dict, stripped = _strip_prefixes(state_dict)
     return LoadedCheckpoint(
         path, "safetensors", container, state_dict, stripped, arch, arch_kwargs, metadata, (),

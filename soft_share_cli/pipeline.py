@@ -121,14 +121,21 @@ def run_eval(
 
     parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path)
-    model, spec = rebuild_model(ckpt)
+    model: Any
+    if ckpt.container == "ssc-folded":
+        from soft_share_cli.folded import load_folded
+
+        model = load_folded(path)
+        name, channels = model.describe(), int(model.program()["in_channels"])
+    else:
+        model, spec = rebuild_model(ckpt)
+        name, channels = spec.describe(), int(spec.kwargs.get("in_channels", 0))
     data = load_data(data_spec, split="test")
-    if data.in_channels != spec.kwargs.get("in_channels", data.in_channels):
+    if channels and data.in_channels != channels:
         from soft_share_cli.errors import DataError
 
         raise DataError(
-            f"{data_spec} has {data.in_channels} input channels but {spec.describe()} expects "
-            f"{spec.kwargs['in_channels']}"
+            f"{data_spec} has {data.in_channels} input channels but {name} expects {channels}"
         )
     result = evaluate(
         model,
@@ -137,8 +144,21 @@ def run_eval(
         device=device,
         progress=(lambda done, total: progress("evaluating", done, total)) if progress else None,
     )
-    recorded = ckpt.metadata.get("test_top1") if ckpt.metadata.get("data") == data_spec else None
-    return EvalReport(str(path), spec.describe(), data_spec, device, batch_size, result, recorded)
+    return EvalReport(
+        str(path), name, data_spec, device, batch_size, result, _recorded_top1(ckpt, data_spec)
+    )
+
+
+def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
+    """The top-1 a checkpoint says it had on ``data_spec`` when it was written, if any."""
+    meta = ckpt.metadata
+    if ckpt.container == "ssc-folded":
+        measured = (meta.get("report") or {}).get("data") or {}
+        if measured.get("spec") != data_spec:
+            return None
+        final = measured.get("recalibrated") or measured.get("folded") or {}
+        return final.get("top1")
+    return meta.get("test_top1") if meta.get("data") == data_spec else None
 
 
 def check_writable(path: str | Path) -> None:

@@ -1,0 +1,457 @@
+"""``ssc fold``: plan, convert, verify and measure a fold, then write it (or refuse to).
+
+The steps, each a function of its own: rebuild the original network; cluster its banks
+(:mod:`analysis`); build the folded network with real loops (:mod:`folded`, or :mod:`surgery`
+for user networks); check function preservation on a seeded random probe (no data needed);
+measure top-1 of both networks on the same samples when data is given (optionally after
+re-estimating BatchNorm statistics); write the folded file, and the plain-conv version on request.
+Gates (``atol``, ``max_drop``) that fail are reported and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from soft_share_cli.analysis import SCHEMA_VERSION, AnalysisOptions, analyze_state_dict
+from soft_share_cli.checkpoint import LoadedCheckpoint, load_checkpoint
+from soft_share_cli.clustering import Linkage, merge_heights
+from soft_share_cli.data import Dataset
+from soft_share_cli.errors import InputError
+from soft_share_cli.evaluation import EvalResult, evaluate
+from soft_share_cli.folding import BankFold, ParameterCounts, plan_bank
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class FoldOptions:
+    """Everything ``ssc fold`` can be asked for, besides the paths."""
+
+    analysis: AnalysisOptions = AnalysisOptions()
+    auto_threshold: bool = False  # search the thresholds where the clustering changes
+    data: str | None = None  # a --data spec: accuracy of both networks on its test split
+    max_drop: float | None = None  # gate: original top-1 minus folded top-1, in points
+    atol: float | None = None  # gate: max |logit difference| on the random probe
+    recalibrate_bn: int = 0  # batches of the train split to re-estimate BatchNorm statistics
+    batch_size: int = 256
+    device: str = "cpu"
+    model: str | None = None  # "module:callable" building a user network (bring your own)
+    probe_samples: int = 16  # random inputs for the function-preservation check
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Function preservation on seeded random inputs, eval mode, no data needed."""
+
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    mean_abs_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            **{k: getattr(self, k) for k in ("max_abs_diff", "mean_abs_diff")},
+        }
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """Both networks on the same samples."""
+
+    spec: str
+    original: EvalResult
+    folded: EvalResult  # before any BN recalibration
+    agreement: float  # percent of samples where both predict the same class
+    recalibrated: EvalResult | None = None
+    recalibrated_agreement: float | None = None
+
+    @property
+    def final(self) -> EvalResult:
+        """The network that is written: recalibrated when asked for."""
+        return self.recalibrated or self.folded
+
+    @property
+    def delta_top1(self) -> float:
+        """Folded minus original, in points (negative: the fold costs accuracy)."""
+        return self.final.top1 - self.original.top1
+
+    def to_dict(self) -> dict[str, Any]:
+        def acc(r: EvalResult | None) -> dict[str, Any] | None:
+            return None if r is None else {"top1": r.top1, "top5": r.top5, "loss": r.loss}
+
+        return {
+            "spec": self.spec,
+            "samples": self.original.samples,
+            "original": acc(self.original),
+            "folded": acc(self.folded),
+            "agreement": self.agreement,
+            "recalibrated": acc(self.recalibrated),
+            "recalibrated_agreement": self.recalibrated_agreement,
+            "delta_top1": self.delta_top1,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the ``--threshold auto`` trade-off table."""
+
+    threshold: float
+    distinct_weights: int
+    parameters: int
+    top1: float
+    delta_top1: float
+    within_budget: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """What ``ssc fold`` did, measured."""
+
+    checkpoint: str
+    output: str | None  # None when a gate failed and nothing was written
+    materialized: str | None
+    architecture: str
+    options: AnalysisOptions
+    params: ParameterCounts
+    banks: tuple[dict[str, Any], ...]
+    loops: tuple[str, ...]
+    probe: Probe
+    data: DataCheck | None
+    candidates: tuple[Candidate, ...] = ()
+    file_bytes: dict[str, int] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()  # gates that did not pass, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.checkpoint,
+            "output": self.output,
+            "materialized": self.materialized,
+            "architecture": self.architecture,
+            **self.options.to_dict(),
+            "params": self.params.to_dict(),
+            "banks": list(self.banks),
+            "loops": list(self.loops),
+            "probe": self.probe.to_dict(),
+            "data": None if self.data is None else self.data.to_dict(),
+            "auto": [c.to_dict() for c in self.candidates],
+            "file_bytes": self.file_bytes,
+            "passed": not self.failures,
+            "failures": list(self.failures),
+        }
+
+
+@dataclass
+class _Fold:
+    """One fold at one threshold (internal)."""
+
+    options: AnalysisOptions
+    network: nn.Module
+    plans: dict[str, BankFold]
+    counts: ParameterCounts
+    loops: tuple[str, ...]
+    program: dict[str, Any] | None  # user networks: the surgery program
+
+
+class _Source:
+    """The original network and how to fold it (SWRN, or a user network via --model)."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, model_spec: str | None):
+        self.ckpt = ckpt
+        self.model_spec = model_spec
+        if model_spec is not None:
+            from soft_share_cli.user_model import build_user_model
+
+            self.model = build_user_model(model_spec, ckpt.state_dict)
+            self.architecture = f"user network {model_spec}"
+        else:
+            from soft_share_cli.infer import rebuild_model
+
+            self.model, spec = rebuild_model(ckpt)
+            if spec.arch != "swrn":
+                raise InputError(
+                    f"{ckpt.path}: {spec.describe()} has no template banks, nothing to fold "
+                    "(for your own architecture pass --model module:callable)"
+                )
+            self.architecture = spec.describe()
+        self.model.eval()
+
+    def fold(self, options: AnalysisOptions) -> _Fold:
+        state = self.ckpt.state_dict
+        results, _, counts, _ = analyze_state_dict(state, options)
+        loops = tuple(f"{r.bank.name}: {loop.description}" for r in results for loop in r.loops)
+        if self.model_spec is None:
+            from soft_share_cli.folded import fold_swrn
+            from soft_share_cli.models.wrn import SWRN
+
+            assert isinstance(self.model, SWRN)
+            plans = {r.bank.name: r.fold for r in results}
+            return _Fold(options, fold_swrn(self.model, plans), plans, counts, loops, None)
+        from soft_share_cli.folding import parameter_counts
+        from soft_share_cli.params import count_state_dict_parameters
+        from soft_share_cli.similarity import Metric, gram_matrix
+        from soft_share_cli.surgery import fold_user_model, user_fold_program
+
+        # Unknown network: no BatchNorm can be assumed, every scale stays an explicit gain.
+        plans = {
+            r.bank.name: plan_bank(
+                r.bank,
+                r.clusters,
+                gram=gram_matrix(r.bank.templates) if options.metric == Metric.WEIGHT else None,
+                state_dict=None,
+            )
+            for r in results
+        }
+        banks = [r.bank for r in results]
+        counts = parameter_counts(count_state_dict_parameters(state), tuple(plans.values()))
+        network = fold_user_model(self.model, plans, banks)
+        return _Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
+
+
+def probe_input(ckpt: LoadedCheckpoint, model: nn.Module, samples: int, seed: int) -> Tensor:
+    """Seeded random inputs shaped like the data the network was trained on, if known."""
+    size = 8 if ckpt.metadata.get("preprocessing", {}).get("dataset") == "digits" else 32
+    channels = 3
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            channels = module.in_channels
+            break
+        weight = getattr(module, "templates", None)
+        if isinstance(weight, Tensor):
+            channels = int(weight.shape[2])
+            break
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(samples, channels, size, size, generator=generator)
+
+
+def compare_on_probe(original: nn.Module, folded: nn.Module, x: Tensor) -> Probe:
+    """Max and mean absolute logit difference between the two networks in eval mode."""
+    original.eval(), folded.eval()
+    with torch.inference_mode():
+        diff = (original(x) - folded(x)).abs()
+    return Probe(tuple(x.shape), float(diff.max()), float(diff.mean()))
+
+
+def recalibrate_batchnorm(model: nn.Module, data: Dataset, batches: int, batch_size: int) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` batches of ``data``.
+
+    Statistics are reset and averaged over the batches (cumulative average, momentum None);
+    weights are untouched; the model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i, xb in enumerate(data.x.split(batch_size)):
+            if i >= batches:
+                break
+            model(xb.to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def _agreement(a: EvalResult, b: EvalResult) -> float:
+    assert a.predictions is not None and b.predictions is not None
+    return 100.0 * float((a.predictions == b.predictions).float().mean())
+
+
+def _evaluate(
+    model: nn.Module, data: Dataset, options: FoldOptions, stage: str, progress: Progress | None
+) -> EvalResult:
+    callback = (lambda done, total: progress(stage, done, total)) if progress else None
+    return evaluate(
+        model,
+        data,
+        batch_size=options.batch_size,
+        device=options.device,
+        progress=callback,
+        keep_predictions=True,
+    )
+
+
+def candidate_thresholds(ckpt: LoadedCheckpoint, options: AnalysisOptions) -> list[float]:
+    """Every threshold at which some bank's clustering changes (and 1.0), highest first."""
+    results, _, _, _ = analyze_state_dict(ckpt.state_dict, options)
+    heights = {1.0}
+    for r in results:
+        matrix = abs(r.similarity.matrix)
+        if len(matrix) >= 2:
+            heights.update(round(h, 12) for h in merge_heights(matrix, Linkage(options.linkage)))
+    return sorted((h for h in heights if 0.0 <= h <= 1.0), reverse=True)
+
+
+def fold_checkpoint(
+    path: str | Path,
+    output: str | Path,
+    options: FoldOptions = FoldOptions(),
+    *,
+    materialize: str | Path | None = None,
+    progress: Progress | None = None,
+) -> FoldReport:
+    """Fold ``path`` and write the folded network to ``output`` (unless a gate fails)."""
+    from dataclasses import replace
+
+    from soft_share_cli.data import load_data
+
+    if options.auto_threshold and (options.data is None or options.max_drop is None):
+        raise InputError("--threshold auto needs --data and --max-drop to choose a threshold")
+    if materialize is not None and options.model is not None:
+        raise InputError("--materialize writes a plain WRN; it is not available with --model")
+    if options.recalibrate_bn and options.data is None:
+        raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
+    ckpt = load_checkpoint(path)
+    source = _Source(ckpt, options.model)
+    test = load_data(options.data, "test") if options.data else None
+    original_eval = _evaluate(source.model, test, options, "original", progress) if test else None
+
+    candidates: list[Candidate] = []
+    chosen = options.analysis
+    if options.auto_threshold:
+        assert test is not None and original_eval is not None and options.max_drop is not None
+        best: tuple[int, float] | None = None
+        for t in candidate_thresholds(ckpt, options.analysis):
+            trial = source.fold(replace(options.analysis, threshold=t))
+            result = _evaluate(trial.network, test, options, f"τ = {t:.4f}", progress)
+            delta = result.top1 - original_eval.top1
+            ok = -delta <= options.max_drop
+            weights = sum(len(p.clusters) for p in trial.plans.values())
+            candidates.append(Candidate(t, weights, trial.counts.folded, result.top1, delta, ok))
+            if ok and (best is None or trial.counts.folded < best[0]):
+                best = (trial.counts.folded, t)
+        if best is not None:
+            chosen = replace(options.analysis, threshold=best[1])
+
+    fold = source.fold(chosen)
+    probe = compare_on_probe(
+        source.model,
+        fold.network,
+        probe_input(ckpt, source.model, options.probe_samples, options.seed),
+    )
+    data_check = None
+    if test is not None and original_eval is not None:
+        folded_eval = _evaluate(fold.network, test, options, "folded", progress)
+        recal = recal_agree = None
+        if options.recalibrate_bn:
+            recalibrate_batchnorm(
+                fold.network,
+                load_data(options.data or "", "train"),
+                options.recalibrate_bn,
+                options.batch_size,
+            )
+            recal = _evaluate(fold.network, test, options, "recalibrated", progress)
+            recal_agree = _agreement(original_eval, recal)
+        data_check = DataCheck(
+            options.data or "",
+            original_eval,
+            folded_eval,
+            _agreement(original_eval, folded_eval),
+            recal,
+            recal_agree,
+        )
+
+    failures = []
+    if options.atol is not None and probe.max_abs_diff > options.atol:
+        failures.append(
+            f"max logit difference {probe.max_abs_diff:.3g} exceeds --atol {options.atol:g}"
+        )
+    if (
+        options.max_drop is not None
+        and data_check is not None
+        and -data_check.delta_top1 > options.max_drop
+    ):
+        failures.append(
+            f"top-1 drops {-data_check.delta_top1:.2f} points, "
+            f"more than --max-drop {options.max_drop:g}"
+        )
+    if options.auto_threshold and not any(c.within_budget for c in candidates):
+        failures.append("no threshold keeps the drop within --max-drop")
+
+    written = materialized = None
+    sizes = {"checkpoint": Path(path).stat().st_size}
+    if not failures:
+        report_meta = {
+            "source": str(path),
+            **chosen.to_dict(),
+            "loops": list(fold.loops),
+            "data": None if data_check is None else data_check.to_dict(),
+        }
+        _save(fold, source, output, report_meta)
+        written = str(output)
+        sizes["folded"] = Path(output).stat().st_size
+        if materialize is not None:
+            _save_materialized(fold, source, materialize, report_meta)
+            materialized = str(materialize)
+            sizes["materialized"] = Path(materialize).stat().st_size
+    banks = tuple(
+        {
+            "bank": name,
+            "before": len(p.layers),
+            "after": len(p.clusters),
+            "storage": "weights" if p.stores_weights else "templates",
+            "gains": p.gains,
+            "max_residual": max((layer.residual for layer in p.layers), default=0.0),
+        }
+        for name, p in fold.plans.items()
+    )
+    return FoldReport(
+        str(path),
+        written,
+        materialized,
+        source.architecture,
+        chosen,
+        fold.counts,
+        banks,
+        fold.loops,
+        probe,
+        data_check,
+        tuple(candidates),
+        sizes,
+        tuple(failures),
+    )
+
+
+def _save(fold: _Fold, source: _Source, output: str | Path, report: dict[str, Any]) -> None:
+    if fold.program is None:
+        from soft_share_cli.folded import save_folded
+
+        save_folded(fold.network, output, report=report)  # type: ignore[arg-type]
+    else:
+        from soft_share_cli.surgery import save_folded_user_model
+
+        assert source.model_spec is not None
+        save_folded_user_model(fold.network, output, source.model_spec, fold.program, report)
+
+
+def _save_materialized(
+    fold: _Fold, source: _Source, path: str | Path, report: dict[str, Any]
+) -> None:
+    from soft_share_cli.checkpoint import save_checkpoint
+    from soft_share_cli.materialize import materialize
+
+    plain = materialize(fold.network)  # type: ignore[arg-type]
+    kwargs = {
+        "depth": plain.depth,
+        "width": plain.width,
+        "num_classes": plain.num_classes,
+        "in_channels": plain.in_channels,
+    }
+    meta = {"materialized_from": report["source"], "fold": report}
+    meta.update({k: v for k, v in source.ckpt.metadata.items() if k in ("data", "preprocessing")})
+    save_checkpoint(
+        path, arch="wrn", arch_kwargs=kwargs, state_dict=plain.state_dict(), metadata=meta
+    )
