@@ -22,14 +22,22 @@ def tradeoff_figure(
     colours = ["tab:green" if c.within_budget else "tab:red" for c in candidates]
     ax.plot(xs, ys, color="0.7", zorder=1)
     ax.scatter(xs, ys, c=colours, zorder=2)
+    # Label a point only when it stands apart from the last labelled one (points crowd near
+    # the unfolded end, where many thresholds change almost nothing).
+    span_x = (max(xs) - min(xs)) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    last: tuple[float, float] | None = None
     for c in candidates:
-        ax.annotate(
-            f"τ={c.threshold:.3f}",
-            (c.parameters, c.top1),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
-        )
+        here = (c.parameters / span_x, c.top1 / span_y)
+        if last is None or abs(here[0] - last[0]) > 0.06 or abs(here[1] - last[1]) > 0.06:
+            ax.annotate(
+                f"τ={c.threshold:.3f}",
+                (c.parameters, c.top1),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+            last = here
     ax.axhline(original_top1, color="tab:blue", linestyle="--", label="original")
     ax.axhline(
         original_top1 - max_drop,
