@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from soft_share_cli.analysis import SCHEMA_VERSION, AnalysisOptions, analyze_state_dict
 from soft_share_cli.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -25,6 +24,7 @@ from soft_share_cli.data import Dataset
 from soft_share_cli.errors import InputError
 from soft_share_cli.evaluation import EvalResult, evaluate
 from soft_share_cli.folding import BankFold, ParameterCounts, plan_bank
+from soft_share_cli.verify import Probe, compare_on_probe, probe_input, recalibrate_batchnorm
 
 Progress = Callable[[str, int, int], None]
 
@@ -44,21 +44,6 @@ class FoldOptions:
     model: str | None = None  # "module:callable" building a user network (bring your own)
     probe_samples: int = 16  # random inputs for the function-preservation check
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Function preservation on seeded random inputs, eval mode, no data needed."""
-
-    shape: tuple[int, ...]
-    max_abs_diff: float
-    mean_abs_diff: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            **{k: getattr(self, k) for k in ("max_abs_diff", "mean_abs_diff")},
-        }
 
 
 @dataclass(frozen=True)
@@ -216,53 +201,6 @@ class _Source:
         counts = parameter_counts(count_state_dict_parameters(state), tuple(plans.values()))
         network = fold_user_model(self.model, plans, banks)
         return _Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
-
-
-def probe_input(ckpt: LoadedCheckpoint, model: nn.Module, samples: int, seed: int) -> Tensor:
-    """Seeded random inputs shaped like the data the network was trained on, if known."""
-    size = 8 if ckpt.metadata.get("preprocessing", {}).get("dataset") == "digits" else 32
-    channels = 3
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            channels = module.in_channels
-            break
-        weight = getattr(module, "templates", None)
-        if isinstance(weight, Tensor):
-            channels = int(weight.shape[2])
-            break
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(samples, channels, size, size, generator=generator)
-
-
-def compare_on_probe(original: nn.Module, folded: nn.Module, x: Tensor) -> Probe:
-    """Max and mean absolute logit difference between the two networks in eval mode."""
-    original.eval(), folded.eval()
-    with torch.inference_mode():
-        diff = (original(x) - folded(x)).abs()
-    return Probe(tuple(x.shape), float(diff.max()), float(diff.mean()))
-
-
-def recalibrate_batchnorm(model: nn.Module, data: Dataset, batches: int, batch_size: int) -> None:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` batches of ``data``.
-
-    Statistics are reset and averaged over the batches (cumulative average, momentum None);
-    weights are untouched; the model is left in eval mode.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for i, xb in enumerate(data.x.split(batch_size)):
-            if i >= batches:
-                break
-            model(xb.to(device))
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
-    model.eval()
 
 
 def _agreement(a: EvalResult, b: EvalResult) -> float:
