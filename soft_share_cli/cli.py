@@ -171,15 +171,39 @@ def train_command(
     render.print_json(report.to_dict()) if as_json else render.render_train(report)
 
 
-def analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
+class ThresholdType(click.ParamType):
+    """A number in [0, 1], or ``auto`` where the command allows it."""
+
+    name = "threshold"
+
+    def __init__(self, allow_auto: bool = False) -> None:
+        self.allow_auto = allow_auto
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or (self.allow_auto and value == "auto"):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            wanted = "a number in [0, 1] or 'auto'" if self.allow_auto else "a number in [0, 1]"
+            self.fail(f"{value!r} is not {wanted}", param, ctx)
+        if not 0.0 <= number <= 1.0:
+            self.fail(f"{number} is not in [0, 1]", param, ctx)
+        return number
+
+
+def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]], Any]:
     """The options that decide which layers are the same layer (analyze, plot, fold)."""
+    threshold_help = "Layers with similarity >= this may share one weight"
+    if allow_auto:
+        threshold_help += "; 'auto' searches (needs --data and --max-drop)"
     options = [
         click.option(
             "--threshold",
-            type=click.FloatRange(0.0, 1.0),
+            type=ThresholdType(allow_auto),
             default=DEFAULT_THRESHOLD,
             show_default=True,
-            help="Layers with similarity >= this may share one weight.",
+            help=threshold_help + ".",
         ),
         click.option(
             "--metric",
@@ -197,9 +221,13 @@ def analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--signed", is_flag=True, help="Keep the sign of the cosine in the LSM."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
@@ -212,7 +240,7 @@ def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
 
 @cli.command("analyze")
 @click.argument("checkpoint", type=click.Path(path_type=str))
-@analysis_options
+@analysis_options()
 @click.option(
     "--graph",
     "graph_path",
@@ -254,7 +282,7 @@ def analyze_command(
     type=click.Path(dir_okay=False, path_type=str),
     help="Heatmap file (.png, .svg, .pdf).",
 )
-@analysis_options
+@analysis_options()
 @click.option(
     "--graph-plot",
     type=click.Path(dir_okay=False, path_type=str),
@@ -286,23 +314,6 @@ def plot_similarity_command(
         render.err.print(f"wrote {path}")
 
 
-class ThresholdType(click.ParamType):
-    """A number in [0, 1], or ``auto``."""
-
-    name = "threshold"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float) or value == "auto":
-            return value
-        try:
-            number = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither a number in [0, 1] nor 'auto'", param, ctx)
-        if not 0.0 <= number <= 1.0:
-            self.fail(f"{number} is not in [0, 1]", param, ctx)
-        return number
-
-
 @cli.command("fold")
 @click.argument("checkpoint", type=click.Path(path_type=str))
 @click.option(
@@ -312,25 +323,7 @@ class ThresholdType(click.ParamType):
     type=click.Path(dir_okay=False, path_type=str),
     help="Folded network (.safetensors: weights plus the loop program).",
 )
-@click.option(
-    "--threshold",
-    type=ThresholdType(),
-    default=DEFAULT_THRESHOLD,
-    show_default=True,
-    help="Similarity at which layers share a weight, or 'auto' (needs --data, --max-drop).",
-)
-@click.option(
-    "--metric",
-    type=click.Choice(["coefficients", "weight"]),
-    default="coefficients",
-    show_default=True,
-)
-@click.option(
-    "--linkage",
-    type=click.Choice(["complete", "average", "single"]),
-    default="complete",
-    show_default=True,
-)
+@analysis_options(allow_auto=True)
 @click.option("--data", "data_spec", help=DATA_HELP + " Measures both networks on it.")
 @click.option(
     "--max-drop", type=click.FloatRange(min=0), help="Exit 1 if top-1 drops more (points)."
@@ -371,6 +364,7 @@ def fold_command(
     threshold: float | str,
     metric: str,
     linkage: str,
+    signed: bool,
     data_spec: str | None,
     max_drop: float | None,
     atol: float | None,
@@ -397,7 +391,7 @@ def fold_command(
 
         figure_format(plot)
     options = FoldOptions(
-        analysis=_options(DEFAULT_THRESHOLD if auto else float(threshold), metric, linkage, False),
+        analysis=_options(DEFAULT_THRESHOLD if auto else float(threshold), metric, linkage, signed),
         auto_threshold=auto,
         data=data_spec,
         max_drop=max_drop,
