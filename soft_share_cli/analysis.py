@@ -159,13 +159,19 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
 
     ckpt = load_checkpoint(path)
     state_dict = ckpt.state_dict
-    if ckpt.container == "ssc-folded":
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
+        from soft_share_cli.surgery import folded_user_view
+
+        state_dict = folded_user_view(program, ckpt.state_dict)
+        architecture: str | None = f"folded user network {program.get('model', '')}".strip()
+    elif ckpt.container == "ssc-folded":
         from soft_share_cli.folded import folded_state_dict_view, load_folded
 
         # A folded network, seen as soft-shared: its distinct weights are the templates.
         folded = load_folded(path)
         state_dict = folded_state_dict_view(folded)
-        architecture: str | None = f"folded {folded.describe()}"
+        architecture = f"folded {folded.describe()}"
     else:
         try:
             architecture = architecture_of(ckpt).describe()

@@ -73,10 +73,21 @@ def info_command(checkpoint: str, as_json: bool) -> None:
 @click.option("--data", "data_spec", required=True, help=DATA_HELP)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="MODULE:CALLABLE",
+    help="Build your own network (imports YOUR code) for a checkpoint of it, folded or not.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @common
 def eval_command(
-    checkpoint: str, data_spec: str, device: str, batch_size: int, as_json: bool
+    checkpoint: str,
+    data_spec: str,
+    device: str,
+    batch_size: int,
+    model_spec: str | None,
+    as_json: bool,
 ) -> None:
     """Measure CHECKPOINT's top-1 (and top-5) accuracy on the test split of --data."""
     from soft_share_cli import render
@@ -84,7 +95,12 @@ def eval_command(
 
     with render.progress_bar() as progress:
         report = run_eval(
-            checkpoint, data_spec, batch_size=batch_size, device=device, progress=progress
+            checkpoint,
+            data_spec,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            model_spec=model_spec,
         )
     render.print_json(report.to_dict()) if as_json else render.render_eval(report)
 

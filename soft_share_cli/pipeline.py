@@ -112,24 +112,20 @@ def run_eval(
     batch_size: int = 256,
     device: str = "cpu",
     progress: Progress | None = None,
+    model_spec: str | None = None,
 ) -> EvalReport:
-    """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split."""
+    """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split.
+
+    ``model_spec`` ("module:callable") builds the user's own network for checkpoints of
+    architectures ssc does not know, folded or not.
+    """
     from soft_share_cli.checkpoint import load_checkpoint
     from soft_share_cli.data import load_data, parse_data_spec
     from soft_share_cli.evaluation import evaluate
-    from soft_share_cli.infer import rebuild_model
 
     parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path)
-    model: Any
-    if ckpt.container == "ssc-folded":
-        from soft_share_cli.folded import load_folded
-
-        model = load_folded(path)
-        name, channels = model.describe(), int(model.program()["in_channels"])
-    else:
-        model, spec = rebuild_model(ckpt)
-        name, channels = spec.describe(), int(spec.kwargs.get("in_channels", 0))
+    model, name, channels = _network(ckpt, path, model_spec)
     data = load_data(data_spec, split="test")
     if channels and data.in_channels != channels:
         from soft_share_cli.errors import DataError
@@ -147,6 +143,35 @@ def run_eval(
     return EvalReport(
         str(path), name, data_spec, device, batch_size, result, _recorded_top1(ckpt, data_spec)
     )
+
+
+def _network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[Any, str, int]:
+    """The checkpoint's network in eval mode, its name, and its input channels (0: unknown)."""
+    from soft_share_cli.errors import InputError
+    from soft_share_cli.infer import rebuild_model
+
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    is_user_fold = isinstance(program, dict) and program.get("format") == "ssc-user-fold"
+    if is_user_fold and model_spec is None:
+        made_by = program.get("model") if isinstance(program, dict) else None
+        raise InputError(
+            f"{path} folds your own network; pass --model MODULE:CALLABLE"
+            + (f" (it was made with --model {made_by})" if made_by else "")
+        )
+    if model_spec is not None:
+        from soft_share_cli.surgery import load_folded_user_model
+        from soft_share_cli.user_model import build_user_model
+
+        if is_user_fold:
+            return load_folded_user_model(path, model_spec), f"folded {model_spec}", 0
+        return build_user_model(model_spec, ckpt.state_dict), model_spec, 0
+    if ckpt.container == "ssc-folded":
+        from soft_share_cli.folded import load_folded
+
+        folded = load_folded(path)
+        return folded, folded.describe(), int(folded.program()["in_channels"])
+    model, spec = rebuild_model(ckpt)
+    return model, spec.describe(), int(spec.kwargs.get("in_channels", 0))
 
 
 def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:

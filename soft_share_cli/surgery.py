@@ -380,3 +380,36 @@ def load_folded_user_model(path: str | os.PathLike[str], spec: str) -> nn.Module
             f"{path}: not a folded user network (make one with `ssc fold --model module:callable`)"
         )
     return rebuild_folded_user_model(spec, program, ckpt.state_dict)
+
+
+def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> dict:
+    """A folded user network seen as soft-shared, for analysis (no factory needed).
+
+    Each bank's distinct weights become its templates (``<bank>.templates``, also aliased as
+    ``<layer>.bank.templates`` so every layer maps to its bank), and each layer's coefficients
+    are its gain on the one-hot of its cluster. The other tensors keep their names.
+    """
+    skeletons = _skeletons_from_program(program)
+    view: dict[str, Tensor] = {}
+    hidden: set[str] = set()
+    try:
+        for sk, spec in zip(skeletons, program["banks"], strict=True):
+            prefix = f"{spec['module']}."
+            if sk.stores_weights:
+                stack = state_dict[prefix + "weights"]
+            else:
+                directions = state_dict[prefix + "directions"]
+                stack = torch.tensordot(directions, state_dict[prefix + "templates"], dims=1)
+            hidden.update(k for k in state_dict if k.startswith(prefix))
+            view[f"{sk.name}.templates"] = stack
+            for name, cluster, _ in sk.layers:
+                gain = state_dict[f"{name}.gain"].reshape(())
+                coefficients = torch.zeros(stack.shape[0], 1, 1, 1, 1, dtype=stack.dtype)
+                coefficients[cluster] = gain
+                view[f"{name}.coefficients"] = coefficients
+                view[f"{name}.bank.templates"] = stack
+                hidden.add(f"{name}.gain")
+    except KeyError as exc:
+        raise CheckpointError(f"folded user network lacks tensor {exc}") from None
+    view.update({k: v for k, v in state_dict.items() if k not in hidden})
+    return view

@@ -206,6 +206,29 @@ def test_bring_your_own_network(ssc, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert report["loops"] == ["bank: conv2-conv4 repeat one layer (A) 3 times"]
     d = 10 * 10 * 9
     assert report["params"]["folded"] == report["params"]["checkpoint_unique"] - 3 * d - 9 + d + 3
+    # the folded file evaluates like the original and analyses without the factory
+    rng = torch.Generator().manual_seed(1)
+    import numpy as np
+
+    np.savez("probe.npz", x=torch.randn(20, 1, 8, 8, generator=rng).numpy(), y=np.arange(20) % 10)
+    original = ssc(
+        "eval", "mine.pt", "--data", "npz:probe.npz", "--model", "readme_net:ReadmeNet", "--json"
+    ).json()
+    folded = ssc(
+        "eval",
+        "mine_folded.safetensors",
+        "--data",
+        "npz:probe.npz",
+        "--model",
+        "readme_net:ReadmeNet",
+        "--json",
+    ).json()
+    assert folded["top1"] == original["top1"] and abs(folded["loss"] - original["loss"]) < 1e-5
+    needs = ssc("eval", "mine_folded.safetensors", "--data", "npz:probe.npz")
+    assert needs.code == 2 and "--model readme_net:ReadmeNet" in needs.err
+    analysis = ssc("analyze", "mine_folded.safetensors", "--json").json()
+    assert analysis["loops"] == report["loops"]
+    assert analysis["banks"][0]["clusters"] == [[0, 1, 2]]
     bad = ssc("fold", "mine.pt", "-o", "x.safetensors", "--model", "readme_net:Nope")
     assert bad.code == 2 and "no attribute" in bad.err
     mat = ssc(
