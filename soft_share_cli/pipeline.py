@@ -59,11 +59,19 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     ckpt = load_checkpoint(path)
     arch: dict[str, Any] | None = None
     name = error = None
-    try:
-        spec = architecture_of(ckpt)
-        arch, name = spec.to_dict(), spec.describe()
-    except ArchitectureError as exc:
-        error = str(exc)
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
+        name = f"folded user network (rebuild with --model {program.get('model', '?')})"
+    elif ckpt.container == "ssc-folded":
+        from soft_share_cli.folded import load_folded
+
+        name = f"folded {load_folded(path).describe()}"
+    else:
+        try:
+            spec = architecture_of(ckpt)
+            arch, name = spec.to_dict(), spec.describe()
+        except ArchitectureError as exc:
+            error = str(exc)
     return CheckpointInfo(
         path=str(path),
         format=ckpt.format,

@@ -242,3 +242,12 @@ def test_bring_your_own_network(ssc, tmp_path: Path, monkeypatch: pytest.MonkeyP
         "m.pt",
     )
     assert mat.code == 2 and "materialize" in mat.err
+
+
+def test_info_describes_folded_files(ssc, tmp_path: Path) -> None:
+    out = tmp_path / "f.safetensors"
+    assert ssc("fold", ALIGNED, "-o", str(out)).code == 0
+    info = ssc("info", str(out), "--json").json()
+    assert info["container"] == "ssc-folded"
+    assert info["architecture_name"].endswith("with loops 3, 3, 3")
+    assert info["unique_parameters"] == sum(p.numel() for p in load_folded(out).parameters())
