@@ -24,6 +24,7 @@ import _compat_pickle
 import functools
 import importlib
 import io
+import os
 import pickletools
 import sys
 import tarfile
@@ -71,6 +72,28 @@ _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the object, storage ke
 
 class PickleScanError(ValueError):
     """The bytes are not a well-formed pickle (truncated, unknown opcode, bad stack use)."""
+
+
+class _Bounded:
+    """A stream that never reads past ``end`` (an offset as its ``tell()`` counts).
+
+    pickletools reads an argument with ``read(n)`` for the length the pickle *declares*, and
+    Python allocates ``n`` bytes before reading: a forged 2**62-byte string would end in a
+    MemoryError. Clamped here, the short read is reported as what it is, a truncated pickle.
+    """
+
+    def __init__(self, stream: IO[bytes], end: int) -> None:
+        self._stream, self._end = stream, end
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._end - self._stream.tell())
+        return self._stream.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self._stream.readline(max(0, self._end - self._stream.tell()))
 
 
 class _Unknown:
@@ -269,12 +292,15 @@ def _is_refused(dotted: str) -> bool:
     )
 
 
-def classify(names: Iterable[str]) -> Verdict:
+def classify(names: Iterable[str], allowed: frozenset[str] | None = None) -> Verdict:
     """Sort dotted global names into refused ones and ones to replace by placeholders.
 
     Allowed names (torch's own list and :func:`numpy_safe_globals`) appear in neither tuple.
+    ``allowed`` replaces that list by a subset of it (checking against torch's list imports
+    torch): names it leaves out may then be refused that torch would allow, never the reverse.
     """
-    allowed = torch_allowed_names() | {name for _, name in numpy_safe_globals()}
+    if allowed is None:
+        allowed = torch_allowed_names() | {name for _, name in numpy_safe_globals()}
     pending = [name for name in set(names) if name not in allowed]
     refused = sorted(name for name in pending if _is_refused(name))
     placeholders = sorted(name for name in pending if not _is_refused(name))
@@ -346,11 +372,22 @@ def scan_zip(path: Path) -> set[str]:
                 raise CheckpointError(
                     f"{path}: a zip file without data.pkl, not a torch checkpoint"
                 )
+            if any(m.filename.rsplit("/", 1)[-1] == "constants.pkl" for m in pickles):
+                raise CheckpointError(  # torch.load's own test for TorchScript archives
+                    f"{path}: a TorchScript archive (torch.jit.save), which ssc does not read; "
+                    "save the model's state_dict() with torch.save instead"
+                )
             for member in pickles:
-                names |= scan_pickle(io.BytesIO(archive.read(member))).globals
+                # Streamed, not read whole: a forged size or a compression bomb costs nothing
+                # until the opcodes actually need the bytes.
+                with archive.open(member) as fh:
+                    names |= scan_pickle(_Bounded(fh, member.file_size)).globals
     except PickleScanError as exc:
         raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({exc})") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except CheckpointError:
+        raise
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, NotImplementedError (an
+        # unknown compression method), RuntimeError (an encrypted member), OSError, ...
         raise CheckpointError(
             f"{path}: truncated or corrupt zip archive ({one_line(exc)})"
         ) from None
@@ -365,9 +402,10 @@ def scan_legacy(path: Path) -> set[str]:
     """
     names: set[str] = set()
     with path.open("rb") as fh:
+        bounded = _Bounded(fh, os.fstat(fh.fileno()).st_size)
         for index in range(_LEGACY_PICKLES):
             try:
-                found = scan_pickle(fh)
+                found = scan_pickle(bounded)
             except PickleScanError as exc:
                 if index == 0:
                     if tarfile.is_tarfile(path):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-from torch import Tensor
 
 from soft_share_cli.banks import Bank, BankIssue, find_banks
 from soft_share_cli.clustering import Clusters, Linkage, cluster_layers
@@ -18,6 +17,9 @@ from soft_share_cli.folding import BankFold, ParameterCounts, parameter_counts, 
 from soft_share_cli.graph import Loop, find_loops, layer_letters, recurrence_graph
 from soft_share_cli.params import count_state_dict_parameters
 from soft_share_cli.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SCHEMA_VERSION = 1
 
@@ -157,7 +159,8 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
     from soft_share_cli.errors import ArchitectureError
     from soft_share_cli.infer import architecture_of
 
-    ckpt = load_checkpoint(path)
+    # Without torch where the file allows: the analysis reads coefficients, not the whole file.
+    ckpt = load_checkpoint(path, arrays=True)
     state_dict = ckpt.state_dict
     program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
     if isinstance(program, dict) and program.get("format") == "ssc-user-fold":

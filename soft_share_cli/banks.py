@@ -22,13 +22,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
+from soft_share_cli import arrays
 from soft_share_cli.errors import InputError
-from soft_share_cli.params import _storage_key
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 TEMPLATES = "templates"
 COEFFICIENTS = "coefficients"
@@ -49,7 +51,7 @@ class Layer:
 
     name: str  # module path, the key minus ".coefficients"
     key: str
-    coefficients: Tensor = field(compare=False, repr=False)  # (K,) float64 copy: K numbers only
+    coefficients: np.ndarray = field(compare=False, repr=False)  # (K,) float64 copy: K numbers
     index: int = 0  # position in the bank, in state-dict order
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +70,8 @@ class Bank:
 
     name: str  # shortest templates key minus ".templates"
     keys: tuple[str, ...]  # every key holding this bank (shared storage or an identical alias copy)
-    templates: Tensor = field(compare=False, repr=False)  # the tensor itself: may be mmap-backed
+    # The tensor itself (torch, or a StoredArray): may be mmap-backed, so read it only on need.
+    templates: Tensor | np.ndarray = field(compare=False, repr=False)
     layers: tuple[Layer, ...] = ()
 
     @property
@@ -85,11 +88,11 @@ class Bank:
         o, i, kh, kw = self.template_shape
         return o * i * kh * kw
 
-    def coefficient_matrix(self) -> Tensor:
+    def coefficient_matrix(self) -> np.ndarray:
         """The ``(L, K)`` float64 matrix of the layers' coefficients, one row per layer."""
         if not self.layers:
-            return torch.empty(0, self.num_templates, dtype=torch.float64)
-        return torch.stack([layer.coefficients for layer in self.layers])
+            return np.empty((0, self.num_templates), dtype=np.float64)
+        return np.stack([layer.coefficients for layer in self.layers])
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no template values)."""
@@ -98,7 +101,7 @@ class Bank:
             "keys": list(self.keys),
             "num_templates": self.num_templates,
             "template_shape": list(self.template_shape),
-            "dtype": str(self.templates.dtype).removeprefix("torch."),
+            "dtype": arrays.dtype_name(self.templates),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -144,11 +147,11 @@ class _Group:
     """Template keys sharing one storage region (or merged as identical alias copies)."""
 
     keys: list[str]
-    tensor: Tensor
+    tensor: Any  # a torch tensor or a StoredArray
     alias_only: bool
 
 
-def find_banks(state_dict: Mapping[str, Tensor]) -> BankDiscovery:
+def find_banks(state_dict: Mapping[str, Any]) -> BankDiscovery:
     """Find every template bank in ``state_dict`` and map each coefficient vector to one.
 
     A layer ``L`` is mapped to a bank by the first rule that names exactly one:
@@ -163,6 +166,8 @@ def find_banks(state_dict: Mapping[str, Tensor]) -> BankDiscovery:
     ``k-mismatch`` and ``non-finite`` (layer left out), ``zero-norm`` (layer kept: similarity
     handles it), ``bank-without-layers`` (bank kept with no layers), and ``non-finite`` templates.
     Banks come in the state-dict order of their first layer; banks without layers come last.
+    Values may be torch tensors or :class:`~soft_share_cli.arrays.StoredArray`; only the
+    coefficients are read, and the templates once, to check that they are finite.
     """
     keys = list(state_dict)
     position = {key: i for i, key in enumerate(keys)}
@@ -175,19 +180,19 @@ def find_banks(state_dict: Mapping[str, Tensor]) -> BankDiscovery:
     children = _children(bank_of_key)
     names = [_bank_name(group.keys, position) for group in groups]
 
-    members: list[list[tuple[str, Tensor]]] = [[] for _ in groups]
+    members: list[list[tuple[str, np.ndarray]]] = [[] for _ in groups]
     for key in coefficient_keys:
         name, raw = _module(key), state_dict[key]
-        found = _assign(name, raw.numel(), groups, bank_of_key, children, names)
+        found = _assign(name, arrays.numel(raw), groups, bank_of_key, children, names)
         if isinstance(found, BankIssue):
             issues.append(found)
             continue
-        issue = _check_layer(name, key, raw, names[found], int(groups[found].tensor.shape[0]))
+        vector = arrays.to_float64(raw)  # K numbers: all the analysis reads of a layer
+        issue = _check_layer(name, key, vector, names[found], int(groups[found].tensor.shape[0]))
         if issue is not None:
             issues.append(issue)
             if issue.kind != "zero-norm":  # zero-norm layers stay: similarity handles them
                 continue
-        vector = raw.detach().reshape(-1).to(device="cpu", dtype=torch.float64, copy=True)
         members[found].append((key, vector))
 
     banks = []
@@ -206,17 +211,18 @@ def find_banks(state_dict: Mapping[str, Tensor]) -> BankDiscovery:
     return BankDiscovery(tuple(banks), tuple(issues))
 
 
-def _check_layer(name: str, key: str, raw: Tensor, bank: str, bank_k: int) -> BankIssue | None:
+def _check_layer(
+    name: str, key: str, values: np.ndarray, bank: str, bank_k: int
+) -> BankIssue | None:
     """The issue with a mapped layer's coefficients, if any (all but zero-norm exclude it)."""
-    k = raw.numel()
+    k = values.size
     if k != bank_k:
         message = (
             f"{name} has {k} coefficients but its bank {bank} has {bank_k} templates; "
             "the layer is left out"
         )
         return BankIssue("k-mismatch", key, message)
-    values = raw.detach()
-    if not bool(torch.isfinite(values).all()):
+    if not bool(np.isfinite(values).all()):
         message = f"{name} has NaN or infinite coefficients; the layer is left out"
         return BankIssue("non-finite", key, message)
     if not bool(values.any()):
@@ -229,21 +235,24 @@ def _check_layer(name: str, key: str, raw: Tensor, bank: str, bank_k: int) -> Ba
 
 
 def _is_coefficients(key: str, tensor: Any) -> bool:
-    if key.rsplit(".", 1)[-1] != COEFFICIENTS or not isinstance(tensor, Tensor):
+    if key.rsplit(".", 1)[-1] != COEFFICIENTS or not arrays.is_tensor(tensor):
         return False
     # (K,) or (K, 1, 1, 1, 1): anything else is some other parameter that happens to share the name.
-    shape = tuple(tensor.shape)
+    shape = arrays.shape(tensor)
     return (
-        tensor.is_floating_point() and len(shape) >= 1 and shape[0] >= 1 and set(shape[1:]) <= {1}
+        arrays.is_floating(tensor)
+        and len(shape) >= 1
+        and shape[0] >= 1
+        and set(shape[1:]) <= {1}
     )
 
 
 def _is_templates(key: str, tensor: Any) -> bool:
     return (
         key.rsplit(".", 1)[-1] == TEMPLATES
-        and isinstance(tensor, Tensor)
-        and tensor.is_floating_point()
-        and tensor.dim() == 5
+        and arrays.is_tensor(tensor)
+        and arrays.is_floating(tensor)
+        and len(tensor.shape) == 5
         and tensor.shape[0] >= 1
     )
 
@@ -260,15 +269,15 @@ def _looks_like_alias(key: str, layer_names: set[str]) -> bool:
 
 
 def _group_templates(
-    state_dict: Mapping[str, Tensor], layer_names: set[str], issues: list[BankIssue]
+    state_dict: Mapping[str, Any], layer_names: set[str], issues: list[BankIssue]
 ) -> list[_Group]:
-    by_storage: dict[tuple[int, int, int, tuple[int, ...]], _Group] = {}
+    by_storage: dict[tuple[Any, ...], _Group] = {}
     for key, tensor in state_dict.items():
         if not _is_templates(key, tensor):
             continue
         alias = _looks_like_alias(key, layer_names)
         # Empty tensors may share a null data pointer without being the same bank.
-        storage = _storage_key(tensor) if tensor.numel() else (id(tensor), 0, 0, ())
+        storage = arrays.storage_key(tensor) if arrays.numel(tensor) else ("empty", id(tensor))
         if storage in by_storage:
             group = by_storage[storage]
             group.keys.append(key)
@@ -284,9 +293,7 @@ def _group_templates(
             other
             for other in merged
             if (group.alias_only or other.alias_only)
-            and other.tensor.shape == group.tensor.shape
-            and other.tensor.dtype == group.tensor.dtype
-            and torch.equal(other.tensor, group.tensor)
+            and arrays.equal(other.tensor, group.tensor)
         ]
         if not matches:
             merged.append(group)
@@ -306,7 +313,7 @@ def _group_templates(
 
     for group in merged:
         # Coefficients are checked per layer; a non-finite template poisons every weight.
-        if not bool(torch.isfinite(group.tensor).all()):
+        if not arrays.all_finite(group.tensor):  # chunked: a mapped bank is never held whole
             message = (
                 f"template bank {group.keys[0]} holds NaN or infinite values; every weight "
                 "generated from it is undefined"

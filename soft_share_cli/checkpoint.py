@@ -30,14 +30,16 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from soft_share_cli import _pickle_scan as scan
+from soft_share_cli.arrays import is_tensor
 from soft_share_cli.errors import CheckpointError, InputError, UnsafeCheckpointError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: analysis can do without it
+    from torch import Tensor
 
 FORMAT_NAME = "ssc-checkpoint"
 FORMAT_VERSION = 1
@@ -87,13 +89,19 @@ class LoadedCheckpoint:
         }
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = True) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str], *, mmap: bool = True, arrays: bool = False
+) -> LoadedCheckpoint:
     """Read a checkpoint without executing anything it contains.
 
     Args:
         path: a torch zip file, a legacy (pre-1.6) torch file or a ``.safetensors`` file.
         mmap: memory-map the tensors of zip files instead of reading them (legacy files cannot
-            be mapped and are always read).
+            be mapped by torch and are always read).
+        arrays: read zip and legacy files without torch: every tensor becomes a read-only
+            :class:`~soft_share_cli.arrays.StoredArray` over the mapped file, read only where
+            used (what the analysis wants). Files that need torch's own loader (bfloat16,
+            quantized, sparse tensors, ...) and safetensors files still give torch tensors.
 
     Raises:
         CheckpointError: the file is missing, unreadable, corrupt or holds no tensor state dict.
@@ -107,9 +115,19 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = True) -> Loade
         return _load_safetensors(path)
     else:
         file_format, names = "legacy", scan.scan_legacy(path)
-    verdict = scan.classify(names)
+    verdict = None
+    if arrays:  # judged without importing torch when the file names only what the reader models
+        from soft_share_cli._mapped import MODELLED_GLOBALS, read_arrays
+
+        verdict = scan.classify(names, allowed=MODELLED_GLOBALS)
+    if verdict is None or verdict.refused:
+        verdict, arrays = scan.classify(names), False
     if verdict.refused:
         raise UnsafeCheckpointError(_refusal(path, verdict.refused))
+    if arrays:
+        obj = read_arrays(path, file_format, verdict.placeholders)
+        if obj is not None:
+            return _interpret(path, file_format, obj, verdict.placeholders)
     safe = [*scan.numpy_safe_globals(), *scan.make_placeholders(verdict.placeholders)]
     obj = _torch_load(path, safe, mmap=mmap and file_format == "zip")
     return _interpret(path, file_format, obj, verdict.placeholders)
@@ -129,6 +147,9 @@ def save_checkpoint(
     None, lists/tuples and str-keyed dicts of those), so the file never needs a custom global.
     Tensors are saved detached; tensors sharing storage are written once and share it on load.
     """
+    import torch
+    from torch import Tensor
+
     if not isinstance(arch, str) or not arch:
         raise TypeError(f"arch must be a non-empty string, got {arch!r}")
     _check_plain(dict(arch_kwargs), "arch_kwargs")
@@ -216,6 +237,8 @@ def _refusal(path: Path, refused: tuple[str, ...]) -> str:
 
 
 def _torch_load(path: Path, safe_globals: list[Any], *, mmap: bool) -> Any:
+    import torch
+
     try:
         with warnings.catch_warnings():
             # Protocol and TypedStorage deprecation warnings are noise to a CLI user.
@@ -342,10 +365,14 @@ def _interpret(
 
 
 def _as_state_dict(value: Any) -> dict[str, Tensor] | None:
-    """``value`` as a plain dict when it is a non-empty str -> Tensor mapping, else None."""
+    """``value`` as a plain dict when it is a non-empty str -> Tensor mapping, else None.
+
+    Tensors are torch tensors, or :class:`~soft_share_cli.arrays.StoredArray` for files read
+    with ``arrays=True`` (plain numpy arrays are not tensors).
+    """
     if not isinstance(value, Mapping) or not value:
         return None
-    if all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items()):
+    if all(isinstance(k, str) and is_tensor(v) for k, v in value.items()):
         return dict(value)  # same tensor objects: no copies, shared storage kept
     return None
 

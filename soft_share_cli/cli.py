@@ -138,6 +138,11 @@ def eval_command(
 @click.option("--augment/--no-augment", default=False, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run kept in OUTPUT.partial (same options); see README.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @common
 def train_command(
@@ -157,9 +162,14 @@ def train_command(
     augment: bool,
     seed: int,
     device: str,
+    resume: bool,
     as_json: bool,
 ) -> None:
-    """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT."""
+    """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT.
+
+    The state after each epoch is kept in OUTPUT.partial until the run completes, so an
+    interrupted run can be continued with --resume.
+    """
     from soft_share_cli import render
     from soft_share_cli.pipeline import run_train
     from soft_share_cli.regularizers import AlignMode
@@ -183,7 +193,9 @@ def train_command(
     )
     command = "ssc " + shlex.join(sys.argv[1:])
     with render.progress_bar() as progress:
-        report = run_train(config, data_spec, output, command=command, progress=progress)
+        report = run_train(
+            config, data_spec, output, command=command, progress=progress, resume=resume
+        )
     render.print_json(report.to_dict()) if as_json else render.render_train(report)
 
 
@@ -460,5 +472,7 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(message: str, code: int) -> None:
     if _state["debug"]:
         traceback.print_exc()
+    # One line whatever the message: library exceptions quoted in it may span several.
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)

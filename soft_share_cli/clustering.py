@@ -1,15 +1,15 @@
 """Cluster the layers of one template bank by their similarity (the LSM).
 
 Two layers whose similarity is 1 use the same filter up to a scale, so a cluster is a set of
-layers that folding can serve with one weight tensor. The tree comes from scikit-learn's
-agglomerative clustering on the distance ``1 - S``; the cut is done here, on ``S`` itself, so the
-guarantee is exact and inclusive: with complete linkage every pair in a cluster has
-``S >= threshold - TOLERANCE``, and exactly parallel layers (``S == 1`` up to rounding) stay
-together even at ``threshold = 1``. scikit-learn's own ``distance_threshold`` cut compares with a
-strict ``<`` on ``1 - S`` computed in floats, which gets both of those edge cases wrong.
-
-scikit-learn is imported inside the functions: the CLI imports :class:`Linkage` to build its
-``click.Choice``, and ``ssc --help`` must not pay for scikit-learn.
+layers that folding can serve with one weight tensor. The tree is the agglomerative clustering of
+the distance ``1 - S``, built by :func:`linkage_tree`: the algorithms SciPy's ``linkage`` (and so
+scikit-learn's ``AgglomerativeClustering``) use, with the same tie-breaking, in a few lines of
+numpy — importing scikit-learn alone would cost ``ssc analyze`` most of a second. The cut is done
+here, on ``S`` itself, so the guarantee is exact and inclusive: with complete linkage every pair
+in a cluster has ``S >= threshold - TOLERANCE``, and exactly parallel layers (``S == 1`` up to
+rounding) stay together even at ``threshold = 1``. scikit-learn's own ``distance_threshold`` cut
+compares with a strict ``<`` on ``1 - S`` computed in floats, which gets both of those edge cases
+wrong.
 """
 
 from __future__ import annotations
@@ -74,18 +74,10 @@ def _dendrogram(s: np.ndarray, linkage: Linkage) -> tuple[np.ndarray, np.ndarray
     never increases along the tree. Cutting at ``t`` then means: apply the merges with
     ``height >= t``, and those always form whole subtrees.
     """
-    from sklearn.cluster import AgglomerativeClustering
-
     n = s.shape[0]
     distance = np.clip(1.0 - s, 0.0, None)
     np.fill_diagonal(distance, 0.0)
-    model = AgglomerativeClustering(
-        n_clusters=1,
-        metric="precomputed",
-        linkage=linkage.value,
-        compute_full_tree=True,
-    ).fit(distance)
-    children = np.asarray(model.children_, dtype=np.int64)
+    children = linkage_tree(distance, linkage)[:, :2].astype(np.int64)
 
     members: list[list[int]] = [[i] for i in range(n)]
     node_height: list[float] = [math.inf] * n  # a leaf never limits its parent
@@ -104,6 +96,109 @@ def _dendrogram(s: np.ndarray, linkage: Linkage) -> tuple[np.ndarray, np.ndarray
         node_height.append(h)
         members.append(members[a] + members[b])
     return children, heights
+
+
+def linkage_tree(distance: np.ndarray, linkage: Linkage | str) -> np.ndarray:
+    """The ``(n - 1, 4)`` linkage matrix of a square distance matrix, exactly as SciPy's.
+
+    Row ``k`` merges clusters ``Z[k, 0] < Z[k, 1]`` (leaves ``0..n-1``, merge ``k`` makes
+    ``n + k``) at distance ``Z[k, 2]`` into ``Z[k, 3]`` leaves. Complete and average linkage
+    follow SciPy's nearest-neighbour chain, single linkage its minimum spanning tree; both then
+    sort the merges by distance (stably) and relabel them, so ties resolve as in
+    ``scipy.cluster.hierarchy.linkage(squareform(distance), method)`` — which is what
+    scikit-learn's ``AgglomerativeClustering(metric="precomputed")`` calls. Only the upper
+    triangle of ``distance`` is read. O(n^2) time and memory; fine for the hundreds of layers a
+    bank has.
+    """
+    linkage = Linkage(linkage)
+    d = np.array(distance, dtype=np.float64)
+    n = d.shape[0]
+    if d.ndim != 2 or d.shape[1] != n:
+        raise ValueError(f"distance must be a square matrix, got shape {d.shape}")
+    upper = np.triu(d, 1)
+    d = upper + upper.T
+    if not np.isfinite(d).all():
+        raise ValueError("distance contains NaN or infinite values")
+    z = np.empty((max(n - 1, 0), 4))
+    if linkage is Linkage.SINGLE:
+        _minimum_spanning_tree(d, z)
+    else:
+        _nearest_neighbour_chain(d, z, average=linkage is Linkage.AVERAGE)
+    z = z[np.argsort(z[:, 2], kind="mergesort")]
+    _relabel(z, n)
+    return z
+
+
+def _nearest_neighbour_chain(d: np.ndarray, z: np.ndarray, *, average: bool) -> None:
+    # SciPy's nn_chain: follow nearest neighbours until two are mutual, merge them into the
+    # larger index. A scan keeps the first index on ties, which argmin reproduces.
+    n = d.shape[0]
+    size = np.ones(n, dtype=np.int64)
+    chain: list[int] = []
+    for k in range(n - 1):
+        if not chain:
+            chain.append(int(np.flatnonzero(size > 0)[0]))
+        while True:
+            x = chain[-1]
+            y = chain[-2] if len(chain) > 1 else -1
+            best = d[x, y] if y >= 0 else math.inf
+            row = np.where(size > 0, d[x], math.inf)
+            row[x] = math.inf
+            i = int(np.argmin(row))
+            if row[i] < best:
+                y, best = i, float(row[i])
+            if len(chain) > 1 and y == chain[-2]:
+                break
+            chain.append(y)
+        del chain[-2:]
+        x, y = min(x, y), max(x, y)
+        nx, ny = int(size[x]), int(size[y])
+        z[k] = (x, y, best, nx + ny)
+        size[x], size[y] = 0, nx + ny
+        others = size > 0
+        others[y] = False
+        if average:
+            merged = (nx * d[x, others] + ny * d[y, others]) / (nx + ny)
+        else:
+            merged = np.maximum(d[x, others], d[y, others])
+        d[y, others] = merged
+        d[others, y] = merged
+
+
+def _minimum_spanning_tree(d: np.ndarray, z: np.ndarray) -> None:
+    # SciPy's mst_single_linkage (Prim): grow from leaf 0, always to the nearest new leaf.
+    n = d.shape[0]
+    merged = np.zeros(n, dtype=bool)
+    nearest = np.full(n, math.inf)
+    x = 0
+    for k in range(n - 1):
+        merged[x] = True
+        np.minimum(nearest, d[x], out=nearest, where=~merged)
+        candidates = np.where(merged, math.inf, nearest)
+        y = int(np.argmin(candidates))
+        z[k] = (x, y, candidates[y], 0)
+        x = y
+
+
+def _relabel(z: np.ndarray, n: int) -> None:
+    # SciPy's label(): merges in sorted order get the ids n, n + 1, ... via union-find.
+    parent = list(range(2 * n - 1))
+    size = [1] * (2 * n - 1)
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    for k in range(n - 1):
+        a, b = find(int(z[k, 0])), find(int(z[k, 1]))
+        z[k, 0], z[k, 1] = min(a, b), max(a, b)
+        parent[a] = parent[b] = n + k
+        size[n + k] = size[a] + size[b]
+        z[k, 3] = size[n + k]
 
 
 def _canonical(groups: list[list[int]]) -> Clusters:

@@ -115,8 +115,10 @@ class FoldReport:
     candidates: tuple[Candidate, ...] = ()
     file_bytes: dict[str, int] = field(default_factory=dict)
     failures: tuple[str, ...] = ()  # gates that did not pass, in words
+    seconds: float = 0.0  # wall time of the whole fold
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall time sits under ``timing``, the rest repeats exactly run to run."""
         return {
             "schema_version": SCHEMA_VERSION,
             "checkpoint": self.checkpoint,
@@ -133,6 +135,7 @@ class FoldReport:
             "file_bytes": self.file_bytes,
             "passed": not self.failures,
             "failures": list(self.failures),
+            "timing": {"seconds": self.seconds},
         }
 
 
@@ -173,7 +176,17 @@ class _Source:
 
     def fold(self, options: AnalysisOptions) -> _Fold:
         state = self.ckpt.state_dict
-        results, _, counts, _ = analyze_state_dict(state, options)
+        results, issues, counts, _ = analyze_state_dict(state, options)
+        # The analysis leaves such layers out (or keeps undefined weights); a fold cannot.
+        blocking = [
+            i
+            for i in issues
+            if i.kind in ("non-finite", "k-mismatch")
+            or (i.kind == "ambiguous-bank" and i.key.endswith("coefficients"))
+        ]
+        if blocking:
+            more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
+            raise InputError(f"{self.ckpt.path}: cannot fold: {blocking[0].message}{more}")
         loops = tuple(f"{r.bank.name}: {loop.description}" for r in results for loop in r.loops)
         if self.model_spec is None:
             from soft_share_cli.folded import fold_swrn
@@ -242,7 +255,10 @@ def fold_checkpoint(
     progress: Progress | None = None,
 ) -> FoldReport:
     """Fold ``path`` and write the folded network to ``output`` (unless a gate fails)."""
+    import time
     from dataclasses import replace
+
+    start = time.perf_counter()
 
     from soft_share_cli.data import load_data
 
@@ -360,6 +376,7 @@ def fold_checkpoint(
         tuple(candidates),
         sizes,
         tuple(failures),
+        seconds=time.perf_counter() - start,
     )
 
 

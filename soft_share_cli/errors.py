@@ -7,6 +7,8 @@ Library code raises these; exactly one place (``cli.main``) turns them into a on
 * 1 a requested check failed (``CheckFailed``)
 * 2 usage or input error (bad file, bad data, unknown architecture)
 * 3 a checkpoint refused as unsafe (``UnsafeCheckpointError``)
+* 4 internal error (a bug in ssc; ``cli.main`` asks for a report)
+* 130 interrupted by Ctrl-C (``Interrupted`` when there is more to say than "interrupted")
 """
 
 from __future__ import annotations
@@ -48,9 +50,17 @@ class CheckFailed(SscError):
     exit_code = 1
 
 
+class Interrupted(SscError):
+    """Ctrl-C, re-raised with what was kept (e.g. the finished epochs of ``ssc train``)."""
+
+    exit_code = 130
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "a requested check failed",
     2: "usage or input error",
     3: "checkpoint refused as unsafe",
+    4: "internal error (a bug: rerun with --debug and report it)",
+    130: "interrupted",
 }

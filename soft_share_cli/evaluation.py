@@ -7,6 +7,7 @@ accumulated on the device, so the host waits for the device once, at the end.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,14 +37,16 @@ class EvalResult:
     predictions: Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field but ``predictions``."""
+        """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
+
+        Everything outside ``timing`` is the same on every run over the same model and data.
+        """
         return {
             "samples": self.samples,
             "top1": self.top1,
             "top5": self.top5,
             "loss": self.loss,
-            "seconds": self.seconds,
-            "throughput": self.throughput,
+            "timing": {"seconds": self.seconds, "throughput": self.throughput},
         }
 
 
@@ -120,6 +123,11 @@ def evaluate(
     finally:
         for module, mode in modes.items():
             module.training = mode
+    if not math.isfinite(loss):  # accuracy of NaN logits means nothing; JSON cannot hold NaN
+        raise InputError(
+            f"the network's outputs on {data.name} are not finite (loss {loss}); its weights "
+            "hold NaN or infinite values or overflow"
+        )
     return EvalResult(
         samples=total,
         top1=100.0 * hits1 / total,

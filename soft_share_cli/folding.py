@@ -170,7 +170,7 @@ def plan_bank(
         state_dict: the network's tensors, to decide where scales can be absorbed exactly;
             None keeps every scale as an explicit gain (networks ssc does not know).
     """
-    a = bank.coefficient_matrix().numpy()
+    a = bank.coefficient_matrix()
     root = _metric_root(gram)
     rule = _absorb_rule(state_dict)
     inner = (lambda x, y: float(x @ y)) if gram is None else (lambda x, y: float(x @ gram @ y))

@@ -13,16 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
 from soft_share_cli.errors import ArchitectureError
-from soft_share_cli.models.registry import build_model
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by what builds networks; inference needs only shapes
+    from torch import Tensor, nn
+
     from soft_share_cli.checkpoint import LoadedCheckpoint
 
 _BLOCK_KEY = re.compile(r"^stage_([123])\.(\d+)\.")
+#: Architectures that build as a storage-less skeleton on the meta device (their constructors
+#: draw no initial weights there), so a rebuild only assigns the checkpoint's tensors.
+_SKELETON_ARCHS = frozenset({"swrn", "wrn"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> ArchSpec:
     """
     required = ("conv_3x3.weight", "stage_1.0.conv1.weight", "classifier.weight")
     if not all(key in state_dict for key in required):
-        banks = sum(1 for k, v in state_dict.items() if k.endswith("templates") and v.dim() == 5)
+        banks = sum(1 for k, v in state_dict.items() if k.endswith("templates") and len(v.shape) == 5)
         sample = ", ".join(list(state_dict)[:3]) or "no keys"
         hint = f"; it has {banks} template-bank key(s)" if banks else ""
         raise ArchitectureError(
@@ -95,12 +96,17 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> ArchSpec:
     return ArchSpec(arch, kwargs, "inferred")
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, Tensor], what: str, *, assign: bool = False
+) -> None:
     """Load ``state_dict`` into ``model`` strictly, reporting every mismatch in one line.
 
     BatchNorm ``num_batches_tracked`` buffers (absent from PyTorch 0.4.0 files, unused in eval)
-    are the only keys allowed to be missing.
+    are the only keys allowed to be missing. ``assign`` makes the model hold the given tensors
+    themselves instead of copies (``nn.Module.load_state_dict(assign=True)``).
     """
+    import torch
+
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -121,7 +127,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     full = dict(state_dict)
     for key in fillable:
         full[key] = torch.zeros((), dtype=torch.long)
-    model.load_state_dict(full, strict=True)
+    model.load_state_dict(full, strict=True, assign=assign)
 
 
 def architecture_of(checkpoint: LoadedCheckpoint) -> ArchSpec:
@@ -138,7 +144,55 @@ def architecture_of(checkpoint: LoadedCheckpoint) -> ArchSpec:
 
 def rebuild_model(checkpoint: LoadedCheckpoint) -> tuple[nn.Module, ArchSpec]:
     """Build the checkpoint's network, load its weights, and return it in eval mode."""
+    import torch
+
+    from soft_share_cli.models.registry import build_model
+
     spec = architecture_of(checkpoint)
-    model = build_model(spec.arch, **spec.kwargs)
-    load_state_dict_checked(model, checkpoint.state_dict, spec.describe())
+    if spec.arch not in _SKELETON_ARCHS:
+        model = build_model(spec.arch, **spec.kwargs)
+        load_state_dict_checked(model, checkpoint.state_dict, spec.describe())
+    else:
+        # A skeleton without storage: drawing tens of millions of initial weights only to
+        # overwrite them costs more than loading the file. The checkpoint's tensors (memory-
+        # mapped, copy-on-write) become the weights; a dtype that differs gets a cast copy.
+        with torch.device("meta"):
+            model = build_model(spec.arch, **spec.kwargs)
+        expected = model.state_dict()
+        same = all(
+            isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == expected[k].dtype
+            for k, t in checkpoint.state_dict.items()
+            if k in expected
+        )
+        if not same:
+            model = model.to_empty(device="cpu")
+        load_state_dict_checked(model, checkpoint.state_dict, spec.describe(), assign=same)
+    check_finite(model.state_dict(), f"{checkpoint.path} ({spec.describe()})")
     return model.eval(), spec
+
+
+def check_finite(state_dict: Mapping[str, Tensor], what: str) -> None:
+    """Raise :class:`ArchitectureError` naming the floating tensors that hold NaN or infinity.
+
+    Such a network's outputs are undefined, so evaluating or folding it is refused up front
+    (``ssc analyze`` still reports the rest). Only for ssc's own architectures: a user network
+    may keep ``-inf`` on purpose, e.g. in an attention mask.
+    """
+    from soft_share_cli import arrays
+
+    verdicts: dict[tuple[Any, ...], bool] = {}  # by storage: a bank's aliases are read once
+    bad = []
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue
+        storage = arrays.storage_key(tensor)
+        if storage not in verdicts:
+            verdicts[storage] = arrays.all_finite(tensor)
+        if not verdicts[storage]:
+            bad.append(key)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ArchitectureError(
+            f"{what}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); the network's "
+            "outputs would be undefined (ssc analyze reports what is still usable)"
+        )

@@ -29,9 +29,10 @@ class TemplateBank(nn.Module):
             raise ValueError(f"a template bank needs at least one template, got {num_templates}")
         self.coefficient_shape = (num_templates, 1, 1, 1, 1)
         templates = torch.empty(num_templates, out_planes, in_planes, kernel_size, kernel_size)
-        for template in templates:
-            # Each template is initialised like an ordinary conv weight would be.
-            nn.init.kaiming_normal_(template)
+        if not templates.is_meta:  # a skeleton for loading weights into has nothing to draw
+            for template in templates:
+                # Each template is initialised like an ordinary conv weight would be.
+                nn.init.kaiming_normal_(template)
         self.templates = nn.Parameter(templates)
 
     @property

@@ -101,6 +101,9 @@ class EvalReport:
     recorded_top1: float | None  # accuracy stored in the checkpoint for the same data, if any
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        result = self.result.to_dict()
+        timing = result.pop("timing")
         return {
             "schema_version": SCHEMA_VERSION,
             "checkpoint": self.checkpoint,
@@ -108,8 +111,9 @@ class EvalReport:
             "data": self.data,
             "device": self.device,
             "batch_size": self.batch_size,
-            **self.result.to_dict(),
+            **result,
             "recorded_top1": self.recorded_top1,
+            "timing": timing,
         }
 
 
@@ -239,20 +243,25 @@ class TrainReport:
     parameters: int
     file_bytes: int
     seconds: float
+    resumed_epochs: int = 0  # finished epochs restored from OUTPUT.partial (--resume)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
         from dataclasses import asdict
 
+        history = [asdict(e) for e in self.history]
+        epoch_seconds = [record.pop("seconds") for record in history]
         return {
             "schema_version": SCHEMA_VERSION,
             "output": self.output,
             "architecture": self.architecture,
             "data": self.data,
-            "history": [asdict(e) for e in self.history],
+            "history": history,
             "test_top1": self.test_top1,
             "parameters": self.parameters,
             "file_bytes": self.file_bytes,
-            "seconds": self.seconds,
+            "resumed_epochs": self.resumed_epochs,
+            "timing": {"seconds": self.seconds, "epoch_seconds": epoch_seconds},
         }
 
 
@@ -263,9 +272,17 @@ def run_train(
     *,
     command: str | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
 ) -> TrainReport:
-    """Train ``config`` on ``data_spec`` and write a self-describing checkpoint atomically."""
+    """Train ``config`` on ``data_spec`` and write a self-describing checkpoint atomically.
+
+    The state after every epoch goes to ``OUTPUT.partial`` (see :mod:`soft_share_cli.resume`);
+    ``resume`` continues from it. Ctrl-C raises :class:`~soft_share_cli.errors.Interrupted`
+    saying what was kept; ``output`` is then untouched.
+    """
     from soft_share_cli.checkpoint import save_checkpoint
+    from soft_share_cli.errors import Interrupted
+    from soft_share_cli.resume import partial_path, save_state, saved_epoch, starting_state
     from soft_share_cli.data import load_data, parse_data_spec
     from soft_share_cli.infer import ArchSpec
     from soft_share_cli.params import count_parameters
@@ -273,20 +290,42 @@ def run_train(
 
     parse_data_spec(data_spec)
     check_writable(output)  # fail now, not after an hour of training
+    partial = partial_path(output)
+    check_writable(partial)
+    state = starting_state(output, config, data_spec, resume)
     train_data = load_data(data_spec, split="train")
     test_data = load_data(data_spec, split="test")
-    result = train(config, train_data, test_data, progress=progress)
-    metadata = checkpoint_metadata(result, config, train_data, command)
-    # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
-    metadata["data"] = data_spec
-    metadata["test_top1"] = result.test_top1
-    save_checkpoint(
-        output,
-        arch=result.arch,
-        arch_kwargs=result.arch_kwargs,
-        state_dict=result.model.state_dict(),
-        metadata=metadata,
-    )
+    try:
+        result = train(
+            config,
+            train_data,
+            test_data,
+            progress=progress,
+            on_state=lambda new: save_state(partial, new, config, data_spec),
+            resume=state,
+        )
+        metadata = checkpoint_metadata(result, config, train_data, command)
+        # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
+        metadata["data"] = data_spec
+        metadata["test_top1"] = result.test_top1
+        save_checkpoint(
+            output,
+            arch=result.arch,
+            arch_kwargs=result.arch_kwargs,
+            state_dict=result.model.state_dict(),
+            metadata=metadata,
+        )
+    except KeyboardInterrupt:
+        kept = saved_epoch(partial)
+        if not kept:
+            raise Interrupted(
+                "interrupted before the first epoch finished; nothing was written"
+            ) from None
+        raise Interrupted(
+            f"interrupted; {output} is untouched and the {kept} finished epoch(s) are kept in "
+            f"{partial}: rerun the same command with --resume to continue"
+        ) from None
+    partial.unlink(missing_ok=True)
     return TrainReport(
         output=str(output),
         architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),
@@ -296,6 +335,7 @@ def run_train(
         parameters=count_parameters(result.model),
         file_bytes=Path(output).stat().st_size,
         seconds=result.seconds,
+        resumed_epochs=state.epoch if state is not None else 0,
     )
 
 

@@ -110,6 +110,8 @@ def render_train(report: Any) -> None:
             f"{e.seconds:.1f}",
         )
     out.print(table)
+    if report.resumed_epochs:
+        out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
     out.print(
         f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
         f"{report.parameters:,} parameters); test top-1 {_pct(report.test_top1) or 'n/a'}"

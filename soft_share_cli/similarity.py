@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from soft_share_cli import arrays
 from soft_share_cli.banks import Bank
+
+if TYPE_CHECKING:
+    from torch import Tensor
 from soft_share_cli.errors import InputError
 
 #: float64 numbers per Gram chunk (32 MiB): large banks are never copied to float64 whole.
@@ -33,25 +35,24 @@ class Metric(str, enum.Enum):
     WEIGHT = "weight"  # cosine of the generated weights, through the templates' Gram matrix
 
 
-def gram_matrix(templates: Tensor) -> np.ndarray:
+def gram_matrix(templates: Tensor | np.ndarray) -> np.ndarray:
     """The ``(K, K)`` float64 Gram matrix ``G_kl = <T_k, T_l>`` of a ``(K, ...)`` template tensor.
 
     Accumulated in float64 over column chunks of the flattened templates, so a 640x640x3x3 bank
-    (possibly memory-mapped, possibly half precision) is never copied to float64 in full.
+    (possibly memory-mapped, possibly half precision) is never copied to float64 in full. A
+    torch tensor or a :class:`~soft_share_cli.arrays.StoredArray`: the same numbers either way.
     """
-    if templates.dim() < 1 or templates.shape[0] < 1:
-        raise ValueError(
-            f"templates need a leading K >= 1 axis, got shape {tuple(templates.shape)}"
-        )
-    flat = templates.detach().reshape(templates.shape[0], -1)  # a view when contiguous
-    k, n = flat.shape
+    shape = arrays.shape(templates)
+    if len(shape) < 1 or shape[0] < 1:
+        raise ValueError(f"templates need a leading K >= 1 axis, got shape {shape}")
+    k = shape[0]
+    n = arrays.numel(templates) // k
     chunk = max(1, _CHUNK_ELEMENTS // k)
-    gram = torch.zeros(k, k, dtype=torch.float64)
+    gram = np.zeros((k, k), dtype=np.float64)
     for start in range(0, n, chunk):
-        block = flat[:, start : start + chunk].to(device="cpu", dtype=torch.float64)
+        block = arrays.float64_rows(templates, start, start + chunk)
         gram += block @ block.T
-    result = gram.numpy()
-    return (result + result.T) / 2  # exactly symmetric, whatever the summation order did
+    return (gram + gram.T) / 2  # exactly symmetric, whatever the summation order did
 
 
 def layer_similarity(
@@ -131,7 +132,7 @@ def bank_similarity(
                 f"bank {bank.name} has NaN or infinite templates (or their Gram matrix "
                 "overflows); weight similarity is undefined, use the coefficients metric"
             )
-    coefficients = bank.coefficient_matrix().numpy()
+    coefficients = bank.coefficient_matrix()
     matrix, norms = _similarity_and_norms(coefficients, gram, signed)
     for array in (matrix, norms):
         array.flags.writeable = False  # the result is frozen; so are its arrays
@@ -140,8 +141,8 @@ def bank_similarity(
 
 
 def _as_matrix(coefficients: np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(coefficients, Tensor):
-        coefficients = coefficients.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not isinstance(coefficients, np.ndarray):  # a torch tensor
+        coefficients = coefficients.detach().to(device="cpu").double().numpy()
     array = np.asarray(coefficients, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"coefficients must be an (L, K) matrix, got shape {array.shape}")

@@ -89,6 +89,23 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
+class TrainState:
+    """A run after ``epoch`` finished epochs: everything needed to continue it bit-exactly.
+
+    :func:`train` hands one to ``on_state`` after every epoch and continues from one given as
+    ``resume``; :mod:`soft_share_cli.resume` writes and reads them.
+    """
+
+    epoch: int  # epochs finished, counting from 1
+    model: dict[str, Tensor] = field(repr=False)  # model.state_dict() (references, not copies)
+    optimizer: dict[str, Any] = field(repr=False)  # optimizer.state_dict(): momentum buffers
+    generator: Tensor = field(repr=False)  # state of the generator that shuffles and augments
+    rng: Tensor = field(repr=False)  # torch's global CPU generator (unused after init; kept)
+    history: tuple[EpochRecord, ...]
+    seconds: float  # training time spent so far
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """A trained model with what is needed to rebuild and describe it."""
 
@@ -242,6 +259,8 @@ def train(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train ``config.arch`` from scratch on ``train_data``.
 
@@ -251,6 +270,10 @@ def train(
         test_data: evaluated after every epoch when given.
         progress: called after every batch as ``progress("epoch 3/30", done, total)``.
         on_epoch: called with each epoch's :class:`EpochRecord` as soon as it is known.
+        on_state: called after every epoch (before ``on_epoch``) with the :class:`TrainState`
+            to save for a resume.
+        resume: the state of an interrupted run of the same config and data: training goes on
+            after its last finished epoch and ends with the weights an uninterrupted run gives.
 
     Raises:
         InputError: a config or data set that cannot be trained (unknown architecture,
@@ -279,8 +302,12 @@ def train(
     y_all = train_data.y.to(device=device, dtype=torch.long)
 
     history: list[EpochRecord] = []
+    spent = 0.0  # seconds of earlier sessions, when resuming
+    if resume is not None:
+        _restore(resume, config, model, optimizer, generator)
+        history, spent = list(resume.history), resume.seconds
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(history) + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         lr = epoch_lr(config, epoch)
         for group in optimizer.param_groups:
@@ -328,6 +355,18 @@ def train(
             seconds=time.perf_counter() - epoch_start,
         )
         history.append(record)
+        if on_state is not None:
+            on_state(
+                TrainState(
+                    epoch=epoch,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    generator=generator.get_state(),
+                    rng=torch.get_rng_state(),
+                    history=tuple(history),
+                    seconds=spent + time.perf_counter() - start,
+                )
+            )
         if on_epoch is not None:
             on_epoch(record)
 
@@ -338,8 +377,31 @@ def train(
         arch_kwargs=kwargs,
         history=tuple(history),
         test_top1=history[-1].test_top1,
-        seconds=time.perf_counter() - start,
+        seconds=spent + time.perf_counter() - start,
     )
+
+
+def _restore(
+    state: TrainState,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Put a freshly built run back where ``state`` left it (InputError if it cannot be)."""
+    if not 1 <= state.epoch <= config.epochs or len(state.history) != state.epoch:
+        raise InputError(
+            f"cannot resume after epoch {state.epoch} with {len(state.history)} recorded "
+            f"epoch(s) of a {config.epochs}-epoch run"
+        )
+    try:
+        model.load_state_dict(state.model, strict=True)
+        optimizer.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
+        torch.set_rng_state(state.rng)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"the saved state does not fit this run ({first.strip()})") from None
 
 
 def checkpoint_metadata(

@@ -185,14 +185,17 @@ def test_bank_similarity(swrn_banks: BankDiscovery) -> None:
     assert (result.bank, result.metric, result.signed) == ("bank_1", Metric.COEFFICIENTS, False)
     assert result.layers == tuple(layer.name for layer in bank.layers)
     np.testing.assert_allclose(result.matrix, layer_similarity(coefficients), atol=0)
-    np.testing.assert_allclose(result.norms, coefficients.norm(dim=1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(result.norms, np.linalg.norm(coefficients, axis=1), rtol=1e-12)
     with pytest.raises(ValueError):
         result.matrix[0, 0] = 0.5  # frozen result, read-only arrays
 
     weight = bank_similarity(bank, "weight", signed=True)
     assert weight.metric is Metric.WEIGHT and weight.signed
     generated = torch.stack(
-        [torch.tensordot(row, bank.templates.double(), dims=1).flatten() for row in coefficients]
+        [
+            torch.tensordot(torch.from_numpy(row), bank.templates.double(), dims=1).flatten()
+            for row in coefficients
+        ]
     )
     np.testing.assert_allclose(weight.norms, generated.norm(dim=1).numpy(), rtol=1e-9)
     summary = weight.to_dict()

@@ -102,6 +102,8 @@ class _WideResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.conv_3x3.weight.is_meta:
+            return  # built on the meta device to receive a checkpoint's weights: nothing to draw
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight)

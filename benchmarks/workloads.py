@@ -1,0 +1,288 @@
+"""What the benchmarks measure: generated checkpoints and the in-process measurements.
+
+Run by ``benchmarks/run.py``, never imported by ssc. The generators write into a temporary
+directory; the measurement tasks run in a subprocess of their own and print one JSON object:
+
+    python benchmarks/workloads.py bare-eval CKPT DATA.npz BATCH DEVICE
+    python benchmarks/workloads.py inference CKPT WORKDIR REPEATS SIZE DEVICE
+    python benchmarks/workloads.py scaling WORKDIR DEPTHS KS REPEATS
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
+from soft_share_cli.models.wrn import SWRN
+
+# The authors' utils.RecorderMeter (plain data with numpy arrays), importable while pickling.
+UTILS_SOURCE = textwrap.dedent(
+    """
+    import numpy as np
+
+    class RecorderMeter(object):
+        def __init__(self, total_epoch):
+            self.total_epoch = total_epoch
+            self.current_epoch = 0
+            self.epoch_losses = np.zeros((total_epoch, 2), dtype=np.float32) - 1
+            self.epoch_accuracy = np.zeros((total_epoch, 2), dtype=np.float32)
+    """
+)
+
+
+def write_authors_checkpoints(
+    directory: Path, depth: int, width: int, templates: int
+) -> tuple[Path, Path]:
+    """An SWRN training checkpoint in the authors' layout, zip and legacy, from random weights.
+
+    ``{epoch, arch, state_dict, recorder, optimizer}``: DataParallel's ``module.`` keys, a
+    pickled ``utils.RecorderMeter`` (``directory/utils.py`` defines it, so a naive
+    ``torch.load(weights_only=False)`` run from ``directory`` can unpickle it), and an SGD state
+    with a momentum buffer per parameter, as after a real training step.
+    """
+    torch.manual_seed(0)
+    model = SWRN(depth, width, templates, num_classes=10, in_channels=3)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.0, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter) * 1e-3
+    optimizer.step()  # lr 0: the weights stay, the momentum buffers fill
+    (directory / "utils.py").write_text(UTILS_SOURCE)
+    sys.path.insert(0, str(directory))
+    try:
+        import utils  # the stand-in just written
+
+        recorder = utils.RecorderMeter(200)
+        recorder.current_epoch = 200
+        recorder.epoch_accuracy[:, 1] = np.linspace(10, 95, 200)
+        payload = {
+            "epoch": 200,
+            "arch": "swrn",
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "recorder": recorder,
+            "optimizer": optimizer.state_dict(),
+        }
+        name = f"authors_swrn{depth}-{width}-{templates}"
+        zipped, legacy = directory / f"{name}.pth.tar", directory / f"{name}_legacy.pth.tar"
+        torch.save(payload, zipped)
+        torch.save(payload, legacy, _use_new_zipfile_serialization=False)
+    finally:
+        sys.path.remove(str(directory))
+        sys.modules.pop("utils", None)
+    return zipped, legacy
+
+
+def exactly_foldable_swrn(depth: int, width: int, templates: int, seed: int = 0) -> SWRN:
+    """An SWRN whose shared layers are exactly parallel within two clusters per bank.
+
+    Per stage, every conv1 mixes the templates along one direction and every conv2 along
+    another, each with its own scale (signs vary for conv1); BatchNorms get random affine
+    parameters and the statistics of two random batches. Folding at any threshold then gives two weights per bank and changes the
+    function only by float rounding.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SWRN(depth, width, templates, num_classes=10, in_channels=3)
+    with torch.no_grad():
+        for i in (1, 2, 3):
+            directions = torch.randn(2, templates, generator=generator)
+            for block in list(getattr(model, f"stage_{i}"))[1:]:
+                for role, conv in enumerate((block.conv1, block.conv2)):
+                    scale = float(torch.empty(1).uniform_(0.5, 1.5, generator=generator))
+                    if role == 0 and float(torch.rand(1, generator=generator)) < 0.5:
+                        scale = -scale
+                    conv.coefficients.copy_((scale * directions[role]).view_as(conv.coefficients))
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+            norm.bias.normal_(0.0, 0.1, generator=generator)
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative averages over the calibration batches
+        # Statistics of real forward passes keep the activations (and logits) at a sane scale.
+        model.train()
+        for _ in range(2):
+            model(torch.randn(16, 3, 16, 16, generator=generator))
+        for norm in norms:
+            norm.momentum = 0.1
+    return model.eval()
+
+
+def save_swrn(model: SWRN, path: Path) -> Path:
+    """``model`` as an ssc checkpoint (architecture stored)."""
+    kwargs = {
+        "depth": model.depth,
+        "width": model.width,
+        "num_templates": model.num_templates,
+        "num_classes": model.num_classes,
+        "in_channels": model.in_channels,
+    }
+    save_checkpoint(
+        path, arch="swrn", arch_kwargs=kwargs, state_dict=model.state_dict(), metadata={}
+    )
+    return path
+
+
+def write_eval_data(path: Path, samples: int, size: int, seed: int = 0) -> Path:
+    """Random 3-channel images and labels as an ``npz:`` data set (x, y)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, 3, size, size), dtype=np.float32)
+    y = rng.integers(0, 10, samples)
+    np.savez(path, x=x, y=y)
+    return path
+
+
+# --- measurement tasks (each in its own subprocess) --------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bare_eval(checkpoint: str, data: str, batch_size: int, device: str) -> dict[str, Any]:
+    """The obvious alternative to ``ssc eval``: a bare ``inference_mode`` loop, timed the same way.
+
+    Same network (rebuilt as ssc does), same tensors, same batches; the clock covers the loop
+    and the final device sync, as :func:`soft_share_cli.evaluation.evaluate`'s does.
+    """
+    from soft_share_cli.infer import rebuild_model
+
+    model, _ = rebuild_model(load_checkpoint(checkpoint))
+    model = model.to(device).eval()
+    with np.load(data) as archive:
+        x = torch.from_numpy(archive["x"])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for xb in x.split(batch_size):
+            model(xb.to(device))
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"samples": len(x), "seconds": seconds, "throughput": len(x) / seconds}
+
+
+def _throughput(model: torch.nn.Module, x: torch.Tensor, iterations: int, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(iterations):
+            model(x)
+    _sync(device)
+    return iterations * len(x) / (time.perf_counter() - start)
+
+
+def inference(
+    checkpoint: str, workdir: str, repeats: int, size: int, device: str
+) -> dict[str, Any]:
+    """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved."""
+    from soft_share_cli.conversion import fold_checkpoint
+    from soft_share_cli.folded import load_folded, materialize
+    from soft_share_cli.infer import rebuild_model
+
+    folded_path = Path(workdir) / "folded.safetensors"
+    report = fold_checkpoint(checkpoint, folded_path)
+    original, spec = rebuild_model(load_checkpoint(checkpoint))
+    folded = load_folded(folded_path)
+    models = {
+        "original": original.to(device).eval(),
+        "folded": folded.to(device).eval(),
+        "materialized": materialize(folded).to(device).eval(),
+    }
+    generator = torch.Generator().manual_seed(1)
+    check = torch.randn(256 if size >= 32 else 64, 3, size, size, generator=generator).to(device)
+    with torch.inference_mode():
+        logits = {name: m(check) for name, m in models.items()}
+    agree = bool(torch.equal(logits["original"].argmax(1), logits["folded"].argmax(1)))
+    result: dict[str, Any] = {
+        "architecture": spec.describe(),
+        "folded": folded.describe(),
+        "device": device,
+        "input": [3, size, size],
+        "probe_max_abs_diff": report.probe.max_abs_diff,
+        "check_samples": len(check),
+        "identical_predictions": agree,
+        "max_abs_logit_diff": float((logits["original"] - logits["folded"]).abs().max()),
+        "batches": {},
+    }
+    for batch in (1, 64):
+        x = torch.randn(batch, 3, size, size, generator=generator).to(device)
+        iterations = 16 if batch == 1 else 2
+        for model in models.values():  # warm-up: allocator, oneDNN primitives, caches
+            _throughput(model, x, 2, device)
+        runs: dict[str, list[float]] = {name: [] for name in models}
+        for r in range(repeats):
+            names = list(models)
+            names = names[r % len(names) :] + names[: r % len(names)]  # rotate the order
+            for name in names:
+                runs[name].append(_throughput(models[name], x, iterations, device))
+        result["batches"][str(batch)] = {
+            "iterations": iterations,
+            "samples_per_s": runs,
+            "median": {name: statistics.median(values) for name, values in runs.items()},
+        }
+    return result
+
+
+def scaling(workdir: str, depths: list[int], ks: list[int], repeats: int) -> dict[str, Any]:
+    """Time ``analyze_checkpoint`` and ``fold_checkpoint`` against depth (K = 4) and K (depth 28)."""
+    from soft_share_cli.analysis import analyze_checkpoint
+    from soft_share_cli.conversion import fold_checkpoint
+
+    def timed(work: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    rows = []
+    configs = [(d, 4, "depth") for d in depths] + [(28, k, "K") for k in ks]
+    for depth, k, axis in configs:
+        torch.manual_seed(0)
+        model = SWRN(depth, 1, k, num_classes=10, in_channels=3)
+        path = save_swrn(model, Path(workdir) / f"swrn{depth}-1-{k}.pt")
+        out = Path(workdir) / f"swrn{depth}-1-{k}.safetensors"
+        analyze_checkpoint(path)  # warm-up
+        rows.append(
+            {
+                "axis": axis,
+                "depth": depth,
+                "K": k,
+                "layers": 3 * 2 * (model.num_blocks - 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "analyze_s": timed(lambda p=path: analyze_checkpoint(p)),
+                "fold_s": timed(lambda p=path, o=out: fold_checkpoint(p, o)),
+            }
+        )
+    return {"rows": rows}
+
+
+def main(argv: list[str]) -> None:
+    task, *args = argv
+    if task == "bare-eval":
+        result = bare_eval(args[0], args[1], int(args[2]), args[3])
+    elif task == "inference":
+        result = inference(args[0], args[1], int(args[2]), int(args[3]), args[4])
+    elif task == "scaling":
+        depths = [int(v) for v in args[1].split(",")]
+        ks = [int(v) for v in args[2].split(",")]
+        result = scaling(args[0], depths, ks, int(args[3]))
+    else:
+        raise SystemExit(f"unknown task {task!r}")
+    result["torch"] = torch.__version__
+    result["threads"] = torch.get_num_threads()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
