@@ -1,4 +1,4 @@
-"""Turn the measurements of ``benchmarks/run.py`` into targets, a table, BENCHMARKS.md and a plot."""
+"""Turn what ``benchmarks/run.py`` measured into targets, a table, BENCHMARKS.md and a plot."""
 
 from __future__ import annotations
 
@@ -93,8 +93,16 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"max |Δlogit| {inference['max_abs_logit_diff']:.1e}",
         f"{inference['check_samples']} samples")  # fmt: skip
     ssc_eval, bare = statistics.median(r["eval"]["ssc"]), statistics.median(r["eval"]["bare"])
-    add("4-eval", "`ssc eval` throughput vs a bare `inference_mode` loop",
-        _ratio(ssc_eval, bare), 0.95, False, "eval", f"{ssc_eval:.0f}/s", f"{bare:.0f}/s")
+    add(
+        "4-eval",
+        "`ssc eval` throughput vs a bare `inference_mode` loop",
+        _ratio(ssc_eval, bare),
+        0.95,
+        False,
+        "eval",
+        f"{ssc_eval:.0f}/s",
+        f"{bare:.0f}/s",
+    )
     add("5-fold", "`ssc fold` (no data) time vs naive `torch.load`",
         _ratio(wall["fold_zip"], wall["naive_load_zip"]), 2.0, True, "fold",
         f"{wall['fold_zip']:.3f} s", f"{wall['naive_load_zip']:.3f} s")  # fmt: skip
@@ -136,7 +144,10 @@ def _measurements(r: dict[str, Any]) -> str:
 
 
 def _scaling(r: dict[str, Any]) -> str:
-    lines = ["| depth | K | layers | parameters | analyze | fold |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| depth | K | layers | parameters | analyze | fold |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in r["scaling"]["rows"]:
         lines.append(
             f"| {row['depth']} | {row['K']} | {row['layers']} | {row['parameters']:,} "
@@ -211,7 +222,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"![analyze and fold time against depth and K]({r['scaling']['plot']})",
         "",
-        "SWRN d-1-K checkpoints (ssc format). Expected complexity, per bank of L layers and K "
+        f"SWRN d-1-4 checkpoints against depth, SWRN {r['sizes']['k_depth']}-1-K against K (ssc "
+        "format), in process (no start-up). Expected complexity, per bank of L layers and K "
         "templates: bank discovery O(keys), similarity O(L²K), clustering O(L²) (nearest-"
         "neighbour chain), fold planning O(LK): linear in depth and nearly flat in K at these "
         "sizes, where per-key work dominates. `fold` adds what is linear in the parameters "
@@ -235,7 +247,7 @@ def scaling_figure(rows: list[dict[str, Any]]) -> Any:
     figure = Figure(figsize=(9, 3.6), layout="constrained")
     for ax, (axis, key, label) in zip(
         figure.subplots(1, 2),
-        (("depth", "layers", "shared layers (SWRN d-1-4)"), ("K", "K", "templates K (SWRN 28-1-K)")),
+        (("depth", "layers", "shared layers (SWRN d-1-4)"), ("K", "K", "templates K (SWRN d-1-K)")),
         strict=True,
     ):
         chosen = [row for row in rows if row["axis"] == axis]

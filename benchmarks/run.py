@@ -46,17 +46,19 @@ class Sizes:
     big: tuple[int, int, int]  # the authors'-layout training checkpoint (depth, width, K)
     inference: tuple[int, int, int]  # the exactly foldable SWRN
     inference_size: int  # input height = width
+    inference_iterations: int  # forward passes per timing at batch 1 (an eighth at batch 64)
     eval_net: tuple[int, int, int]
     eval_samples: int
     eval_size: int
     depths: tuple[int, ...]
     ks: tuple[int, ...]
+    k_depth: int  # depth of the K sweep
     scaling_repeats: int
 
 
-FULL = Sizes((28, 10, 4), (28, 2, 4), 32, (16, 2, 4), 1024, 32, (16, 28, 52, 100, 148, 202),
-             (1, 2, 4, 8, 16, 32, 64), 3)  # fmt: skip
-QUICK = Sizes((16, 2, 4), (16, 1, 2), 8, (10, 1, 2), 64, 8, (16, 28), (1, 4), 1)
+FULL = Sizes((28, 10, 4), (28, 2, 4), 32, 16, (16, 2, 4), 1024, 32,
+             (16, 28, 52, 100, 148, 202), (1, 2, 4, 8, 16, 32, 64), 28, 3)  # fmt: skip
+QUICK = Sizes((16, 2, 4), (16, 1, 2), 8, 2, (10, 1, 2), 64, 8, (16, 22), (1, 2), 16, 1)
 
 
 @dataclass
@@ -112,9 +114,9 @@ def run_once(command: list[str], cwd: Path) -> Sample:
     return Sample(wall, usage.ru_maxrss * scale, stdout)
 
 
-def interleave(group: list[Measured], repeats: int, cwd: Path) -> None:
+def interleave(group: list[Measured], repeats: int, cwd: Path, warm_up: bool = True) -> None:
     """One untimed warm-up of each, then ``repeats`` rounds, rotating the order every round."""
-    for m in group:
+    for m in group if warm_up else ():
         run_once(m.command, cwd)
     for r in range(repeats):
         shift = r % len(group)
@@ -156,6 +158,15 @@ def machine() -> dict[str, Any]:
 def workload_json(args: list[str], cwd: Path) -> tuple[dict[str, Any], Sample]:
     sample = run_once([sys.executable, str(HERE / "workloads.py"), *args], cwd)
     return json.loads(sample.stdout.strip().splitlines()[-1]), sample
+
+
+def _throughput(stdout: str) -> float:
+    """Samples per second from the JSON a run printed last (``ssc eval`` nests it in ``timing``)."""
+    try:
+        report = json.loads(stdout)  # ssc --json: one (indented) object
+    except json.JSONDecodeError:
+        report = json.loads(stdout.strip().splitlines()[-1])
+    return float(report.get("timing", report)["throughput"])
 
 
 def generate(work: Path, sizes: Sizes) -> dict[str, Path]:
@@ -230,23 +241,25 @@ def main(argv: list[str] | None = None) -> int:
              str(files["eval_data"]), "256", args.device],
         )  # fmt: skip
 
+        warm = not args.quick
         print("start-up, analysis, fold ...", file=sys.stderr)
-        interleave([m[k] for k in ("python", "import_torch", "ssc_help", "ssc_version")], repeats, work)
+        startup = [m[k] for k in ("python", "import_torch", "ssc_help", "ssc_version")]
+        interleave(startup, repeats, work, warm)
         for fmt in ("zip", "legacy"):
-            interleave([m[f"naive_load_{fmt}"], m[f"analyze_{fmt}"]], repeats, work)
-        interleave([m["naive_load_zip"], m["fold_zip"]], repeats, work)
+            interleave([m[f"naive_load_{fmt}"], m[f"analyze_{fmt}"]], repeats, work, warm)
+        interleave([m["naive_load_zip"], m["fold_zip"]], repeats, work, warm)
         print("evaluation ...", file=sys.stderr)
-        interleave([m["bare_eval"], m["ssc_eval"]], repeats, work)
+        interleave([m["bare_eval"], m["ssc_eval"]], repeats, work, warm)
         print("folded inference ...", file=sys.stderr)
         inference, _ = workload_json(
-            ["inference", str(files["foldable"]), str(work), str(max(repeats, 3)),
-             str(sizes.inference_size), args.device],
+            ["inference", str(files["foldable"]), str(work), str(repeats),
+             str(sizes.inference_size), args.device, str(sizes.inference_iterations)],
             work,
         )  # fmt: skip
         print("scaling ...", file=sys.stderr)
         scaling, _ = workload_json(
             ["scaling", str(work), ",".join(map(str, sizes.depths)),
-             ",".join(map(str, sizes.ks)), str(sizes.scaling_repeats)],
+             ",".join(map(str, sizes.ks)), str(sizes.k_depth), str(sizes.scaling_repeats)],
             work,
         )  # fmt: skip
     info["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
@@ -262,10 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(sizes).items()},
         "measurements": {name: x.to_dict() for name, x in m.items()},
         "eval": {
-            "ssc": [json.loads(s.stdout)["throughput"] for s in m["ssc_eval"].samples],
-            "bare": [json.loads(s.stdout.strip().splitlines()[-1])["throughput"]
-                     for s in m["bare_eval"].samples],
-        },  # fmt: skip
+            "ssc": [_throughput(s.stdout) for s in m["ssc_eval"].samples],
+            "bare": [_throughput(s.stdout) for s in m["bare_eval"].samples],
+        },
         "inference": inference,
         "scaling": scaling,
     }

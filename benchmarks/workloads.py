@@ -4,8 +4,8 @@ Run by ``benchmarks/run.py``, never imported by ssc. The generators write into a
 directory; the measurement tasks run in a subprocess of their own and print one JSON object:
 
     python benchmarks/workloads.py bare-eval CKPT DATA.npz BATCH DEVICE
-    python benchmarks/workloads.py inference CKPT WORKDIR REPEATS SIZE DEVICE
-    python benchmarks/workloads.py scaling WORKDIR DEPTHS KS REPEATS
+    python benchmarks/workloads.py inference CKPT WORKDIR REPEATS SIZE DEVICE ITERATIONS
+    python benchmarks/workloads.py scaling WORKDIR DEPTHS KS K_DEPTH REPEATS
 """
 
 from __future__ import annotations
@@ -86,16 +86,18 @@ def exactly_foldable_swrn(depth: int, width: int, templates: int, seed: int = 0)
     """An SWRN whose shared layers are exactly parallel within two clusters per bank.
 
     Per stage, every conv1 mixes the templates along one direction and every conv2 along
-    another, each with its own scale (signs vary for conv1); BatchNorms get random affine
-    parameters and the statistics of two random batches. Folding at any threshold then gives two weights per bank and changes the
-    function only by float rounding.
+    another (orthogonal to the first), each with its own scale (signs vary for conv1);
+    BatchNorms get random affine parameters and the statistics of two random batches. Folding
+    then gives two weights per bank and changes the function only by float rounding.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = SWRN(depth, width, templates, num_classes=10, in_channels=3)
     with torch.no_grad():
         for i in (1, 2, 3):
-            directions = torch.randn(2, templates, generator=generator)
+            # Orthonormal directions (K >= 2): the two clusters stay apart at any threshold.
+            directions = torch.randn(templates, 2, generator=generator)
+            directions = torch.linalg.qr(directions).Q.T if templates >= 2 else directions.T
             for block in list(getattr(model, f"stage_{i}"))[1:]:
                 for role, conv in enumerate((block.conv1, block.conv2)):
                     scale = float(torch.empty(1).uniform_(0.5, 1.5, generator=generator))
@@ -181,9 +183,13 @@ def _throughput(model: torch.nn.Module, x: torch.Tensor, iterations: int, device
 
 
 def inference(
-    checkpoint: str, workdir: str, repeats: int, size: int, device: str
+    checkpoint: str, workdir: str, repeats: int, size: int, device: str, iterations: int
 ) -> dict[str, Any]:
-    """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved."""
+    """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved.
+
+    Each timing is ``iterations`` forward passes at batch 1 (an eighth of that at batch 64),
+    after two untimed ones; the order of the three networks rotates every round.
+    """
     from soft_share_cli.conversion import fold_checkpoint
     from soft_share_cli.folded import load_folded, materialize
     from soft_share_cli.infer import rebuild_model
@@ -215,7 +221,7 @@ def inference(
     }
     for batch in (1, 64):
         x = torch.randn(batch, 3, size, size, generator=generator).to(device)
-        iterations = 16 if batch == 1 else 2
+        count = iterations if batch == 1 else max(1, iterations // 8)
         for model in models.values():  # warm-up: allocator, oneDNN primitives, caches
             _throughput(model, x, 2, device)
         runs: dict[str, list[float]] = {name: [] for name in models}
@@ -223,17 +229,22 @@ def inference(
             names = list(models)
             names = names[r % len(names) :] + names[: r % len(names)]  # rotate the order
             for name in names:
-                runs[name].append(_throughput(models[name], x, iterations, device))
+                runs[name].append(_throughput(models[name], x, count, device))
         result["batches"][str(batch)] = {
-            "iterations": iterations,
+            "iterations": count,
             "samples_per_s": runs,
             "median": {name: statistics.median(values) for name, values in runs.items()},
         }
     return result
 
 
-def scaling(workdir: str, depths: list[int], ks: list[int], repeats: int) -> dict[str, Any]:
-    """Time ``analyze_checkpoint`` and ``fold_checkpoint`` against depth (K = 4) and K (depth 28)."""
+def scaling(
+    workdir: str, depths: list[int], ks: list[int], k_depth: int, repeats: int
+) -> dict[str, Any]:
+    """Time ``analyze_checkpoint`` and ``fold_checkpoint`` against depth (K = 4) and K.
+
+    SWRN d-1-K checkpoints in ssc's format; the K sweep is at depth ``k_depth``.
+    """
     from soft_share_cli.analysis import analyze_checkpoint
     from soft_share_cli.conversion import fold_checkpoint
 
@@ -246,7 +257,7 @@ def scaling(workdir: str, depths: list[int], ks: list[int], repeats: int) -> dic
         return statistics.median(times)
 
     rows = []
-    configs = [(d, 4, "depth") for d in depths] + [(28, k, "K") for k in ks]
+    configs = [(d, 4, "depth") for d in depths] + [(k_depth, k, "K") for k in ks]
     for depth, k, axis in configs:
         torch.manual_seed(0)
         model = SWRN(depth, 1, k, num_classes=10, in_channels=3)
@@ -272,11 +283,11 @@ def main(argv: list[str]) -> None:
     if task == "bare-eval":
         result = bare_eval(args[0], args[1], int(args[2]), args[3])
     elif task == "inference":
-        result = inference(args[0], args[1], int(args[2]), int(args[3]), args[4])
+        result = inference(args[0], args[1], int(args[2]), int(args[3]), args[4], int(args[5]))
     elif task == "scaling":
         depths = [int(v) for v in args[1].split(",")]
         ks = [int(v) for v in args[2].split(",")]
-        result = scaling(args[0], depths, ks, int(args[3]))
+        result = scaling(args[0], depths, ks, int(args[3]), int(args[4]))
     else:
         raise SystemExit(f"unknown task {task!r}")
     result["torch"] = torch.__version__

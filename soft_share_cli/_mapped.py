@@ -24,6 +24,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -49,6 +50,15 @@ _STORAGE_DTYPES = {
     "ComplexDoubleStorage": np.complex128,
 }
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra length
+# The opcodes torch's weights-only unpickler reads (torch 2.13): a file using any other (protocol
+# 0/1 or 4/5 pickles) is left to it, so that both paths accept and refuse the same files.
+_TORCH_OPCODES = frozenset(
+    {"APPEND", "APPENDS", "BINFLOAT", "BINGET", "BININT", "BININT1", "BININT2", "BINPERSID",
+     "BINPUT", "BINUNICODE", "BUILD", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "EMPTY_TUPLE",
+     "GLOBAL", "LONG1", "LONG_BINGET", "LONG_BINPUT", "MARK", "NEWFALSE", "NEWOBJ", "NEWTRUE",
+     "NONE", "PROTO", "REDUCE", "SETITEM", "SETITEMS", "SHORT_BINSTRING", "STOP", "TUPLE",
+     "TUPLE1", "TUPLE2", "TUPLE3"}
+)  # fmt: skip
 
 
 class _Unsupported(Exception):
@@ -106,15 +116,31 @@ def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
     return codecs.encode(text, "latin1", errors)
 
 
+class _Frozen:
+    """A function the pickle may call but not edit: BUILD on it fails instead of altering it."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Any) -> None:
+        object.__setattr__(self, "_function", function)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _Unsupported("a pickle that edits a rebuild function")
+
+    def __call__(self, *args: Any) -> Any:
+        return self._function(*args)
+
+
 def _globals(placeholders: tuple[str, ...]) -> dict[str, Any]:
+    """Dotted name -> what the unpickler gets for it; fresh objects for every file."""
     table: dict[str, Any] = {
         "collections.OrderedDict": collections.OrderedDict,
-        "torch._utils._rebuild_tensor": _rebuild_tensor,
-        "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-        "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+        "torch._utils._rebuild_tensor": _Frozen(_rebuild_tensor),
+        "torch._utils._rebuild_tensor_v2": _Frozen(_rebuild_tensor_v2),
+        "torch._utils._rebuild_parameter": _Frozen(_rebuild_parameter),
+        "torch._utils._rebuild_parameter_with_state": _Frozen(_rebuild_parameter),
         "torch.Size": tuple,
-        "_codecs.encode": _latin1_encode,
+        "_codecs.encode": _Frozen(_latin1_encode),
     }
     for name, dtype in _STORAGE_DTYPES.items():
         table[f"torch.{name}"] = _StorageType(dtype)
@@ -130,9 +156,18 @@ MODELLED_GLOBALS = frozenset(_globals(()))
 
 
 class _Unpickler(pickle.Unpickler):
-    """Resolves globals from a fixed table only (the Python docs' "restricting globals")."""
+    """Resolves globals from a fixed table only (the Python docs' "restricting globals").
+
+    Refuses up front (reading the stream's opcodes, then rewinding) a pickle that uses an opcode
+    torch's weights-only unpickler does not read.
+    """
 
     def __init__(self, stream: Any, table: dict[str, Any], storage: Any) -> None:
+        start = stream.tell()
+        unknown = {op.name for op, _, _ in pickletools.genops(stream)} - _TORCH_OPCODES
+        if unknown:
+            raise _Unsupported(f"opcodes torch's safe loader does not read: {sorted(unknown)}")
+        stream.seek(start)
         super().__init__(stream)
         self._table = table
         self._storage = storage

@@ -23,7 +23,6 @@ from __future__ import annotations
 import _compat_pickle
 import functools
 import importlib
-import io
 import os
 import pickletools
 import sys
@@ -32,7 +31,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from soft_share_cli.errors import CheckpointError
 
@@ -163,7 +162,7 @@ class _StackModel:
         self.stack.extend(_UNKNOWN for _ in opcode.stack_after)
 
 
-def scan_pickle(stream: IO[bytes]) -> PickleScan:
+def scan_pickle(stream: IO[bytes] | _Bounded) -> PickleScan:
     """Read one pickle from ``stream`` (up to and including STOP) and list its globals.
 
     Raises:
@@ -173,8 +172,12 @@ def scan_pickle(stream: IO[bytes]) -> PickleScan:
     found: set[str] = set()
     ints: list[int] = []
     try:
-        for opcode, arg, _pos in pickletools.genops(stream):
+        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(cast(IO[bytes], stream))):
             name = opcode.name
+            if name in _MEMO_PUT_OPS and isinstance(arg, int) and not 0 <= arg <= count:
+                # Picklers number memo slots 0, 1, 2, ...; a far index is forged, and makes
+                # CPython's C unpickler allocate a memo that large (9 bytes: 16 GiB).
+                raise PickleScanError(f"memo index {arg} is beyond anything stored so far")
             if name in _STRING_OPS:
                 model.stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
             elif name == "MARK":

@@ -168,6 +168,12 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
 
         state_dict = folded_user_view(program, ckpt.state_dict)
         architecture: str | None = f"folded user network {program.get('model', '')}".strip()
+    elif isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
+        from soft_share_cli.looped import load_looped, looped_state_dict_view
+
+        looped = load_looped(path)
+        state_dict = looped_state_dict_view(looped)
+        architecture = f"folded {looped.describe()}"
     elif ckpt.container == "ssc-folded":
         from soft_share_cli.folded import folded_state_dict_view, load_folded
 

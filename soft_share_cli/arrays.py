@@ -55,7 +55,7 @@ class MappedFile:
         start = int(array.ctypes.data) - self._base
         first = start - start % mmap.PAGESIZE
         last = start + array.nbytes
-        if 0 <= first and last <= len(self.map):
+        if first >= 0 and last <= len(self.map):
             # Only whole pages inside the array; the boundary pages stay.
             first_whole = first if first == start else first + mmap.PAGESIZE
             length = (last - first_whole) // mmap.PAGESIZE * mmap.PAGESIZE

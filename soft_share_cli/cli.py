@@ -23,9 +23,10 @@ INTERNAL_ERROR = 4  # a bug in ssc, not in the input: the message asks for a rep
 _state = {"debug": False}
 
 DATA_HELP = (
-    "Data to use: digits | npz:FILE | cifar10:DIR | cifar100:DIR | folder:DIR "
-    "(see README, 'Data specs')."
+    "Data to use: digits | npz:FILE | cifar10:DIR | cifar100:DIR | folder:DIR | "
+    "maze:size=N[,count=M,seed=S] | prefix-sums:length=N[,...] (see README, 'Data specs')."
 )
+TASK_ARCHS = ("sfcn", "fcn")  # fully convolutional networks for the per-pixel tasks
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -79,6 +80,11 @@ def info_command(checkpoint: str, as_json: bool) -> None:
     metavar="MODULE:CALLABLE",
     help="Build your own network (imports YOUR code) for a checkpoint of it, folded or not.",
 )
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    help="Run a folded looped network's loop this many times instead of the trained count.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @common
 def eval_command(
@@ -87,9 +93,13 @@ def eval_command(
     device: str,
     batch_size: int,
     model_spec: str | None,
+    iterations: int | None,
     as_json: bool,
 ) -> None:
-    """Measure CHECKPOINT's top-1 (and top-5) accuracy on the test split of --data."""
+    """Measure CHECKPOINT's top-1 (and top-5) accuracy on the test split of --data.
+
+    On a task (maze:..., prefix-sums:...) the exact-solve rate and per-pixel accuracy instead.
+    """
     from soft_share_cli import render
     from soft_share_cli.pipeline import run_eval
 
@@ -101,6 +111,7 @@ def eval_command(
             device=device,
             progress=progress,
             model_spec=model_spec,
+            iterations=iterations,
         )
     render.print_json(report.to_dict()) if as_json else render.render_eval(report)
 
@@ -108,15 +119,39 @@ def eval_command(
 @cli.command("train")
 @click.option("--data", "data_spec", required=True, help=DATA_HELP)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str))
-@click.option("--arch", type=click.Choice(["swrn", "wrn"]), default="swrn", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["swrn", "wrn", *TASK_ARCHS]),
+    default="swrn",
+    show_default=True,
+    help="swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
+)
 @click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 10, 16, 22, 28, ...")
 @click.option("--width", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
-    "--templates", type=click.IntRange(min=1), default=3, show_default=True, help="K (swrn only)."
+    "--templates",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="K (swrn, sfcn only).",
+)
+@click.option(
+    "--blocks",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Residual blocks (fcn, sfcn only).",
+)
+@click.option(
+    "--channels", type=click.IntRange(min=1), default=32, show_default=True, help="fcn, sfcn only."
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate [default: 0.1 (swrn/wrn, SGD); 0.002 (sfcn/fcn, Adam)].",
+)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
 @click.option(
     "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
@@ -152,9 +187,11 @@ def train_command(
     depth: int,
     width: int,
     templates: int,
+    blocks: int,
+    channels: int,
     epochs: int,
     batch_size: int,
-    lr: float,
+    lr: float | None,
     weight_decay: float,
     schedule: str,
     align: float,
@@ -175,22 +212,44 @@ def train_command(
     from soft_share_cli.regularizers import AlignMode
     from soft_share_cli.training import Schedule, TrainConfig
 
-    config = TrainConfig(
-        arch=arch,
-        depth=depth,
-        width=width,
-        num_templates=templates if arch == "swrn" else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=Schedule(schedule),
-        align=align,
-        align_mode=AlignMode(align_mode),
-        augment=augment,
-        seed=seed,
-        device=device,
-    )
+    config: Any
+    if arch in TASK_ARCHS:
+        from soft_share_cli.errors import InputError
+        from soft_share_cli.task_training import TaskTrainConfig
+
+        if augment or schedule != "cosine":
+            raise InputError("task training takes no --augment and only the cosine schedule")
+        config = TaskTrainConfig(
+            arch=arch,
+            blocks=blocks,
+            width=channels,
+            num_templates=templates if arch == "sfcn" else None,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=0.002 if lr is None else lr,
+            weight_decay=weight_decay,
+            align=align,
+            align_mode=AlignMode(align_mode),
+            seed=seed,
+            device=device,
+        )
+    else:
+        config = TrainConfig(
+            arch=arch,
+            depth=depth,
+            width=width,
+            num_templates=templates if arch == "swrn" else None,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=0.1 if lr is None else lr,
+            weight_decay=weight_decay,
+            schedule=Schedule(schedule),
+            align=align,
+            align_mode=AlignMode(align_mode),
+            augment=augment,
+            seed=seed,
+            device=device,
+        )
     command = "ssc " + shlex.join(sys.argv[1:])
     with render.progress_bar() as progress:
         report = run_train(

@@ -166,13 +166,20 @@ class _Source:
             from soft_share_cli.infer import rebuild_model
 
             self.model, spec = rebuild_model(ckpt)
-            if spec.arch != "swrn":
+            if spec.arch not in ("swrn", "sfcn"):
                 raise InputError(
                     f"{ckpt.path}: {spec.describe()} has no template banks, nothing to fold "
                     "(for your own architecture pass --model module:callable)"
                 )
             self.architecture = spec.describe()
         self.model.eval()
+
+    @property
+    def is_sfcn(self) -> bool:
+        """An SFCN folds into a looped FCN (:mod:`soft_share_cli.looped`), not an SWRN's form."""
+        from soft_share_cli.models.recurrent import SFCN
+
+        return self.model_spec is None and isinstance(self.model, SFCN)
 
     def fold(self, options: AnalysisOptions) -> _Fold:
         state = self.ckpt.state_dict
@@ -188,6 +195,13 @@ class _Source:
             more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
             raise InputError(f"{self.ckpt.path}: cannot fold: {blocking[0].message}{more}")
         loops = tuple(f"{r.bank.name}: {loop.description}" for r in results for loop in r.loops)
+        if self.is_sfcn:
+            from soft_share_cli.looped import fold_sfcn
+
+            plans = {r.bank.name: r.fold for r in results}
+            assert len(plans) == 1  # an SFCN has exactly one bank
+            network = fold_sfcn(self.model, next(iter(plans.values())))  # type: ignore[arg-type]
+            return _Fold(options, network, plans, counts, loops, None)
         if self.model_spec is None:
             from soft_share_cli.folded import fold_swrn
             from soft_share_cli.models.wrn import SWRN
@@ -224,7 +238,18 @@ def _agreement(a: EvalResult, b: EvalResult) -> float:
 def _evaluate(
     model: nn.Module, data: Dataset, options: FoldOptions, stage: str, progress: Progress | None
 ) -> EvalResult:
+    from soft_share_cli.task_evaluation import evaluate_task, is_task_data
+
     callback = (lambda done, total: progress(stage, done, total)) if progress else None
+    if is_task_data(data):  # maze, prefix-sums: "top1" is the exact-solve rate
+        return evaluate_task(  # type: ignore[return-value]
+            model,
+            data,
+            batch_size=options.batch_size,
+            device=options.device,
+            progress=callback,
+            keep_predictions=True,
+        )
     return evaluate(
         model,
         data,
@@ -270,6 +295,8 @@ def fold_checkpoint(
         raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
     ckpt = load_checkpoint(path)
     source = _Source(ckpt, options.model)
+    if materialize is not None and source.is_sfcn:
+        raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
     test = load_data(options.data, "test") if options.data else None
     original_eval = _evaluate(source.model, test, options, "original", progress) if test else None
 
@@ -381,6 +408,11 @@ def fold_checkpoint(
 
 
 def _save(fold: _Fold, source: _Source, output: str | Path, report: dict[str, Any]) -> None:
+    if source.is_sfcn:
+        from soft_share_cli.looped import save_looped
+
+        save_looped(fold.network, output, report=report)  # type: ignore[arg-type]
+        return
     if fold.program is None:
         from soft_share_cli.folded import save_folded
 

@@ -9,6 +9,9 @@ Accepted specs (``KIND[:PATH]``, optionally followed by ``?limit=N`` to keep the
   read without executing pickle code; train = the training batches, test = the test batch.
 * ``folder:DIR`` — one sub-folder of same-size images per class (sorted names give the class
   indices; dot-files are skipped); both splits are all of the images.
+* ``maze:size=N[,count=M,seed=S]`` / ``prefix-sums:length=N[,count=M,seed=S]`` — generated
+  algorithmic tasks with a label per pixel, ``y`` of shape ``(N, H, W)`` (see
+  :mod:`soft_share_cli.tasks`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from torch import Tensor
 
 from soft_share_cli.errors import DataError
 
-SPEC_FORMS = "digits, npz:FILE, cifar10:DIR, cifar100:DIR, folder:DIR (optionally ?limit=N)"
+SPEC_FORMS = (
+    "digits, npz:FILE, cifar10:DIR, cifar100:DIR, folder:DIR, maze:size=N, prefix-sums:length=N "
+    "(optionally ?limit=N)"
+)
 SPLITS = ("train", "test")
 
 # Digits pixels are 0..16. Computed once as the mean and (population, ddof=0) std of all pixels
@@ -53,6 +59,11 @@ class DataKind(str, enum.Enum):
     CIFAR10 = "cifar10"
     CIFAR100 = "cifar100"
     FOLDER = "folder"
+    MAZE = "maze"
+    PREFIX_SUMS = "prefix-sums"
+
+
+TASK_KINDS = (DataKind.MAZE, DataKind.PREFIX_SUMS)  # generated; options instead of a path
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class DataSpec:
     """A parsed ``--data`` spec; parsing checks the form and that the path exists."""
 
     kind: DataKind
-    path: Path | None  # None only for digits
+    path: Path | None  # None for digits and the generated tasks
     options: dict[str, int] = field(default_factory=dict)  # e.g. {"limit": 500}
 
 
@@ -68,7 +79,8 @@ class DataSpec:
 class Dataset:
     """An in-memory, already preprocessed split of a data set.
 
-    ``x`` is float32 ``(N, C, H, W)``, ``y`` int64 ``(N,)`` with labels in ``[0, num_classes)``.
+    ``x`` is float32 ``(N, C, H, W)``, ``y`` int64 ``(N,)`` with labels in ``[0, num_classes)``;
+    for the per-pixel tasks (maze, prefix-sums) ``y`` is ``(N, H, W)``, one label per pixel.
     """
 
     name: str  # the spec it came from, e.g. "digits" or "npz:/path/file.npz"
@@ -100,6 +112,13 @@ def parse_data_spec(spec: str) -> DataSpec:
         kind = DataKind(kind_text.lower())
     except ValueError:
         raise DataError(f"unknown data spec {spec!r}; use one of: {SPEC_FORMS}") from None
+    if kind in TASK_KINDS:
+        from soft_share_cli.tasks import parse_task_spec
+
+        task = parse_task_spec(kind.value, path_text)
+        return DataSpec(
+            kind, None, {"size": task.size, "count": task.count, "seed": task.seed, **options}
+        )
     if kind is DataKind.DIGITS:
         if sep:
             raise DataError(f"'digits' takes no path (got {spec!r}); use one of: {SPEC_FORMS}")
@@ -133,7 +152,10 @@ def load_data(spec: str, split: str = "test") -> Dataset:
         DataKind.CIFAR100: lambda p, s: _load_cifar(p, s, "cifar100"),
         DataKind.FOLDER: _load_folder,
     }
-    x, y, num_classes, preprocessing = loaders[parsed.kind](parsed.path, split)
+    if parsed.kind in TASK_KINDS:
+        x, y, num_classes, preprocessing = _load_task(parsed, split)
+    else:
+        x, y, num_classes, preprocessing = loaders[parsed.kind](parsed.path, split)
     if "limit" in parsed.options:
         # Copies, so the full arrays are freed rather than kept alive behind a view.
         x, y = x[: parsed.options["limit"]].copy(), y[: parsed.options["limit"]].copy()
@@ -148,6 +170,16 @@ def load_data(spec: str, split: str = "test") -> Dataset:
         num_classes=num_classes,
         preprocessing=preprocessing,
     )
+
+
+def _load_task(parsed: DataSpec, split: str) -> tuple[np.ndarray, np.ndarray, int, dict]:
+    """A generated task split (:mod:`soft_share_cli.tasks`); inputs are 0/1, no normalisation."""
+    from soft_share_cli.tasks import Task, TaskSpec, task_arrays
+
+    o = parsed.options
+    spec = TaskSpec(Task(parsed.kind.value), o["size"], o["count"], o["seed"])
+    x, y = task_arrays(spec, split)
+    return x, y, 2, {"dataset": spec.task.value, **spec.to_dict(), "split": f"generated {split}"}
 
 
 def _normalise(x: np.ndarray, mean: Any, std: Any) -> np.ndarray:
@@ -259,8 +291,13 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches; refuses every global beyond numpy array reconstruction."""
+class _BatchUnpickler(pickle._Unpickler):
+    """Unpickles CIFAR batches; refuses every global beyond numpy array reconstruction.
+
+    The pure-Python unpickler, as torch's weights-only loader uses: the C one sizes its memo by
+    the largest index a file names, so nine forged bytes would allocate 16 GiB. Batches hold a
+    few large objects, so the speed is the same.
+    """
 
     def __init__(self, file: Any, source: Path):
         # encoding="bytes": the batches are Python 2 pickles whose str keys must stay bytes.

@@ -195,7 +195,9 @@ def fold_swrn(model: SWRN, plans: Mapping[str, BankFold]) -> FoldedSWRN:
         raise TypeError(f"fold_swrn folds an SWRN, got {type(model).__name__}")
     program, layers = _program(model, plans)
     reference = model.conv_3x3.weight
-    folded = FoldedSWRN.from_program(program).to(device=reference.device, dtype=reference.dtype)
+    with torch.device("meta"):  # a skeleton without storage: every tensor is written below
+        skeleton = FoldedSWRN.from_program(program)
+    folded = skeleton.to_empty(device=reference.device).to(dtype=reference.dtype)
     with torch.no_grad():
         for name in COPIED:
             getattr(folded, name).load_state_dict(getattr(model, name).state_dict())

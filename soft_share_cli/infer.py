@@ -37,6 +37,10 @@ class ArchSpec:
     def describe(self) -> str:
         """Human name, e.g. ``SWRN 28-10-4`` or ``WRN 16-1``, with classes and channels."""
         k = self.kwargs
+        if self.arch in ("sfcn", "fcn") and {"blocks", "width"} <= k.keys():
+            from soft_share_cli.models.recurrent import describe_fcn
+
+            return describe_fcn(self.arch, k)
         if self.arch in ("swrn", "wrn") and {"depth", "width"} <= k.keys():
             name = f"{self.arch.upper()} {k['depth']}-{k['width']}"
             if self.arch == "swrn":
@@ -66,7 +70,9 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> ArchSpec:
     """
     required = ("conv_3x3.weight", "stage_1.0.conv1.weight", "classifier.weight")
     if not all(key in state_dict for key in required):
-        banks = sum(1 for k, v in state_dict.items() if k.endswith("templates") and len(v.shape) == 5)
+        banks = sum(
+            1 for k, v in state_dict.items() if k.endswith("templates") and len(v.shape) == 5
+        )
         sample = ", ".join(list(state_dict)[:3]) or "no keys"
         hint = f"; it has {banks} template-bank key(s)" if banks else ""
         raise ArchitectureError(

@@ -56,12 +56,16 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     from soft_share_cli.infer import architecture_of
     from soft_share_cli.params import count_state_dict_parameters
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, arrays=True)  # shapes and storages only: no torch needed
     arch: dict[str, Any] | None = None
     name = error = None
     program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
     if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
         name = f"folded user network (rebuild with --model {program.get('model', '?')})"
+    elif isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
+        from soft_share_cli.looped import load_looped
+
+        name = f"folded {load_looped(path).describe()}"
     elif ckpt.container == "ssc-folded":
         from soft_share_cli.folded import load_folded
 
@@ -125,15 +129,29 @@ def run_eval(
     device: str = "cpu",
     progress: Progress | None = None,
     model_spec: str | None = None,
-) -> EvalReport:
+    iterations: int | None = None,
+) -> Any:
     """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split.
 
     ``model_spec`` ("module:callable") builds the user's own network for checkpoints of
-    architectures ssc does not know, folded or not.
+    architectures ssc does not know, folded or not. Task data (``maze:``, ``prefix-sums:``) and
+    ``iterations`` (a looped network run longer) give a ``task_pipeline.TaskEvalReport``.
     """
     from soft_share_cli.checkpoint import load_checkpoint
     from soft_share_cli.data import load_data, parse_data_spec
     from soft_share_cli.evaluation import evaluate
+    from soft_share_cli.task_pipeline import is_task_spec, run_task_eval
+
+    if iterations is not None or is_task_spec(data_spec):
+        return run_task_eval(
+            path,
+            data_spec,
+            iterations=iterations,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            model_spec=model_spec,
+        )
 
     parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path)
@@ -177,6 +195,11 @@ def _network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[Any, 
         if is_user_fold:
             return load_folded_user_model(path, model_spec), f"folded {model_spec}", 0
         return build_user_model(model_spec, ckpt.state_dict), model_spec, 0
+    if isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
+        from soft_share_cli.looped import load_looped
+
+        looped = load_looped(path)
+        return looped, looped.describe(), looped.in_channels
     if ckpt.container == "ssc-folded":
         from soft_share_cli.folded import load_folded
 
@@ -278,14 +301,34 @@ def run_train(
 
     The state after every epoch goes to ``OUTPUT.partial`` (see :mod:`soft_share_cli.resume`);
     ``resume`` continues from it. Ctrl-C raises :class:`~soft_share_cli.errors.Interrupted`
-    saying what was kept; ``output`` is then untouched.
+    saying what was kept; ``output`` is then untouched. A ``task_training.TaskTrainConfig``
+    trains a task network instead (``task_pipeline.run_task_train``; no resume).
     """
+    from soft_share_cli.task_training import TaskTrainConfig
+
+    if isinstance(config, TaskTrainConfig):
+        from soft_share_cli.task_pipeline import run_task_train
+
+        if resume:
+            from soft_share_cli.errors import InputError
+
+            raise InputError("--resume is not available for task networks (fcn, sfcn)")
+        return run_task_train(config, data_spec, output, command=command, progress=progress)
+    from soft_share_cli.task_pipeline import is_task_spec
+
+    if is_task_spec(data_spec):
+        from soft_share_cli.errors import InputError
+
+        raise InputError(
+            f"{config.arch} classifies whole images; {data_spec} labels every pixel: "
+            "train --arch sfcn (shared) or --arch fcn (plain) on it"
+        )
     from soft_share_cli.checkpoint import save_checkpoint
-    from soft_share_cli.errors import Interrupted
-    from soft_share_cli.resume import partial_path, save_state, saved_epoch, starting_state
     from soft_share_cli.data import load_data, parse_data_spec
+    from soft_share_cli.errors import Interrupted
     from soft_share_cli.infer import ArchSpec
     from soft_share_cli.params import count_parameters
+    from soft_share_cli.resume import partial_path, save_state, saved_epoch, starting_state
     from soft_share_cli.training import checkpoint_metadata, train
 
     parse_data_spec(data_spec)

@@ -80,6 +80,9 @@ def render_info(info: Any) -> None:
 
 def render_eval(report: Any) -> None:
     """``ssc eval``: one table of accuracy and speed."""
+    if hasattr(report, "trained_iterations"):  # a task_pipeline.TaskEvalReport
+        render_task_eval(report)
+        return
     r = report.result
     rows = [
         ("checkpoint", report.checkpoint),
@@ -96,6 +99,9 @@ def render_eval(report: Any) -> None:
 
 def render_train(report: Any) -> None:
     """``ssc train``: per-epoch history and where the checkpoint went."""
+    if hasattr(report, "steps_to"):  # a task_pipeline.TaskTrainReport
+        render_task_train(report)
+        return
     table = Table(title=f"Training {report.architecture}", title_justify="left")
     for name in ("epoch", "lr", "loss", "train top-1", "test top-1", "align", "s"):
         table.add_column(name, justify="right")
@@ -278,3 +284,54 @@ def render_fold(report: Any) -> None:
             )
         out.print(table)
         out.print(f"Δ top-1 (folded − original): {d.delta_top1:+.2f} points")
+
+
+def render_task_eval(report: Any) -> None:
+    """``ssc eval`` on a task: exact-solve rate, per-pixel accuracy, iterations, speed."""
+    r = report.result
+    iterations = None
+    if r.iterations is not None:
+        iterations = f"{r.iterations} (trained with {report.trained_iterations})"
+    rows = [
+        ("checkpoint", report.checkpoint),
+        ("architecture", report.architecture),
+        ("data", f"{report.data}: {report.data_description} (test split, {r.samples} samples)"),
+        ("iterations", iterations),
+        ("solved exactly", _pct(r.exact)),
+        ("pixel accuracy", _pct(r.pixel_accuracy)),
+        ("loss", f"{r.loss:.4f}"),
+        ("recorded exact", _pct(report.recorded_exact)),
+        ("throughput", f"{r.throughput:,.0f} samples/s on {report.device}"),
+    ]
+    out.print(_kv_table("Evaluation", rows))
+
+
+def render_task_train(report: Any) -> None:
+    """``ssc train`` on a task: per-epoch training and test accuracy, steps, the checkpoint."""
+    table = Table(title=f"Training {report.architecture}", title_justify="left")
+    for name in ("epoch", "steps", "lr", "loss", "train pixel", "train exact", "test exact"):
+        table.add_column(name, justify="right")
+    table.add_column("align", justify="right")
+    table.add_column("s", justify="right")
+    for e in report.history:
+        table.add_row(
+            str(e.epoch),
+            str(e.steps),
+            f"{e.lr:.5f}",
+            f"{e.train_loss:.4f}",
+            f"{e.train_pixel_accuracy:.2f}",
+            f"{e.train_exact:.2f}",
+            "-" if e.test_exact is None else f"{e.test_exact:.2f}",
+            f"{e.align_penalty:.3f}",
+            f"{e.seconds:.1f}",
+        )
+    out.print(table)
+    reached = report.steps_to.get("train_exact_95")
+    out.print(
+        "steps to 95 % of training instances solved: "
+        + ("not reached" if reached is None else f"{reached:,}")
+    )
+    out.print(
+        f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
+        f"{report.parameters:,} parameters); test solved exactly {_pct(report.test_exact) or 'n/a'}"
+    )

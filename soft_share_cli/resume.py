@@ -92,7 +92,9 @@ def load_state(path: str | os.PathLike[str], config: TrainConfig, data_spec: str
         and isinstance(history, list)
         and isinstance(optimizer, dict)
         and isinstance(seconds, float)
-        and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in (generator, rng))
+        and isinstance(generator, torch.Tensor)
+        and isinstance(rng, torch.Tensor)
+        and generator.dtype == rng.dtype == torch.uint8
     ):
         raise CheckpointError(f"{path}: incomplete or damaged train state")
     return TrainState(

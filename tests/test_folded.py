@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -373,3 +374,25 @@ def test_depth_10_has_no_shared_layers() -> None:
     assert folded.bank(1) is None and folded.loops(1) == []
     with torch.no_grad():
         torch.testing.assert_close(folded(_batch()), model(_batch()), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fold_writes_every_tensor_of_its_uninitialised_skeleton(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fold_swrn builds the folded network without initialising it (meta device, then
+    # to_empty): poison that memory and check that nothing of it survives the fold.
+    original_to_empty = nn.Module.to_empty
+
+    def poisoned(self: nn.Module, *, device: Any, recurse: bool = True) -> nn.Module:
+        module = original_to_empty(self, device=device, recurse=recurse)
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.fill_(float("nan") if tensor.is_floating_point() else -7)
+        return module
+
+    monkeypatch.setattr(nn.Module, "to_empty", poisoned)
+    model, plans = _case(case)
+    folded = fold_swrn(model, plans)
+    for key, tensor in folded.state_dict().items():
+        assert bool(torch.isfinite(tensor.float()).all()) and not bool((tensor == -7).any()), key

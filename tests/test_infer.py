@@ -84,3 +84,34 @@ def test_pytorch_040_files_without_num_batches_tracked_load() -> None:
     load_state_dict_checked(target, state, "SWRN 10-1-2")
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(target(x), source(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rebuild_assigns_the_checkpoints_tensors_and_casts_other_dtypes(
+    tmp_path, dtype: torch.dtype
+) -> None:
+    # Rebuilding builds a storage-less skeleton and takes the file's tensors as its weights (no
+    # initial weights drawn and overwritten); a float16 file still gives a float32 network.
+    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.infer import rebuild_model
+
+    torch.manual_seed(0)
+    reference = build_model("swrn", depth=16, width=1, num_templates=2, in_channels=1).eval()
+    path = tmp_path / "model.pt"
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v)
+        for k, v in reference.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    torch.save(state, path)
+    ckpt = load_checkpoint(path)
+    model, spec = rebuild_model(ckpt)
+    assert spec.arch == "swrn" and not any(p.is_meta for p in model.state_dict().values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.bank_1.templates is model.stage_1[1].conv2.bank.templates
+    shared = model.bank_1.templates.data_ptr() == ckpt.state_dict["bank_1.templates"].data_ptr()
+    assert shared == (dtype == torch.float32)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = reference.to(dtype).float()(x)
+        torch.testing.assert_close(model(x), expected)

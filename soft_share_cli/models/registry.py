@@ -8,11 +8,14 @@ from typing import Any
 from torch import nn
 
 from soft_share_cli.errors import ArchitectureError
+from soft_share_cli.models.recurrent import FCN, SFCN
 from soft_share_cli.models.wrn import SWRN, WRN
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "swrn": SWRN,
     "wrn": WRN,
+    "sfcn": SFCN,  # fully convolutional, one template bank: per-pixel algorithmic tasks
+    "fcn": FCN,  # its plain counterpart
 }
 
 

@@ -406,6 +406,12 @@ def broken(out: Path) -> list[Case]:
     add("huge-string-legacy", huge_string, "only 3 remain")
     add("huge-bytes-legacy", magic + b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc",
         "only 3 remain")  # fmt: skip
+    # Nine bytes that make CPython's C unpickler allocate a 16 GiB memo (a far memo index).
+    memo_bomb = b"\x80\x02}r\xff\xff\xff\x3f."
+    cases.append(Case("memo-bomb-zip", zip_with(out / "memo.pt", {"data.pkl": memo_bomb}),
+                      "memo index"))  # fmt: skip
+    cases.append(Case("memo-bomb-legacy", legacy_with(out / "memo-l.pt", memo_bomb),
+                      "memo index"))  # fmt: skip
     add("huge-storage-legacy", _huge_legacy_storage(), "")
     add("huge-tensor-zip", _huge_zip_tensor(), "")
     add("huge-header-safetensors", struct.pack("<Q", 2**60) + b'{"a":1}', "safetensors",
@@ -633,7 +639,11 @@ def bad_data(out: Path) -> list[tuple[str, str, str]]:
     cifar("cifar-is-a-directory", "not found", None)
     buffer = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buffer, _use_new_zipfile_serialization=False)
-    cifar("cifar-is-a-torch-file", "not a readable cifar batch", buffer.getvalue())
+    cifar("cifar-is-a-torch-file", "expected a pickled dict", buffer.getvalue())
+    # Unpickling errors can span lines ("... encountered,\nbut no persistent_load ..."): the
+    # CLI still prints one.
+    cifar("cifar-persistent-id", "persistent id", b"\x80\x02X\x01\x00\x00\x000Q.")
+    cifar("cifar-memo-bomb", "lacks", b"\x80\x02}r\xff\xff\xff\x3f.")  # 16 GiB in C pickle
     return cases
 
 

@@ -1,0 +1,119 @@
+"""``ssc train``, ``fold`` and ``eval`` on the algorithmic tasks, ``--iterations`` included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from soft_share_cli.checkpoint import load_checkpoint
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
+TINY = ("--arch", "sfcn", "--blocks", "2", "--channels", "4", "--templates", "2")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch SFCN on tiny mazes, trained through the CLI once for the module."""
+    from soft_share_cli.cli import main
+
+    path = tmp_path_factory.mktemp("task") / "m.pt"
+    args = ["train", "--data", "maze:size=3,count=64", *TINY, "--epochs", "1", "-o", str(path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--align", "1.0", "--json"])
+    assert exit_info.value.code in (0, None)
+    return path
+
+
+def test_train_records_per_epoch_task_accuracy(trained: Path) -> None:
+    ckpt = load_checkpoint(trained)
+    assert ckpt.arch == "sfcn"
+    assert ckpt.arch_kwargs == {
+        "blocks": 2,
+        "width": 4,
+        "num_templates": 2,
+        "num_classes": 2,
+        "in_channels": 3,
+        "recall": True,
+    }
+    meta = ckpt.metadata
+    (epoch,) = meta["history"]
+    assert epoch["steps"] == 1  # 64 mazes, batch 64
+    assert 0 <= epoch["train_exact"] <= 100 and 0 <= epoch["train_pixel_accuracy"] <= 100
+    assert meta["data"] == "maze:size=3,count=64"
+    assert set(meta["steps_to"]) == {"train_exact_95", "train_pixel_accuracy_95"}
+    assert meta["config"]["align"] == 1.0
+
+
+def test_eval_reports_exact_and_pixel_accuracy(ssc, trained: Path) -> None:
+    run = ssc("eval", str(trained), "--data", "maze:size=3,count=64", "--json")
+    assert run.code == 0, run.err
+    report = run.json()
+    assert report["samples"] == 64 and report["iterations"] is None
+    assert report["recorded_exact"] == load_checkpoint(trained).metadata["test_exact"]
+    assert report["exact"] == report["recorded_exact"]
+    assert 0 < report["pixel_accuracy"] <= 100
+    text = ssc("eval", str(trained), "--data", "maze:size=5,count=8")
+    assert text.code == 0 and "solved exactly" in text.out and "pixel accuracy" in text.out
+
+
+def test_iterations_need_a_loop(ssc, trained: Path) -> None:
+    run = ssc("eval", str(trained), "--data", "maze:size=3,count=8", "--iterations", "4")
+    assert run.code == 2
+    assert "no loop that can run longer" in run.err and "Traceback" not in run.err
+    digits = SAMPLES / "swrn28-1-4_digits_align.pt"
+    run = ssc("eval", str(digits), "--data", "digits", "--iterations", "4")
+    assert run.code == 2 and "no loop that can run longer" in run.err
+    assert ssc("eval", str(trained), "--data", "maze:size=3", "--iterations", "0").code == 2
+
+
+def test_fold_then_think_longer(ssc, trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "looped.safetensors"
+    run = ssc("fold", str(trained), "-o", str(out), "--threshold", "0", "--json")
+    assert run.code == 0, run.err
+    report = run.json()
+    assert report["params"]["folded"] < report["params"]["checkpoint_unique"]
+    assert report["loops"] == ["bank: body: blocks 0-1 repeat one block (conv1 A, conv2 A) 2 times"]
+    results = {}
+    for n in (1, 2, 5):
+        run = ssc("eval", str(out), "--data", "maze:size=4,count=16", "--iterations", str(n))
+        assert run.code == 0, run.err
+        assert f"{n} (trained with 2)" in run.out
+        js = ssc(
+            "eval", str(out), "--data", "maze:size=4,count=16", "--iterations", str(n), "--json"
+        )
+        results[n] = js.json()
+        assert results[n]["iterations"] == n and results[n]["trained_iterations"] == 2
+    assert results[1]["loss"] != results[5]["loss"]  # the loop really ran a different count
+    # a task network's folded file on image data: a clear error, not a crash
+    run = ssc("eval", str(out), "--data", "digits", "--iterations", "2")
+    assert run.code == 2 and "not a task" in run.err
+    info = ssc("info", str(out), "--json")
+    assert info.code == 0 and "looped" in info.json()["architecture_name"]
+    analysis = ssc("analyze", str(out), "--json")
+    assert analysis.code == 0 and analysis.json()["banks"][0]["distinct_weights"]["after"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--data", "digits", *TINY), "per-pixel tasks"),
+        (("--data", "maze:size=3,count=8", "--arch", "swrn"), "--arch sfcn"),
+        (("--data", "maze:size=3,count=8", *TINY, "--augment"), "no --augment"),
+        (("--data", "maze:size=3,count=8", *TINY, "--schedule", "step"), "cosine"),
+        (("--data", "maze:sizes=3", *TINY), "bad option"),
+    ],
+)
+def test_train_refuses_mismatched_data_and_networks(
+    ssc, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    out = tmp_path / "x.pt"
+    run = ssc("train", *args, "--epochs", "1", "-o", str(out))
+    assert run.code == 2, run.err
+    assert message in run.err and not out.exists()
+
+
+def test_classifier_on_task_data_is_a_clear_error(ssc) -> None:
+    digits = str(SAMPLES / "swrn28-1-4_digits.pt")  # one input channel, like prefix sums
+    run = ssc("eval", digits, "--data", "prefix-sums:length=8,count=4")
+    assert run.code == 2 and "not per-pixel" in run.err
