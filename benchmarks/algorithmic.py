@@ -62,6 +62,16 @@ def _spec(size: int, count: int, seed: int) -> str:
     return f"maze:size={size},count={count},seed={seed}"
 
 
+def _epoch_logger(log: Any) -> Any:
+    """A progress callback that logs each finished epoch."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total:
+            log(f"  {stage} done")
+
+    return progress
+
+
 def run(setup: Setup, work: Path, log: Any = print) -> dict[str, Any]:
     """Train, fold, evaluate; return the results as a plain dict."""
     from soft_share_cli.analysis import AnalysisOptions
@@ -87,7 +97,7 @@ def run(setup: Setup, work: Path, log: Any = print) -> dict[str, Any]:
     for name, config in configs.items():
         log(f"training {name} ({config.arch}) on {train_spec} ...")
         path = work / f"{name}.pt"
-        report = run_task_train(config, train_spec, path)
+        report = run_task_train(config, train_spec, path, progress=_epoch_logger(log))
         history = [
             {k: getattr(e, k) for k in ("epoch", "steps", "train_exact", "test_exact")}
             for e in report.history
@@ -215,13 +225,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--keep", type=Path, help="write the trained and folded networks here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (1 is faster on a machine shared with others)",
+    )
     args = parser.parse_args(argv)
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     setup = QUICK if args.quick else Setup()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(setup, Path(tmp), log=lambda m: print(m, file=sys.stderr, flush=True))
+        work = Path(tmp) if args.keep is None else args.keep
+        work.mkdir(parents=True, exist_ok=True)
+        results = run(setup, work, log=lambda m: print(m, file=sys.stderr, flush=True))
     results["seconds"] = time.perf_counter() - start
     results["machine"] = {
         "python": platform.python_version(),

@@ -187,8 +187,8 @@ def inference(
 ) -> dict[str, Any]:
     """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved.
 
-    Each timing is ``iterations`` forward passes at batch 1 (an eighth of that at batch 64),
-    after two untimed ones; the order of the three networks rotates every round.
+    ``repeats * iterations`` rounds at batch 1 (an eighth of that at batch 64) after two
+    untimed passes; each round times one forward pass of every network.
     """
     from soft_share_cli.conversion import fold_checkpoint
     from soft_share_cli.folded import load_folded, materialize
@@ -221,17 +221,19 @@ def inference(
     }
     for batch in (1, 64):
         x = torch.randn(batch, 3, size, size, generator=generator).to(device)
-        count = iterations if batch == 1 else max(1, iterations // 8)
+        rounds = repeats * (iterations if batch == 1 else max(1, iterations // 8))
         for model in models.values():  # warm-up: allocator, oneDNN primitives, caches
             _throughput(model, x, 2, device)
+        # One forward pass of each network per round, the order rotating: whatever else the
+        # machine does hits all three alike, and the median ignores the rounds it spoils.
         runs: dict[str, list[float]] = {name: [] for name in models}
-        for r in range(repeats):
+        for r in range(rounds):
             names = list(models)
-            names = names[r % len(names) :] + names[: r % len(names)]  # rotate the order
+            names = names[r % len(names) :] + names[: r % len(names)]
             for name in names:
-                runs[name].append(_throughput(models[name], x, count, device))
+                runs[name].append(_throughput(models[name], x, 1, device))
         result["batches"][str(batch)] = {
-            "iterations": count,
+            "rounds": rounds,
             "samples_per_s": runs,
             "median": {name: statistics.median(values) for name, values in runs.items()},
         }

@@ -1,6 +1,8 @@
 """Regenerate ``sample_checkpoints/``: train with ``ssc train``, re-wrap, measure, document.
 
-Run from the repository root: ``python scripts/make_samples.py`` (about 5 minutes on 2 CPU cores).
+Run from the repository root: ``python scripts/make_samples.py`` (about 5 minutes on 2 CPU cores
+for the digits samples; ``--digits`` or ``--tasks`` regenerates only those, the other entries of
+the manifest are kept as they are).
 Every file is produced by a command recorded in ``sample_checkpoints/README.md``, whose accuracy
 column is measured by ``ssc eval`` on the files as written, and mirrored in ``manifest.json`` for
 the tests.
@@ -30,6 +32,15 @@ TRAINED = {
     "swrn28-1-4_digits_align.pt": f"{COMMON} --align 1.0",
     "swrn28-1-4_digits.pt": COMMON,
 }
+# The maze solvers (sample_checkpoints/tasks/): the benchmark's two trained networks, see
+# benchmarks/algorithmic.py, which uses the same data spec, depth, width, epochs and seed.
+TASK_DATA = "maze:size=4,count=4000"
+TASK_COMMON = f"--data {TASK_DATA} --blocks 12 --channels 32 --epochs 15 --seed 0"
+TASK_TRAINED = {
+    "tasks/maze_shared.pt": f"{TASK_COMMON} --arch sfcn --templates 4 --align 1.0",
+    "tasks/maze_plain.pt": f"{TASK_COMMON} --arch fcn",
+}
+TASK_SIZES = (6, 8)  # 1.5x and 2x the training mazes' cells per side
 # (output, source, legacy format?)
 AUTHORS = [
     ("authors_swrn28-1-4_digits_align.pth.tar", "swrn28-1-4_digits_align.pt", False),
@@ -109,8 +120,91 @@ def authors_layout(source: Path, target: Path, legacy: bool) -> None:
             sys.modules.pop("utils", None)
 
 
+def make_task_samples() -> dict[str, dict]:
+    """Train the maze solvers with ``ssc train`` and measure them with ``ssc eval``."""
+    (OUT / "tasks").mkdir(exist_ok=True)
+    entries = {}
+    for name, args in TASK_TRAINED.items():
+        print(f"training {name} ...", file=sys.stderr)
+        ssc(f"train {args} -o sample_checkpoints/{name}")
+        report = json.loads(ssc(f"eval sample_checkpoints/{name} --data {TASK_DATA} --json"))
+        larger = {}
+        for size in TASK_SIZES:
+            spec = f"maze:size={size}"
+            larger[spec] = json.loads(ssc(f"eval sample_checkpoints/{name} --data {spec} --json"))
+        entries[name] = {
+            "made_by": f"ssc train {args} -o sample_checkpoints/{name}",
+            "architecture": report["architecture"],
+            "data": TASK_DATA,
+            "exact": report["exact"],
+            "pixel_accuracy": report["pixel_accuracy"],
+            "samples": report["samples"],
+            "exact_larger": {spec: r["exact"] for spec, r in larger.items()},
+            "bytes": (OUT / name).stat().st_size,
+        }
+    return entries
+
+
+def readme(manifest: dict[str, dict]) -> list[str]:
+    """The lines of sample_checkpoints/README.md for ``manifest``."""
+    lines = [
+        "# Sample checkpoints",
+        "",
+        "Regenerate with `python scripts/make_samples.py` (trains on scikit-learn's digits, CPU).",
+        "Accuracy: `ssc eval FILE --data digits` (the 360-image held-out split).",
+        "",
+        "| file | architecture | made by | test top-1 | size |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in manifest.items():
+        if "test_top1" in m:
+            lines.append(
+                f"| `{name}` | {m['architecture']} | `{m['made_by']}` | {m['test_top1']:.2f} % "
+                f"| {m['bytes'] / 1e6:.2f} MB |"
+            )
+    tasks = {name: m for name, m in manifest.items() if "exact" in m}
+    if tasks:
+        sizes = ", ".join(f"`--data maze:size={s}`" for s in TASK_SIZES)
+        lines += [
+            "",
+            "## Maze solvers",
+            "",
+            "Regenerate with `python scripts/make_samples.py --tasks` (minutes, CPU). Solved:",
+            f"`ssc eval FILE --data {TASK_DATA}` (its test split: fresh 4x4-cell mazes), then",
+            f"{sizes} (1.5x and 2x the cells per side, 1,000 fresh mazes each).",
+            "",
+            "| file | architecture | made by | solved 4x4 | 6x6 | 8x8 | size |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, m in tasks.items():
+            larger = " | ".join(f"{v:.1f} %" for v in m["exact_larger"].values())
+            lines.append(
+                f"| `{name}` | {m['architecture']} | `{m['made_by']}` | {m['exact']:.1f} % "
+                f"| {larger} | {m['bytes'] / 1e6:.2f} MB |"
+            )
+    return lines
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
+    only = {arg.removeprefix("--") for arg in sys.argv[1:]} & {"digits", "tasks"}
+    listed = OUT / "manifest.json"
+    old = json.loads(listed.read_text()) if listed.exists() else {}
+    manifest = {name: m for name, m in old.items() if "test_top1" in m}
+    if only != {"tasks"}:
+        manifest = make_digits_samples()
+    tasks = {name: m for name, m in old.items() if "exact" in m}
+    if only != {"digits"}:
+        tasks = make_task_samples()
+    manifest.update(tasks)
+    listed.write_text(json.dumps(manifest, indent=2) + "\n")
+    lines = readme(manifest)
+    (OUT / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def make_digits_samples() -> dict[str, dict]:
+    """Train the digits samples, re-wrap two in the authors' layout, measure all four."""
     rows = []
     for name, args in TRAINED.items():
         print(f"training {name} ...", file=sys.stderr)
@@ -130,23 +224,7 @@ def main() -> None:
             "samples": report["samples"],
             "bytes": (OUT / name).stat().st_size,
         }
-    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    lines = [
-        "# Sample checkpoints",
-        "",
-        "Regenerate with `python scripts/make_samples.py` (trains on scikit-learn's digits, CPU).",
-        "Accuracy: `ssc eval FILE --data digits` (the 360-image held-out split).",
-        "",
-        "| file | architecture | made by | test top-1 | size |",
-        "|---|---|---|---|---|",
-    ]
-    for name, m in manifest.items():
-        lines.append(
-            f"| `{name}` | {m['architecture']} | `{m['made_by']}` | {m['test_top1']:.2f} % "
-            f"| {m['bytes'] / 1e6:.2f} MB |"
-        )
-    (OUT / "README.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return manifest
 
 
 if __name__ == "__main__":

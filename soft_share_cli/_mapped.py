@@ -120,6 +120,7 @@ class _Frozen:
     """A function the pickle may call but not edit: BUILD on it fails instead of altering it."""
 
     __slots__ = ("_function",)
+    _function: Any
 
     def __init__(self, function: Any) -> None:
         object.__setattr__(self, "_function", function)

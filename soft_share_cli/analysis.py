@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
 from soft_share_cli.banks import Bank, BankIssue, find_banks
 from soft_share_cli.clustering import Clusters, Linkage, cluster_layers
 from soft_share_cli.defaults import DEFAULT_THRESHOLD
@@ -19,6 +17,7 @@ from soft_share_cli.params import count_state_dict_parameters
 from soft_share_cli.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
 
 if TYPE_CHECKING:
+    import networkx as nx
     from torch import Tensor
 
 SCHEMA_VERSION = 1
@@ -120,9 +119,16 @@ class Analysis:
 
 
 def analyze_state_dict(
-    state_dict: Mapping[str, Tensor], options: AnalysisOptions = AnalysisOptions()
-) -> tuple[tuple[BankAnalysis, ...], tuple[BankIssue, ...], ParameterCounts, nx.DiGraph]:
-    """Analyse the template banks of any state dict (no architecture needed)."""
+    state_dict: Mapping[str, Tensor],
+    options: AnalysisOptions = AnalysisOptions(),
+    *,
+    with_graph: bool = True,
+) -> tuple[tuple[BankAnalysis, ...], tuple[BankIssue, ...], ParameterCounts, nx.DiGraph | None]:
+    """Analyse the template banks of any state dict (no architecture needed).
+
+    ``with_graph=False`` leaves out the recurrence graph (``None``), and with it networkx's
+    import: a fold needs the clusters, not the graph.
+    """
     discovery = find_banks(state_dict)
     metric = Metric(options.metric)
     results = []
@@ -144,9 +150,10 @@ def analyze_state_dict(
             next(b for b in used if b.bank.name == item[0]).bank.layers[item[1]].key
         ],
     )
-    graph = recurrence_graph(
-        [(r.bank.name, [lay.name for lay in r.bank.layers], r.clusters) for r in used], order
-    )
+    graph = None
+    if with_graph:
+        banks = [(r.bank.name, [lay.name for lay in r.bank.layers], r.clusters) for r in used]
+        graph = recurrence_graph(banks, order)
     counts = parameter_counts(
         count_state_dict_parameters(state_dict), tuple(r.fold for r in results)
     )
@@ -187,6 +194,7 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
         except ArchitectureError:
             architecture = None  # analysis needs no architecture
     banks, issues, counts, graph = analyze_state_dict(state_dict, options)
+    assert graph is not None
     if not banks:
         raise InputError(
             f"{path}: no template banks found (no 5-d '...templates' tensors); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -508,6 +509,15 @@ def fold_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
+    with warnings.catch_warnings():
+        if "--debug" not in (sys.argv[1:] if argv is None else argv):
+            # numpy's overflow / invalid-value warnings on extreme inputs are noise to a user:
+            # the result already says what happened (an issue, a null in JSON, an error line).
+            warnings.simplefilter("ignore", RuntimeWarning)
+        _run(argv)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         code = cli.main(args=argv, prog_name="ssc", standalone_mode=False)
     except SscError as exc:

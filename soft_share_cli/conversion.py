@@ -10,6 +10,7 @@ Gates (``atol``, ``max_drop``) that fail are reported and nothing is written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +184,7 @@ class _Source:
 
     def fold(self, options: AnalysisOptions) -> _Fold:
         state = self.ckpt.state_dict
-        results, issues, counts, _ = analyze_state_dict(state, options)
+        results, issues, counts, _ = analyze_state_dict(state, options, with_graph=False)
         # The analysis leaves such layers out (or keeps undefined weights); a fold cannot.
         blocking = [
             i
@@ -200,8 +201,8 @@ class _Source:
 
             plans = {r.bank.name: r.fold for r in results}
             assert len(plans) == 1  # an SFCN has exactly one bank
-            network = fold_sfcn(self.model, next(iter(plans.values())))  # type: ignore[arg-type]
-            return _Fold(options, network, plans, counts, loops, None)
+            looped = fold_sfcn(self.model, next(iter(plans.values())))  # type: ignore[arg-type]
+            return _Fold(options, looped, plans, counts, loops, None)
         if self.model_spec is None:
             from soft_share_cli.folded import fold_swrn
             from soft_share_cli.models.wrn import SWRN
@@ -262,7 +263,7 @@ def _evaluate(
 
 def candidate_thresholds(ckpt: LoadedCheckpoint, options: AnalysisOptions) -> list[float]:
     """Every threshold at which some bank's clustering changes (and 1.0), highest first."""
-    results, _, _, _ = analyze_state_dict(ckpt.state_dict, options)
+    results, _, _, _ = analyze_state_dict(ckpt.state_dict, options, with_graph=False)
     heights = {1.0}
     for r in results:
         matrix = abs(r.similarity.matrix)
@@ -323,6 +324,11 @@ def fold_checkpoint(
         fold.network,
         probe_input(ckpt, source.model, options.probe_samples, options.seed),
     )
+    if not math.isfinite(probe.max_abs_diff):  # e.g. coefficients too extreme to refactor
+        raise InputError(
+            f"{path}: the original or folded network gives non-finite outputs on the probe "
+            "inputs; nothing was written (ssc analyze shows the coefficients)"
+        )
     data_check = None
     if test is not None and original_eval is not None:
         folded_eval = _evaluate(fold.network, test, options, "folded", progress)

@@ -46,7 +46,11 @@ class EvalResult:
             "top1": self.top1,
             "top5": self.top5,
             "loss": self.loss,
-            "timing": {"seconds": self.seconds, "throughput": self.throughput},
+            # throughput is infinite when the clock saw no time pass; JSON cannot say that
+            "timing": {
+                "seconds": self.seconds,
+                "throughput": self.throughput if math.isfinite(self.throughput) else None,
+            },
         }
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.errors import ArchitectureError, CheckpointError
 from soft_share_cli.folding import Absorb, BankFold, LayerFold
+from soft_share_cli.layers import allocate
 from soft_share_cli.materialize import (
     COPIED,
     STORAGES,
@@ -197,7 +198,7 @@ def fold_swrn(model: SWRN, plans: Mapping[str, BankFold]) -> FoldedSWRN:
     reference = model.conv_3x3.weight
     with torch.device("meta"):  # a skeleton without storage: every tensor is written below
         skeleton = FoldedSWRN.from_program(program)
-    folded = skeleton.to_empty(device=reference.device).to(dtype=reference.dtype)
+    folded = allocate(skeleton, reference.device).to(dtype=reference.dtype)
     with torch.no_grad():
         for name in COPIED:
             getattr(folded, name).load_state_dict(getattr(model, name).state_dict())

@@ -24,12 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from soft_share_cli.clustering import Clusters, cluster_labels
 from soft_share_cli.errors import InputError
+
+if TYPE_CHECKING:  # imported where graphs are built: fold and loop naming do without it
+    import networkx as nx
 
 Bank = tuple[str, Sequence[str], Clusters]
 
@@ -196,6 +197,8 @@ def recurrence_graph(
     v (a self-loop when consecutive layers share a cluster). ``graph.graph`` has ``loops`` (their
     number) and ``summary`` (the loop lines joined by "; "). Raises ``ValueError`` on bad input.
     """
+    import networkx as nx
+
     graph = nx.DiGraph()
     node_of: dict[tuple[str, int], str] = {}
     loops: list[Loop] = []
@@ -295,6 +298,8 @@ def _dot_parse(token: str) -> Any:
 
 
 def _read_dot(path: Path) -> nx.DiGraph:
+    import networkx as nx
+
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines or not re.fullmatch(r"digraph\b.*\{", lines[0]) or lines[-1] != "}":
         raise ValueError("not a digraph written by ssc")
@@ -318,6 +323,8 @@ def _read_dot(path: Path) -> nx.DiGraph:
 
 
 def _node_link_data(graph: nx.DiGraph) -> dict[str, Any]:
+    import networkx as nx
+
     # networkx >= 3.4 names the key with ``edges=``; older releases only know ``link=``.
     try:
         data: dict[str, Any] = nx.node_link_data(graph, edges="edges")
@@ -327,6 +334,8 @@ def _node_link_data(graph: nx.DiGraph) -> dict[str, Any]:
 
 
 def _node_link_graph(data: dict[str, Any]) -> nx.DiGraph:
+    import networkx as nx
+
     try:
         return nx.node_link_graph(data, directed=True, multigraph=False, edges="edges")
     except TypeError:
@@ -339,9 +348,21 @@ def _write_json(graph: nx.DiGraph, path: Path) -> None:
         fh.write("\n")
 
 
+def _write_graphml(graph: nx.DiGraph, path: Path) -> None:
+    import networkx as nx
+
+    nx.write_graphml(graph, path)
+
+
+def _write_gexf(graph: nx.DiGraph, path: Path) -> None:
+    import networkx as nx
+
+    nx.write_gexf(graph, path)
+
+
 _WRITERS: dict[str, Callable[[nx.DiGraph, Path], None]] = {
-    ".graphml": nx.write_graphml,
-    ".gexf": nx.write_gexf,
+    ".graphml": _write_graphml,
+    ".gexf": _write_gexf,
     ".json": _write_json,
     ".dot": _write_dot,
 }
@@ -371,6 +392,8 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     a graph reads back with the attributes it was written with. Raises :class:`InputError` for
     an unknown extension or a file that cannot be read or parsed.
     """
+    import networkx as nx
+
     source = Path(path)
     fmt = graph_format(source)
     try:

@@ -171,7 +171,9 @@ def rebuild_model(checkpoint: LoadedCheckpoint) -> tuple[nn.Module, ArchSpec]:
             if k in expected
         )
         if not same:
-            model = model.to_empty(device="cpu")
+            from soft_share_cli.layers import allocate
+
+            model = allocate(model, "cpu")  # loading below writes every tensor, cast
         load_state_dict_checked(model, checkpoint.state_dict, spec.describe(), assign=same)
     check_finite(model.state_dict(), f"{checkpoint.path} ({spec.describe()})")
     return model.eval(), spec

@@ -8,6 +8,8 @@ holds ``coefficients`` of shape ``(K, 1, 1, 1, 1)`` and registers its bank as th
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,6 +48,20 @@ class TemplateBank(nn.Module):
     def extra_repr(self) -> str:
         k, o, i, kh, _ = self.templates.shape
         return f"templates={k}, out={o}, in={i}, kernel={kh}"
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def allocate(module: ModuleT, device: torch.device | str) -> ModuleT:
+    """Give a skeleton built on the meta device real, uninitialised storage on ``device``.
+
+    ``nn.Module.to_empty`` does the same through ``empty_like`` of meta tensors, whose Python
+    decomposition imports sympy: 0.6 s, more than building and folding a WRN-28-10 takes.
+    The caller must write every parameter and buffer.
+    """
+    module._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+    return module
 
 
 class SConv2d(nn.Module):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -102,10 +102,16 @@ class LoopedFCN(nn.Module):
             text += f", run for {self.iterations} iterations"
         return text
 
+    def loop_segments(self) -> list[LoopSegment]:
+        """The body's segments, in execution order."""
+        return [s for s in self.segments if isinstance(s, LoopSegment)]
+
     def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
         """``(segment, iteration)`` for each block application of a run of ``iterations``."""
         n = self.iterations if iterations is None else iterations
-        order = [(j, t) for j, seg in enumerate(self.segments) for t in range(seg.iterations)]
+        order = [
+            (j, t) for j, seg in enumerate(self.loop_segments()) for t in range(seg.iterations)
+        ]
         if n <= len(order):
             return order[:n]
         return order + [order[-1]] * (n - len(order))
@@ -116,7 +122,7 @@ class LoopedFCN(nn.Module):
         e = self.stem(x)
         h = e
         recall = e if self.recall else None
-        segments = list(self.segments)
+        segments = self.loop_segments()
         done = 0
         for segment in segments:  # the real loops
             for t in range(min(segment.iterations, self.iterations - done)):
@@ -126,6 +132,20 @@ class LoopedFCN(nn.Module):
         for _ in range(self.iterations - done):  # thinking longer: repeat the last step
             h = last.step(h, recall, self.bank, last.iterations - 1)
         return self.head(h)
+
+    def trajectory(self, x: Tensor, iterations: int) -> Iterator[Tensor]:
+        """The logits after each of ``iterations`` block applications, in one pass.
+
+        Identical to ``forward`` with ``self.iterations = n`` for every ``n <= iterations``, at
+        the cost of one run of the longest (a sweep over iteration counts needs no reruns).
+        """
+        e = self.stem(x)
+        h = e
+        recall = e if self.recall else None
+        segments = self.loop_segments()
+        for j, t in self.schedule(iterations):
+            h = segments[j].step(h, recall, self.bank, t)
+            yield self.head(h)
 
 
 def check_program(p: Any) -> None:

@@ -313,7 +313,8 @@ def run_train(
             from soft_share_cli.errors import InputError
 
             raise InputError("--resume is not available for task networks (fcn, sfcn)")
-        return run_task_train(config, data_spec, output, command=command, progress=progress)
+        report = run_task_train(config, data_spec, output, command=command, progress=progress)
+        return report  # type: ignore[return-value]  # a TaskTrainReport, rendered alike
     from soft_share_cli.task_pipeline import is_task_spec
 
     if is_task_spec(data_spec):

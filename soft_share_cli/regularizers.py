@@ -13,6 +13,15 @@ and so on; in a flat network (all layers under one parent module) ``next(i) = i 
 so consecutive blocks converge to the same weights up to a scale: exactly what folding turns
 into a loop over one block.
 
+``AlignMode.SIGNED`` pairs the layers like ``RECURRENT`` but keeps the sign: it pulls each
+pair to the same direction *with the same sign*::
+
+    R_b = mean over the pairs (i, next(i)) of (1 - c_{i,next(i)}) / 2
+
+A BatchNorm after a conv can absorb a negative scale, a ReLU cannot (``relu(-z) != -relu(z)``):
+in a network without BatchNorm (the fully convolutional task nets) two anti-parallel layers
+compute different functions, and only same-sign alignment makes consecutive blocks one loop.
+
 ``AlignMode.NEAREST`` pulls every layer toward whichever layer is already closest::
 
     R_b = (1 / L) * sum_i (1 - max_{j != i} c_ij ** 2)
@@ -47,6 +56,7 @@ class AlignMode(str, enum.Enum):
     """Which layers the alignment regulariser pulls together (see the module docstring)."""
 
     RECURRENT = "recurrent"
+    SIGNED = "signed"
     NEAREST = "nearest"
 
 
@@ -101,13 +111,15 @@ def _nearest(coefficients: list[nn.Parameter], square: bool) -> Tensor:
     return sim.masked_fill(eye, -1.0).amax(dim=1)
 
 
-def _paired(coefficients: list[nn.Parameter], pairs: list[tuple[int, int]]) -> Tensor:
-    """``c_{i,j} ** 2`` for each pair, shape ``(P,)``."""
+def _paired(
+    coefficients: list[nn.Parameter], pairs: list[tuple[int, int]], signed: bool = False
+) -> Tensor:
+    """``c_{i,j} ** 2`` (or ``(1 + c_{i,j}) / 2`` when ``signed``) for each pair, ``(P,)``."""
     a = torch.stack([c.reshape(-1) for c in coefficients])
     i = torch.tensor([p[0] for p in pairs], device=a.device)
     j = torch.tensor([p[1] for p in pairs], device=a.device)
     cos = (a[i] * a[j]).sum(dim=1) / (a[i].norm(dim=1) * a[j].norm(dim=1) + EPS)
-    return cos.square()
+    return (1.0 + cos) / 2.0 if signed else cos.square()
 
 
 def alignment_penalty(
@@ -121,17 +133,20 @@ def alignment_penalty(
         groups: coefficient vectors per bank, as returned by :func:`coefficient_groups`.
             Banks with fewer than two layers have no neighbour to align with and are skipped.
         mode: which layers are pulled together.
-        pairs: for ``AlignMode.RECURRENT``, :func:`recurrence_pairs` of each bank's layer
-            names (required in that mode).
+        pairs: for ``AlignMode.RECURRENT`` and ``SIGNED``, :func:`recurrence_pairs` of each
+            bank's layer names (required in those modes).
 
     Returns:
         ``R`` in ``[0, 1]`` on the device of the coefficients; a constant 0 (CPU, no grad)
         when no bank has two layers.
     """
-    if AlignMode(mode) is AlignMode.RECURRENT:
+    if AlignMode(mode) in (AlignMode.RECURRENT, AlignMode.SIGNED):
         if pairs is None or len(pairs) != len(groups):
             raise ValueError("recurrent alignment needs the layer pairs of every bank")
-        penalties = [(1.0 - _paired(g, p)).mean() for g, p in zip(groups, pairs, strict=True) if p]
+        signed = AlignMode(mode) is AlignMode.SIGNED
+        penalties = [
+            (1.0 - _paired(g, p, signed)).mean() for g, p in zip(groups, pairs, strict=True) if p
+        ]
     else:
         penalties = [(1.0 - _nearest(g, square=True)).mean() for g in groups if len(g) >= 2]
     if not penalties:

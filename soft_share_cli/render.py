@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,8 +17,22 @@ err = Console(stderr=True, highlight=False)
 
 
 def print_json(payload: dict[str, Any]) -> None:
-    """The one JSON object a ``--json`` command prints on stdout, nothing else."""
-    print(json.dumps(payload, indent=2, allow_nan=False))
+    """The one JSON object a ``--json`` command prints on stdout, nothing else.
+
+    NaN and infinities (which JSON cannot hold, and a damaged file can put anywhere in its
+    metadata) are printed as ``null``.
+    """
+    print(json.dumps(_json_safe(payload), indent=2, allow_nan=False))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 @contextmanager

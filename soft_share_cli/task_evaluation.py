@@ -167,18 +167,34 @@ class SweepPoint:
 def iteration_sweep(
     model: nn.Module, data: Dataset, iterations: Sequence[int], *, batch_size: int = 256
 ) -> tuple[SweepPoint, ...]:
-    """Exact-solve rate of a looped network at each iteration count (its setting is restored)."""
+    """Exact-solve rate and pixel accuracy of a looped network at each iteration count.
+
+    One pass per batch up to the largest count (:meth:`LoopedFCN.trajectory`), so a sweep over
+    1..N costs one run of N iterations, not N runs.
+    """
     from soft_share_cli.looped import LoopedFCN
 
     if not isinstance(model, LoopedFCN):
         raise InputError("an iteration sweep needs a looped network (ssc fold an sfcn)")
-    saved = model.iterations
-    points = []
+    wanted = sorted({int(n) for n in iterations})
+    if not wanted or wanted[0] < 1:
+        raise InputError(f"iteration counts must be >= 1, got {list(iterations)}")
+    solved = dict.fromkeys(wanted, 0)
+    pixels = dict.fromkeys(wanted, 0)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
     try:
-        for n in iterations:
-            model.iterations = int(n)
-            r = evaluate_task(model, data, batch_size=batch_size)
-            points.append(SweepPoint(int(n), r.exact, r.pixel_accuracy))
+        with torch.inference_mode():
+            for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size), strict=True):
+                for n, logits in enumerate(model.trajectory(xb, wanted[-1]), start=1):
+                    if n in solved:
+                        right = logits.argmax(dim=1) == yb
+                        pixels[n] += int(right.sum())
+                        solved[n] += int(right.flatten(1).all(dim=1).sum())
     finally:
-        model.iterations = saved
-    return tuple(points)
+        for module, mode in modes.items():
+            module.training = mode
+    total, count = len(data), data.y.numel()
+    return tuple(
+        SweepPoint(n, 100.0 * solved[n] / total, 100.0 * pixels[n] / count) for n in wanted
+    )

@@ -54,6 +54,10 @@ class TaskTrainConfig:
     lr: float = 0.002  # Adam's peak learning rate, reached after the first epoch
     weight_decay: float = 5e-4  # decoupled (AdamW), on everything but the coefficients
     clip: float = 1.0  # max gradient norm; BatchNorm-free deep stacks need the guard
+    # Also read out (and score) the state after each of the last `supervise` blocks, not only
+    # the last one: later blocks then learn to keep a solved state, which a folded loop
+    # running extra iterations needs. 1 = only the final output (the usual loss).
+    supervise: int = 1
     align: float = 0.0  # weight of the alignment regulariser; > 0 grows foldable networks
     align_mode: AlignMode = AlignMode.RECURRENT
     seed: int = 0  # seeds init and shuffling, so a run can be reproduced exactly
@@ -132,6 +136,10 @@ def _check(config: TaskTrainConfig, train_data: Dataset) -> None:
         (config.weight_decay < 0, f"weight decay must be >= 0, got {config.weight_decay}"),
         (not config.clip > 0, f"gradient clip must be > 0, got {config.clip}"),
         (config.align < 0, f"alignment weight must be >= 0, got {config.align}"),
+        (
+            not 1 <= config.supervise <= config.blocks,
+            f"supervise must lie in [1, blocks = {config.blocks}], got {config.supervise}",
+        ),
     ]
     for bad, message in problems:
         if bad:
@@ -215,8 +223,7 @@ def train_task(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, y = x_all[index], y_all[index]
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                logits, loss = _scored(model, x, y, config.supervise)
                 objective = loss + config.align * penalty_of().to(device) if config.align else loss
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
@@ -255,6 +262,17 @@ def train_task(
         torch.set_flush_denormal(flush)
     model.eval()
     return TaskTrainResult(model, config.arch, kwargs, tuple(history), time.perf_counter() - start)
+
+
+def _scored(model: nn.Module, x: Tensor, y: Tensor, supervise: int) -> tuple[Tensor, Tensor]:
+    """The final logits and the loss: mean cross-entropy over the last ``supervise`` read-outs."""
+    if supervise == 1:
+        logits = model(x)
+        return logits, F.cross_entropy(logits, y)
+    states = list(model.states(x))[-supervise:]  # type: ignore[operator]
+    outputs = [model.head(h) for h in states]  # type: ignore[operator]
+    loss = torch.stack([F.cross_entropy(out, y) for out in outputs]).mean()
+    return outputs[-1], loss
 
 
 def steps_to(history: list[dict[str, Any]], key: str, threshold: float) -> int | None:

@@ -52,10 +52,24 @@ def probe_input(ckpt: LoadedCheckpoint, model: nn.Module, samples: int, seed: in
 
 
 def compare_on_probe(original: nn.Module, folded: nn.Module, x: Tensor) -> Probe:
-    """Max and mean absolute logit difference between the two networks in eval mode."""
+    """Max and mean absolute logit difference between the two networks in eval mode.
+
+    On the CPU this runs on one thread: a probe is one small batch, whose cost is per-operation
+    overhead rather than arithmetic, and a thread pool's synchronisation adds to that — on a
+    machine whose cores are busy with other work, several times over (a WRN-28-10 probe took
+    0.6 s on one thread and 2.5-3.8 s on two, on 2 shared cores). Inputs follow the networks'
+    device.
+    """
     original.eval(), folded.eval()
-    with torch.inference_mode():
-        diff = (original(x) - folded(x)).abs()
+    x = x.to(next(original.parameters()).device)
+    threads = torch.get_num_threads()
+    if x.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            diff = (original(x) - folded(x)).abs()
+    finally:
+        torch.set_num_threads(threads)
     return Probe(tuple(x.shape), float(diff.max()), float(diff.mean()))
 
 

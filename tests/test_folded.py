@@ -381,17 +381,18 @@ def test_fold_writes_every_tensor_of_its_uninitialised_skeleton(
     case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # fold_swrn builds the folded network without initialising it (meta device, then
-    # to_empty): poison that memory and check that nothing of it survives the fold.
-    original_to_empty = nn.Module.to_empty
+    # allocate): poison that memory and check that nothing of it survives the fold.
+    import soft_share_cli.folded as folded_module
+    from soft_share_cli.layers import allocate
 
-    def poisoned(self: nn.Module, *, device: Any, recurse: bool = True) -> nn.Module:
-        module = original_to_empty(self, device=device, recurse=recurse)
+    def poisoned(module: nn.Module, device: Any) -> nn.Module:
+        module = allocate(module, device)
         with torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
                 tensor.fill_(float("nan") if tensor.is_floating_point() else -7)
         return module
 
-    monkeypatch.setattr(nn.Module, "to_empty", poisoned)
+    monkeypatch.setattr(folded_module, "allocate", poisoned)
     model, plans = _case(case)
     folded = fold_swrn(model, plans)
     for key, tensor in folded.state_dict().items():

@@ -30,9 +30,15 @@ WRITERS = {
     "write_text", "write_bytes", "write_graphml", "write_gexf", "write_gml", "to_csv",
     "dump", "copyfile", "copy2", "copytree", "move", "symlink_to", "hardlink_to", "touch",
 }  # fmt: skip
-# Writers that take a path from their caller and are only ever handed atomic_write's
-# temporary file (graph.export_graph picks them from graph._WRITERS inside its lambda).
-TEMP_FILE_WRITERS = {("graph.py", "_write_dot"), ("graph.py", "_write_json")}
+
+
+def _temp_file_writers() -> set[tuple[str, str]]:
+    """Writers that take a path from their caller and are only ever handed atomic_write's
+    temporary file: graph.export_graph picks them from graph._WRITERS inside its lambda (and
+    the graph cases of test_a_broken_write_keeps_the_previous_file check that it does)."""
+    from soft_share_cli import graph
+
+    return {("graph.py", writer.__name__) for writer in graph._WRITERS.values()}
 
 
 def _writes(call: ast.Call) -> bool:
@@ -58,7 +64,7 @@ def _unguarded_writes(path: Path) -> list[str]:
             call = parents.get(function)
             return isinstance(call, ast.Call) and _name(call.func) == "atomic_write"
         assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
-        if (path.name, function.name) in TEMP_FILE_WRITERS:
+        if (path.name, function.name) in _temp_file_writers():
             return True
         scope = parents.get(function)
         return any(

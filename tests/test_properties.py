@@ -32,7 +32,7 @@ from soft_share_cli.similarity import gram_matrix, layer_similarity
 from soft_share_cli.surgery import fold_user_model
 
 BOUNDED = settings(max_examples=60, deadline=None, derandomize=True, database=None)
-FOLDS = settings(max_examples=12, deadline=None, derandomize=True, database=None)
+FOLDS = settings(max_examples=10, deadline=None, derandomize=True, database=None)
 
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, allow_subnormal=False)
 

@@ -177,3 +177,25 @@ def test_checkpoints_rebuild_through_the_registry(tmp_path) -> None:
     x = torch.randn(1, 1, 1, 10)
     with torch.no_grad():
         assert_close(rebuilt(x), model.eval()(x))
+
+
+def test_trajectory_and_sweep_match_separate_runs() -> None:
+    from soft_share_cli.data import load_data
+    from soft_share_cli.task_evaluation import evaluate_task, iteration_sweep
+
+    looped = fold_exactly(parallel_sfcn(blocks=3))
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        steps = list(looped.trajectory(x, 5))
+        for n, logits in enumerate(steps, start=1):
+            looped.iterations = n
+            assert_close(logits, looped(x))
+    looped.iterations = 3
+    data = load_data("maze:size=4,count=12")
+    sweep = iteration_sweep(looped, data, [5, 1, 3], batch_size=5)
+    assert [p.iterations for p in sweep] == [1, 3, 5]
+    for point in sweep:
+        looped.iterations = point.iterations
+        single = evaluate_task(looped, data)
+        assert single.iterations == point.iterations
+        assert (single.exact, single.pixel_accuracy) == (point.exact, point.pixel_accuracy)

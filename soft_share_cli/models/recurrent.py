@@ -26,6 +26,7 @@ scaled to unit norm, so each generated weight starts with the plain conv's sprea
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -120,12 +121,17 @@ class _FullyConvolutional(nn.Module):
                 for conv, row in zip(group, init, strict=True):
                     conv.coefficients.copy_(row.view_as(conv.coefficients))
 
-    def features(self, x: Tensor) -> Tensor:
-        """The body's output state ``(N, w, H, W)``."""
+    def states(self, x: Tensor) -> Iterator[Tensor]:
+        """The state ``(N, w, H, W)`` after each block of the body, in order."""
         e = self.stem(x)
         h = e
         for block in self.body:
             h = block(h, e if self.recall else None)
+            yield h
+
+    def features(self, x: Tensor) -> Tensor:
+        """The body's output state ``(N, w, H, W)``."""
+        *_, h = self.states(x)
         return h
 
     def forward(self, x: Tensor) -> Tensor:

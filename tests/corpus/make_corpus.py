@@ -539,6 +539,17 @@ SEMANTIC: dict[str, tuple[Edit, str | None, str | None, str | None]] = {
         _set("bank_1.templates", 0, float("nan")), "non-finite", "bank_1.templates", "bank_1",
     ),
     "shape-mismatch": (_replace("stage_2.1.bn1.weight", torch.ones(7)), None, None, None),
+    # Finite, but beyond what float32 (the network) or a norm in float64 can hold.
+    "huge-coefficients": (
+        _replace("stage_2.2.conv1.coefficients", torch.full((4, 1, 1, 1, 1), 1.7e308,
+                                                            dtype=torch.float64)),
+        None, None, "bank_2",
+    ),
+    "tiny-coefficients": (
+        _replace("stage_2.2.conv1.coefficients", torch.full((4, 1, 1, 1, 1), 1e-320,
+                                                            dtype=torch.float64)),
+        None, None, "bank_2",
+    ),
 }  # fmt: skip
 
 
