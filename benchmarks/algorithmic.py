@@ -7,8 +7,9 @@ shared weights train faster and extrapolate better beyond the training span. Thi
 measures it on the maze task of Schwarzschild et al. (2021), end to end through the library
 calls behind ``ssc train``, ``ssc fold`` and ``ssc eval``, on the CPU:
 
-1. train a plain FCN and a soft-shared SFCN of the same depth and width on small mazes (the
-   SFCN with the recurrent alignment regulariser, so that it can fold into one loop), recording
+1. train a plain FCN and a soft-shared SFCN of the same depth and width on small mazes with
+   the same recipe (Adam, deep supervision of the last 6 blocks; the SFCN also with the signed
+   recurrent alignment regulariser, which pulls consecutive blocks towards one loop), recording
    the steps until 95 % of the training mazes are solved exactly;
 2. fold the SFCN (``ssc fold``) into a looped network;
 3. measure the exact-solve rate of all three on fresh mazes of 1x, 1.5x and 2x the training size
@@ -49,13 +50,14 @@ class Setup:
     blocks: int = 12
     width: int = 32
     templates: int = 4
-    align: float = 1.0
+    align: float = 10.0  # signed recurrent alignment: no BatchNorm here to absorb a sign flip
+    supervise: int = 6  # both networks score the read-outs of their last 6 blocks
     threshold: float = 0.99  # the fold's similarity threshold (ssc's default)
     sweep_max: float = 3.0  # iteration sweep up to this multiple of the trained count
     seed: int = 0
 
 
-QUICK = Setup(train_count=256, test_count=64, epochs=2, blocks=3, width=8, templates=2)
+QUICK = Setup(train_count=256, test_count=64, epochs=2, blocks=3, width=8, templates=2, supervise=2)
 
 
 def _spec(size: int, count: int, seed: int) -> str:
@@ -78,6 +80,7 @@ def run(setup: Setup, work: Path, log: Any = print) -> dict[str, Any]:
     from soft_share_cli.conversion import FoldOptions, fold_checkpoint
     from soft_share_cli.data import load_data
     from soft_share_cli.looped import load_looped
+    from soft_share_cli.regularizers import AlignMode
     from soft_share_cli.task_evaluation import iteration_sweep
     from soft_share_cli.task_pipeline import run_task_eval, run_task_train
     from soft_share_cli.task_training import TaskTrainConfig
@@ -87,11 +90,18 @@ def run(setup: Setup, work: Path, log: Any = print) -> dict[str, Any]:
         blocks=setup.blocks,
         width=setup.width,
         epochs=setup.epochs,
+        supervise=setup.supervise,
         seed=setup.seed,
     )
     configs = {
         "plain": replace(base, arch="fcn", num_templates=None),
-        "shared": replace(base, arch="sfcn", num_templates=setup.templates, align=setup.align),
+        "shared": replace(
+            base,
+            arch="sfcn",
+            num_templates=setup.templates,
+            align=setup.align,
+            align_mode=AlignMode.SIGNED,
+        ),
     }
     models: dict[str, Any] = {}
     for name, config in configs.items():
@@ -226,11 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", type=Path, help="write the trained and folded networks here")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (1 is faster on a machine shared with others)",
-    )
+    # One thread by default: on a machine whose cores are busy with other work, torch's
+    # thread pool can spin-wait and run several times slower than a single thread.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     import torch
 

@@ -46,7 +46,7 @@ class Sizes:
     big: tuple[int, int, int]  # the authors'-layout training checkpoint (depth, width, K)
     inference: tuple[int, int, int]  # the exactly foldable SWRN
     inference_size: int  # input height = width
-    inference_iterations: int  # forward passes per timing at batch 1 (an eighth at batch 64)
+    inference_iterations: int  # rounds per repeat at batch 1 (a quarter of them at batch 64)
     eval_net: tuple[int, int, int]
     eval_samples: int
     eval_size: int

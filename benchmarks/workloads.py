@@ -4,7 +4,7 @@ Run by ``benchmarks/run.py``, never imported by ssc. The generators write into a
 directory; the measurement tasks run in a subprocess of their own and print one JSON object:
 
     python benchmarks/workloads.py bare-eval CKPT DATA.npz BATCH DEVICE
-    python benchmarks/workloads.py inference CKPT WORKDIR REPEATS SIZE DEVICE ITERATIONS
+    python benchmarks/workloads.py inference CKPT WORKDIR REPEATS SIZE DEVICE ROUNDS
     python benchmarks/workloads.py scaling WORKDIR DEPTHS KS K_DEPTH REPEATS
 """
 
@@ -187,8 +187,8 @@ def inference(
 ) -> dict[str, Any]:
     """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved.
 
-    ``repeats * iterations`` rounds at batch 1 (an eighth of that at batch 64) after two
-    untimed passes; each round times one forward pass of every network.
+    With torch's default threads and, on a CPU with more, again on one thread (see
+    :func:`_timed_batches`); plus whether the two networks predict alike.
     """
     from soft_share_cli.conversion import fold_checkpoint
     from soft_share_cli.folded import load_folded, materialize
@@ -217,11 +217,33 @@ def inference(
         "check_samples": len(check),
         "identical_predictions": agree,
         "max_abs_logit_diff": float((logits["original"] - logits["folded"]).abs().max()),
-        "batches": {},
+        "threads": torch.get_num_threads(),
     }
+    result["batches"] = _timed_batches(models, size, device, repeats, iterations)
+    threads = torch.get_num_threads()
+    if device == "cpu" and threads > 1:
+        # The same on one thread: at batch 1 a CPU forward pass is mostly per-operation
+        # overhead, and on a machine whose cores are busy a thread pool's synchronisation adds
+        # to every operation of both networks alike, burying what folding saves.
+        torch.set_num_threads(1)
+        result["one_thread"] = _timed_batches(models, size, device, repeats, iterations)
+        torch.set_num_threads(threads)
+    return result
+
+
+def _timed_batches(
+    models: dict[str, torch.nn.Module], size: int, device: str, repeats: int, iterations: int
+) -> dict[str, Any]:
+    """Median samples/s of each network at batch 1 and 64.
+
+    ``repeats * iterations`` rounds at batch 1 (a quarter of that, at least two per repeat, at
+    batch 64) after two untimed passes; each round times one forward pass of every network.
+    """
+    generator = torch.Generator().manual_seed(2)
+    batches: dict[str, Any] = {}
     for batch in (1, 64):
         x = torch.randn(batch, 3, size, size, generator=generator).to(device)
-        rounds = repeats * (iterations if batch == 1 else max(1, iterations // 8))
+        rounds = repeats * (iterations if batch == 1 else max(2, iterations // 4))
         for model in models.values():  # warm-up: allocator, oneDNN primitives, caches
             _throughput(model, x, 2, device)
         # One forward pass of each network per round, the order rotating: whatever else the
@@ -232,12 +254,12 @@ def inference(
             names = names[r % len(names) :] + names[: r % len(names)]
             for name in names:
                 runs[name].append(_throughput(models[name], x, 1, device))
-        result["batches"][str(batch)] = {
+        batches[str(batch)] = {
             "rounds": rounds,
             "samples_per_s": runs,
             "median": {name: statistics.median(values) for name, values in runs.items()},
         }
-    return result
+    return batches
 
 
 def scaling(

@@ -35,9 +35,11 @@ TRAINED = {
 # The maze solvers (sample_checkpoints/tasks/): the benchmark's two trained networks, see
 # benchmarks/algorithmic.py, which uses the same data spec, depth, width, epochs and seed.
 TASK_DATA = "maze:size=4,count=4000"
-TASK_COMMON = f"--data {TASK_DATA} --blocks 12 --channels 32 --epochs 15 --seed 0"
+TASK_COMMON = f"--data {TASK_DATA} --blocks 12 --channels 32 --supervise 6 --epochs 15 --seed 0"
 TASK_TRAINED = {
-    "tasks/maze_shared.pt": f"{TASK_COMMON} --arch sfcn --templates 4 --align 1.0",
+    "tasks/maze_shared.pt": (
+        f"{TASK_COMMON} --arch sfcn --templates 4 --align 10 --align-mode signed"
+    ),
     "tasks/maze_plain.pt": f"{TASK_COMMON} --arch fcn",
 }
 TASK_SIZES = (6, 8)  # 1.5x and 2x the training mazes' cells per side

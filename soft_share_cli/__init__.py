@@ -20,6 +20,9 @@ _EXPORTS = {
     "build_model": "soft_share_cli.models.registry",
     "SscError": "soft_share_cli.errors",
     "load_folded": "soft_share_cli.folded",
+    "FCN": "soft_share_cli.models.recurrent",
+    "SFCN": "soft_share_cli.models.recurrent",
+    "load_looped": "soft_share_cli.looped",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -146,6 +146,13 @@ def eval_command(
 @click.option(
     "--channels", type=click.IntRange(min=1), default=32, show_default=True, help="fcn, sfcn only."
 )
+@click.option(
+    "--supervise",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="fcn, sfcn: score the read-outs of the last N blocks (1: the output only).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
@@ -166,10 +173,11 @@ def eval_command(
 )
 @click.option(
     "--align-mode",
-    type=click.Choice(["recurrent", "nearest"]),
+    type=click.Choice(["recurrent", "signed", "nearest"]),
     default="recurrent",
     show_default=True,
-    help="recurrent: same-role layers of consecutive blocks align (loops); nearest: any pair.",
+    help="recurrent: same-role layers of consecutive blocks align (loops); signed: the same, "
+    "sign included (networks without BatchNorm: sfcn); nearest: any pair.",
 )
 @click.option("--augment/--no-augment", default=False, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -190,6 +198,7 @@ def train_command(
     templates: int,
     blocks: int,
     channels: int,
+    supervise: int,
     epochs: int,
     batch_size: int,
     lr: float | None,
@@ -229,6 +238,7 @@ def train_command(
             batch_size=batch_size,
             lr=0.002 if lr is None else lr,
             weight_decay=weight_decay,
+            supervise=supervise,
             align=align,
             align_mode=AlignMode(align_mode),
             seed=seed,

@@ -158,13 +158,15 @@ class LoopedBlock(nn.Module):
     def forward(self, x: Tensor, bank: FoldedBank) -> Tensor:
         w1, w2 = bank.weight(self.conv1_cluster), bank.weight(self.conv2_cluster)
         for t in range(self.iterations):  # the real loop: same weights, per-iteration BNs
-            out = F.conv2d(F.relu(self.bn1[t](x)), w1, padding=1)
+            # In place where autograd allows it, as the original block's ReLU(inplace=True):
+            # a BatchNorm's and a convolution's backward never read their own output.
+            out = F.conv2d(F.relu(self.bn1[t](x), inplace=True), w1, padding=1)
             if (g1 := self.gain(1, t)) is not None:
                 out = out * g1
-            out = F.conv2d(F.relu(self.bn2[t](out)), w2, padding=1)
+            out = F.conv2d(F.relu(self.bn2[t](out), inplace=True), w2, padding=1)
             if (g2 := self.gain(2, t)) is not None:
                 out = out * g2
-            x = out + x
+            x = out.add_(x)
         return x
 
     def extra_repr(self) -> str:

@@ -199,3 +199,24 @@ def test_trajectory_and_sweep_match_separate_runs() -> None:
         single = evaluate_task(looped, data)
         assert single.iterations == point.iterations
         assert (single.exact, single.pixel_accuracy) == (point.exact, point.pixel_accuracy)
+
+
+def test_signed_alignment_tells_antiparallel_layers_apart() -> None:
+    from soft_share_cli.regularizers import (
+        AlignMode,
+        alignment_penalty,
+        coefficient_groups,
+        coefficient_names,
+        recurrence_pairs,
+    )
+
+    model = parallel_sfcn(blocks=3)  # conv1 scales 0.9, -0.7, 1.3: a sign flip, then back
+    groups = coefficient_groups(model)
+    pairs = [recurrence_pairs(names) for names in coefficient_names(model)]
+    assert pairs == [[(0, 2), (1, 3), (2, 4), (3, 5)]]  # conv1 -> next conv1, conv2 -> next conv2
+    with torch.no_grad():
+        agnostic = alignment_penalty(groups, AlignMode.RECURRENT, pairs)
+        signed = alignment_penalty(groups, AlignMode.SIGNED, pairs)
+    assert float(agnostic) == pytest.approx(0.0, abs=1e-6)  # parallel up to sign: no penalty
+    # conv1 0->1, 1->2 and conv2 1->2 flip sign (penalty 1 each), conv2 0->1 does not
+    assert float(signed) == pytest.approx(3 / 4, abs=1e-6)
