@@ -90,7 +90,7 @@ def run_task_eval(
         if not isinstance(model, LoopedFCN):
             raise InputError(
                 f"{path}: {name} has no loop that can run longer; --iterations needs a looped "
-                "network (fold a shared fcn with `ssc fold CKPT -o FILE.safetensors`)"
+                "network: fold an SFCN with `ssc fold CKPT -o FILE.safetensors`"
             )
         model.iterations = iterations
         name = model.describe()

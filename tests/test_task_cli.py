@@ -117,3 +117,68 @@ def test_classifier_on_task_data_is_a_clear_error(ssc) -> None:
     digits = str(SAMPLES / "swrn28-1-4_digits.pt")  # one input channel, like prefix sums
     run = ssc("eval", digits, "--data", "prefix-sums:length=8,count=4")
     assert run.code == 2 and "not per-pixel" in run.err
+
+
+def test_maze_samples_solve_as_listed(ssc, manifest) -> None:
+    for name in ("tasks/maze_shared.pt", "tasks/maze_plain.pt"):
+        listed = manifest[name]
+        assert (SAMPLES / name).stat().st_size == listed["bytes"] < 2e6
+        line = f"| {listed['exact']:.1f} % |"
+        readme = (SAMPLES / "README.md").read_text().split("\n")
+        assert any(name in row and line in row for row in readme)
+        info = ssc("info", str(SAMPLES / name), "--json").json()
+        assert info["architecture_name"] == listed["architecture"]
+        assert info["metadata"]["test_exact"] == listed["exact"]  # recorded at training time
+    # the listed 4,000 test mazes take ~15 s on a busy CPU: measure the first 300 of them
+    listed = manifest["tasks/maze_shared.pt"]
+    spec = listed["data"] + "?limit=300"
+    run = ssc("eval", str(SAMPLES / "tasks/maze_shared.pt"), "--data", spec, "--json")
+    assert run.code == 0, run.err
+    report = run.json()
+    assert report["samples"] == 300 and report["recorded_exact"] is None  # another spec
+    assert abs(report["exact"] - listed["exact"]) < 5.0
+
+
+def test_the_shared_maze_sample_folds_and_runs_longer(ssc, tmp_path: Path) -> None:
+    sample = str(SAMPLES / "tasks" / "maze_shared.pt")
+    analysis = ssc("analyze", sample, "--json")
+    assert analysis.code == 0
+    (bank,) = analysis.json()["banks"]
+    assert bank["name"] == "bank" and len(bank["layers"]) == 24 and len(bank["lsm"]) == 24
+    out = tmp_path / "looped.safetensors"
+    assert ssc("fold", sample, "-o", str(out)).code == 0
+    spec = "maze:size=6,count=200"
+    solved = {}
+    for n in (12, 16):
+        run = ssc("eval", str(out), "--data", spec, "--iterations", str(n), "--json")
+        assert run.code == 0, run.err
+        solved[n] = run.json()["exact"]
+    original = ssc("eval", sample, "--data", spec, "--json").json()["exact"]
+    assert solved[12] == pytest.approx(original, abs=2.0)  # the fold at tau 0.99 is close
+    assert solved[16] != solved[12]
+
+
+def test_the_benchmark_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import json
+    import sys
+
+    script = SAMPLES.parent / "benchmarks" / "algorithmic.py"
+    spec = importlib.util.spec_from_file_location("algorithmic_benchmark", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        module.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # main sets it for the process
+    results = json.loads((tmp_path / "algorithmic_quick.json").read_text())
+    assert [row["size"] for row in results["exact"]["folded"]] == [4, 6, 8]
+    assert [row["iterations"] for row in results["exact"]["folded"]] == [3, 4, 6]
+    assert results["models"]["folded"]["trained_iterations"] == 3
+    assert "| plain FCN |" in (tmp_path / "algorithmic_quick.md").read_text()
+    assert (tmp_path / "algorithmic_quick.png").stat().st_size > 0
