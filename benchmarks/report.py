@@ -50,6 +50,31 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in points) / var
 
 
+def _per_unit(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of y against x: the marginal cost of one more unit."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def _marginal(r: dict[str, Any]) -> str:
+    rows = [row for row in r["scaling"]["rows"] if row["axis"] == "depth"]
+    costs = []
+    for step in ("analyze", "fold"):
+        slope = _per_unit([row["layers"] for row in rows], [row[f"{step}_s"] for row in rows])
+        if slope is not None:
+            costs.append(f"`{step}` {slope * 1e3:.2f} ms")
+    return (
+        f" Fitted straight: each further shared layer costs {' and '.join(costs)}; the "
+        "exponents below 1 come from fixed costs that dominate the shallow end."
+        if costs
+        else ""
+    )
+
+
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target of issue 6 with its measured value, goal and verdict."""
     m = r["measurements"]
@@ -267,7 +292,7 @@ def markdown(r: dict[str, Any]) -> str:
         "neighbour chain), fold planning O(LK): linear in depth and nearly flat in K at these "
         "sizes, where per-key work dominates. `fold` adds what is linear in the parameters "
         "(rebuild, fold, save) and in depth (the probe forward passes). The growth exponents "
-        "in the table are log-log least-squares slopes over these points.",
+        "in the table are log-log least-squares slopes over these points." + _marginal(r),
         "",
         _scaling(r),
         "",

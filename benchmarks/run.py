@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "schema_version": 1,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/run.py " + shlex.join(argv or sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])]),
         "quick": args.quick,
         "repeats": repeats,
         "device": args.device,
