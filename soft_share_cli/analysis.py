@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,7 @@ from soft_share_cli.defaults import DEFAULT_THRESHOLD
 from soft_share_cli.errors import InputError
 from soft_share_cli.folding import BankFold, ParameterCounts, parameter_counts, plan_bank
 from soft_share_cli.graph import Loop, find_loops, layer_letters, recurrence_graph
-from soft_share_cli.params import count_state_dict_parameters
+from soft_share_cli.params import count_parameters, count_state_dict_parameters
 from soft_share_cli.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
 
 if TYPE_CHECKING:
@@ -123,11 +123,15 @@ def analyze_state_dict(
     options: AnalysisOptions = AnalysisOptions(),
     *,
     with_graph: bool = True,
+    stored_parameters: int | None = None,
 ) -> tuple[tuple[BankAnalysis, ...], tuple[BankIssue, ...], ParameterCounts, nx.DiGraph | None]:
     """Analyse the template banks of any state dict (no architecture needed).
 
     ``with_graph=False`` leaves out the recurrence graph (``None``), and with it networkx's
-    import: a fold needs the clusters, not the graph.
+    import: a fold needs the clusters, not the graph. ``stored_parameters`` is what the file
+    really stores when ``state_dict`` is a soft-shared *view* of a folded network (whose one-hot
+    coefficients the file does not hold): the checkpoint's count, where the view's own would
+    mislead; the unshared and folded counts are the view's, which are exact.
     """
     discovery = find_banks(state_dict)
     metric = Metric(options.metric)
@@ -157,6 +161,8 @@ def analyze_state_dict(
     counts = parameter_counts(
         count_state_dict_parameters(state_dict), tuple(r.fold for r in results)
     )
+    if stored_parameters is not None:
+        counts = replace(counts, checkpoint_unique=stored_parameters)
     return tuple(results), discovery.issues, counts, graph
 
 
@@ -169,17 +175,20 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
     # Without torch where the file allows: the analysis reads coefficients, not the whole file.
     ckpt = load_checkpoint(path, arrays=True)
     state_dict = ckpt.state_dict
+    stored: int | None = None  # what a folded file stores, where its view differs
     program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
     if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
         from soft_share_cli.surgery import folded_user_view
 
         state_dict = folded_user_view(program, ckpt.state_dict)
+        stored = count_state_dict_parameters(ckpt.state_dict)
         architecture: str | None = f"folded user network {program.get('model', '')}".strip()
     elif isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
         from soft_share_cli.looped import load_looped, looped_state_dict_view
 
         looped = load_looped(path)
         state_dict = looped_state_dict_view(looped)
+        stored = count_parameters(looped)
         architecture = f"folded {looped.describe()}"
     elif ckpt.container == "ssc-folded":
         from soft_share_cli.folded import folded_state_dict_view, load_folded
@@ -187,13 +196,14 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
         # A folded network, seen as soft-shared: its distinct weights are the templates.
         folded = load_folded(path)
         state_dict = folded_state_dict_view(folded)
+        stored = count_parameters(folded)
         architecture = f"folded {folded.describe()}"
     else:
         try:
             architecture = architecture_of(ckpt).describe()
         except ArchitectureError:
             architecture = None  # analysis needs no architecture
-    banks, issues, counts, graph = analyze_state_dict(state_dict, options)
+    banks, issues, counts, graph = analyze_state_dict(state_dict, options, stored_parameters=stored)
     assert graph is not None
     if not banks:
         raise InputError(

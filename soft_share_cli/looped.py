@@ -233,10 +233,12 @@ def fold_sfcn(model: SFCN, plan: BankFold) -> LoopedFCN:
 
 
 def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
-    """A soft-shared view of ``looped`` for ``ssc analyze``: the distinct weights as templates.
+    """A soft-shared view of ``looped`` for ``ssc analyze``.
 
-    ``bank.templates`` stacks the C weights; block ``b``'s convs keep their original names with
-    ``body.<b>.conv<r>.coefficients`` one-hot on their cluster times their gain.
+    ``bank.templates`` holds what the bank stores as templates
+    (:meth:`~soft_share_cli.materialize.FoldedBank.view_templates`: its K templates or its C
+    distinct weights); block ``b``'s convs keep their original names with
+    ``body.<b>.conv<r>.coefficients``: their cluster's direction times their gain.
     """
     view = {
         k: v.detach()
@@ -244,8 +246,7 @@ def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
         if not k.startswith(("bank.", "segments."))
     }
     with torch.no_grad():
-        stack = looped.bank.all_weights()
-        view["bank.templates"] = stack
+        view["bank.templates"] = looped.bank.view_templates()
         for b, (j, t) in enumerate(looped.schedule(looped.trained_iterations)):
             segment = looped.segments[j]
             assert isinstance(segment, LoopSegment)
@@ -253,9 +254,9 @@ def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
                 (1, segment.conv1_cluster, segment.conv1_gains),
                 (2, segment.conv2_cluster, segment.conv2_gains),
             ):
-                coefficients = torch.zeros(len(stack), 1, 1, 1, 1, dtype=stack.dtype)
-                coefficients[cluster] = gains[t].detach()
-                view[f"body.{b}.conv{r}.coefficients"] = coefficients
+                view[f"body.{b}.conv{r}.coefficients"] = looped.bank.view_coefficients(
+                    cluster, gains[t]
+                )
     return view
 
 

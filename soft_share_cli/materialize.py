@@ -100,6 +100,30 @@ class FoldedBank(nn.Module):
         with torch.no_grad():
             return torch.stack([self.weight(c) for c in range(self.clusters)])
 
+    def view_templates(self) -> Tensor:
+        """The bank seen as soft-shared, for analysis: what it stores as templates, a copy.
+
+        Templates storage gives its K templates, weights storage its C distinct weights (whose
+        directions are then one-hot): :meth:`view_coefficients` mixes either into cluster weights.
+        """
+        stored = self.weights if self.weights is not None else self.templates
+        assert stored is not None
+        return stored.detach().clone()
+
+    def view_coefficients(self, c: int, gain: Tensor | None = None) -> Tensor:
+        """A layer of cluster ``c`` with explicit ``gain`` as coefficients over
+        :meth:`view_templates`, ``(T, 1, 1, 1, 1)``: a new tensor (so counting sees each once)."""
+        with torch.no_grad():
+            if self.directions is not None:
+                direction = self.directions[c].detach().clone()
+            else:
+                assert self.weights is not None
+                direction = torch.zeros(self.clusters, dtype=self.weights.dtype)
+                direction[c] = 1.0
+            if gain is not None:
+                direction = direction * gain.detach().to(direction.dtype)
+        return direction.reshape(-1, 1, 1, 1, 1)
+
     def extra_repr(self) -> str:
         return f"storage={self.storage}, clusters={self.clusters}, shape={self.shape}"
 
@@ -258,31 +282,39 @@ def materialize(folded: FoldedSWRN) -> WRN:
 def folded_state_dict_view(folded: FoldedSWRN) -> dict[str, Tensor]:
     """A soft-shared view of ``folded`` for analysis (``find_banks``, ``ssc analyze``).
 
-    Per bank, ``bank_<i>.templates`` stacks the C distinct weights ``(C, O, I, k, k)``; every
-    shared layer keeps its original name with ``stage_<s>.<b>.conv<r>.coefficients`` ``(C, 1, 1,
-    1, 1)``: one-hot on its cluster times its explicit gain (1 where the scale was absorbed).
-    The other tensors of ``folded`` follow under their own names; bank storage and gains are
-    left out, as the view already holds them.
+    The view is laid out as the original SWRN's state dict, in execution order: per bank,
+    ``bank_<i>.templates`` holds what the bank stores as templates
+    (:meth:`FoldedBank.view_templates`: its K templates, or its C distinct weights); every
+    shared layer keeps its original name with ``stage_<s>.<b>.conv<r>.coefficients``, its
+    cluster's direction (one-hot for stored weights) times its explicit gain (1 where the scale
+    was absorbed); its iteration's BatchNorms appear as ``stage_<s>.<b>.bn<r>.*``, so a re-fold
+    of the view sees where scales can be absorbed exactly, as the fold of the original did. Each
+    stage's first block is ``stage_<s>.0``. Gains are left out: the coefficients hold them.
     """
-    own = ("bank_1.", "bank_2.", "bank_3.")
-    view = {
-        key: value.detach()
-        for key, value in folded.state_dict().items()
-        if not key.startswith(own) and not key.endswith(("conv1_gains", "conv2_gains"))
-    }
+    view: dict[str, Tensor] = {}
+
+    def put(prefix: str, module: nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            view[f"{prefix}.{key}"] = value.detach()
+
+    shared: dict[int, list[tuple[int, LoopedBlock, int]]] = {1: [], 2: [], 3: []}
+    for stage, b, segment, t in folded.iterations():
+        shared[stage].append((b, segment, t))
+    put("conv_3x3", folded.conv_3x3)
     with torch.no_grad():
-        for i in (1, 2, 3):
-            bank = folded.bank(i)
-            if bank is not None:
-                view[f"bank_{i}.templates"] = bank.all_weights()  # a stacked copy
-        # Execution order, which the analysis reads off the coefficient keys' order.
-        for stage, b, segment, t in folded.iterations():
-            bank, bank_view = folded.bank(stage), view[f"bank_{stage}.templates"]
-            assert bank is not None
-            for conv, c in ((1, segment.conv1_cluster), (2, segment.conv2_cluster)):
-                gain = segment.gain(conv, t)
-                dtype, device = bank_view.dtype, bank_view.device
-                coefficients = torch.zeros(bank.clusters, 1, 1, 1, 1, dtype=dtype, device=device)
-                coefficients[c] = 1.0 if gain is None else gain.detach()
-                view[f"stage_{stage}.{b}.conv{conv}.coefficients"] = coefficients
+        for stage in (1, 2, 3):
+            put(f"stage_{stage}.0", getattr(folded, f"stage_{stage}_first"))
+            bank = folded.bank(stage)
+            if bank is None:
+                continue
+            view[f"bank_{stage}.templates"] = bank.view_templates()
+            for b, segment, t in shared[stage]:
+                for conv, c in ((1, segment.conv1_cluster), (2, segment.conv2_cluster)):
+                    bn = segment.bn1[t] if conv == 1 else segment.bn2[t]
+                    put(f"stage_{stage}.{b}.bn{conv}", bn)
+                    view[f"stage_{stage}.{b}.conv{conv}.coefficients"] = bank.view_coefficients(
+                        c, segment.gain(conv, t)
+                    )
+        put("lastact", folded.lastact)
+        put("classifier", folded.classifier)
     return view

@@ -385,9 +385,11 @@ def load_folded_user_model(path: str | os.PathLike[str], spec: str) -> nn.Module
 def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> dict:
     """A folded user network seen as soft-shared, for analysis (no factory needed).
 
-    Each bank's distinct weights become its templates (``<bank>.templates``, also aliased as
-    ``<layer>.bank.templates`` so every layer maps to its bank), and each layer's coefficients
-    are its gain on the one-hot of its cluster. The other tensors keep their names.
+    Each bank's stored weights become its templates (``<bank>.templates``, also aliased as
+    ``<layer>.bank.templates`` so every layer maps to its bank): its C distinct weights, or its
+    K templates when it stores templates and directions. Each layer's coefficients are its gain
+    times its cluster's direction (one-hot over distinct weights). The other tensors keep their
+    names.
     """
     skeletons = _skeletons_from_program(program)
     view: dict[str, Tensor] = {}
@@ -397,16 +399,16 @@ def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor
             prefix = f"{spec['module']}."
             if sk.stores_weights:
                 stack = state_dict[prefix + "weights"]
+                directions = torch.eye(stack.shape[0], dtype=stack.dtype)
             else:
-                directions = state_dict[prefix + "directions"]
-                stack = torch.tensordot(directions, state_dict[prefix + "templates"], dims=1)
+                stack = state_dict[prefix + "templates"]
+                directions = state_dict[prefix + "directions"].to(stack.dtype)
             hidden.update(k for k in state_dict if k.startswith(prefix))
             view[f"{sk.name}.templates"] = stack
             for name, cluster, _ in sk.layers:
-                gain = state_dict[f"{name}.gain"].reshape(())
-                coefficients = torch.zeros(stack.shape[0], 1, 1, 1, 1, dtype=stack.dtype)
-                coefficients[cluster] = gain
-                view[f"{name}.coefficients"] = coefficients
+                gain = state_dict[f"{name}.gain"].reshape(()).to(stack.dtype)
+                # a tensor of its own per layer, so counting by storage sees each once
+                view[f"{name}.coefficients"] = (directions[cluster] * gain).reshape(-1, 1, 1, 1, 1)
                 view[f"{name}.bank.templates"] = stack
                 hidden.add(f"{name}.gain")
     except KeyError as exc:

@@ -49,6 +49,9 @@ def test_fold_of_the_aligned_sample_saves_and_eval_confirms_its_accuracy(ssc, tm
     # analyze and plot-similarity accept folded files
     analysis = ssc("analyze", str(out), "--json").json()
     assert analysis["loops"] == report["loops"]
+    # ... and count what the file stores; re-folding it at the same threshold changes nothing
+    assert analysis["params"]["checkpoint_unique"] == analysis["params"]["folded"] == p["folded"]
+    assert analysis["params"]["unshared_equivalent"] == p["unshared_equivalent"]
     assert ssc("plot-similarity", str(out), "-o", str(tmp_path / "f.png")).code == 0
 
 
@@ -229,6 +232,8 @@ def test_bring_your_own_network(ssc, tmp_path: Path, monkeypatch: pytest.MonkeyP
     analysis = ssc("analyze", "mine_folded.safetensors", "--json").json()
     assert analysis["loops"] == report["loops"]
     assert analysis["banks"][0]["clusters"] == [[0, 1, 2]]
+    assert analysis["params"]["checkpoint_unique"] == report["params"]["folded"]
+    assert analysis["params"]["folded"] == report["params"]["folded"]
     bad = ssc("fold", "mine.pt", "-o", "x.safetensors", "--model", "readme_net:Nope")
     assert bad.code == 2 and "no attribute" in bad.err
     mat = ssc(

@@ -34,7 +34,7 @@ from soft_share_cli.folded import (
 from soft_share_cli.folding import Absorb, BankFold, LayerFold, parameter_counts
 from soft_share_cli.layers import SConv2d
 from soft_share_cli.models.wrn import SWRN, WRN
-from soft_share_cli.params import count_state_dict_parameters
+from soft_share_cli.params import count_parameters, count_state_dict_parameters
 from soft_share_cli.similarity import Metric, bank_similarity
 
 K = 4
@@ -277,19 +277,26 @@ def test_materialize_gives_a_plain_wrn(case: str) -> None:
 @pytest.mark.parametrize("case", ["no-loop", "singletons"])
 def test_view_reads_as_the_original_banks(case: str) -> None:
     model, plans = _case(case)
-    view = folded_state_dict_view(fold_swrn(model, plans))
+    folded = fold_swrn(model, plans)
+    view = folded_state_dict_view(folded)
     original, found = find_banks(model.state_dict()), find_banks(view)
     assert not found.issues
     assert [b.name for b in found.banks] == ["bank_1", "bank_2", "bank_3"]
     for ours, theirs in zip(found.banks, original.banks, strict=True):
-        clusters = plans[ours.name].clusters
+        plan = plans[ours.name]
         assert [lay.name for lay in ours.layers] == [lay.name for lay in theirs.layers]
-        assert ours.num_templates == len(clusters)
+        # the bank's own templates when it stores them, else its distinct weights
+        assert ours.num_templates == (len(plan.clusters) if plan.stores_weights else K)
         lsm = bank_similarity(ours, Metric.COEFFICIENTS, False).matrix
-        for members in clusters:
+        for members in plan.clusters:
             np.testing.assert_allclose(lsm[np.ix_(members, members)], 1.0, atol=1e-6)
-    banks, _, _, _ = analyze_state_dict(view, AnalysisOptions(threshold=0.999))
+    assert {p.stores_weights for p in plans.values()} == {case == "no-loop"}
+    banks, _, counts, _ = analyze_state_dict(view, AnalysisOptions(threshold=0.999))
     assert [b.clusters for b in banks] == [plans[b.bank.name].clusters for b in banks]
+    # A re-fold of the view stores what the folded network stores: the view's BatchNorms let
+    # it absorb the same scales, and templates storage stays templates storage.
+    assert counts.folded == count_parameters(folded)
+    assert counts.unshared_equivalent == count_parameters(WRN(28, 1, num_classes=10, in_channels=1))
 
 
 def test_templates_are_materialised_once_in_eval(monkeypatch: pytest.MonkeyPatch) -> None:

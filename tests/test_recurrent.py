@@ -21,6 +21,7 @@ from soft_share_cli.looped import (
 )
 from soft_share_cli.models.recurrent import FCN, SFCN
 from soft_share_cli.models.registry import build_model
+from soft_share_cli.params import count_parameters
 
 
 @pytest.mark.parametrize("arch", ["fcn", "sfcn"])
@@ -151,6 +152,7 @@ def test_folded_file_round_trip_and_analysis_view(tmp_path) -> None:
         assert_close(again(x), looped(x))
     (result,), _, counts, _ = analyze_state_dict(looped_state_dict_view(again))
     assert len(result.bank.layers) == 6 and len(result.clusters) == 2
+    assert counts.folded == count_parameters(again)  # a re-fold stores what the loop stores
     assert [loop.iterations for loop in result.loops] == [3]
     plain = tmp_path / "plain.pt"
     weights = FCN(blocks=1, width=2).state_dict()
