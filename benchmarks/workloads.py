@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,7 @@ import torch
 
 from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
 from soft_share_cli.models.wrn import SWRN
-
-# The authors' utils.RecorderMeter (plain data with numpy arrays), importable while pickling.
-UTILS_SOURCE = textwrap.dedent(
-    """
-    import numpy as np
-
-    class RecorderMeter(object):
-        def __init__(self, total_epoch):
-            self.total_epoch = total_epoch
-            self.current_epoch = 0
-            self.epoch_losses = np.zeros((total_epoch, 2), dtype=np.float32) - 1
-            self.epoch_accuracy = np.zeros((total_epoch, 2), dtype=np.float32)
-    """
-)
+from soft_share_cli.testing import save_authors_checkpoint, write_utils_module
 
 
 def write_authors_checkpoints(
@@ -44,41 +30,17 @@ def write_authors_checkpoints(
 ) -> tuple[Path, Path]:
     """An SWRN training checkpoint in the authors' layout, zip and legacy, from random weights.
 
-    ``{epoch, arch, state_dict, recorder, optimizer}``: DataParallel's ``module.`` keys, a
-    pickled ``utils.RecorderMeter`` (``directory/utils.py`` defines it, so a naive
-    ``torch.load(weights_only=False)`` run from ``directory`` can unpickle it), and an SGD state
-    with a momentum buffer per parameter, as after a real training step.
+    ``{epoch, arch, state_dict, recorder, optimizer}`` (:mod:`soft_share_cli.testing`), with
+    ``directory/utils.py`` defining the recorder's class, so that a naive
+    ``torch.load(weights_only=False)`` run from ``directory`` can unpickle it, as it must.
     """
     torch.manual_seed(0)
     model = SWRN(depth, width, templates, num_classes=10, in_channels=3)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=0.0, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
-    for parameter in model.parameters():
-        parameter.grad = torch.randn_like(parameter) * 1e-3
-    optimizer.step()  # lr 0: the weights stay, the momentum buffers fill
-    (directory / "utils.py").write_text(UTILS_SOURCE)
-    sys.path.insert(0, str(directory))
-    try:
-        import utils  # the stand-in just written
-
-        recorder = utils.RecorderMeter(200)
-        recorder.current_epoch = 200
-        recorder.epoch_accuracy[:, 1] = np.linspace(10, 95, 200)
-        payload = {
-            "epoch": 200,
-            "arch": "swrn",
-            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-            "recorder": recorder,
-            "optimizer": optimizer.state_dict(),
-        }
-        name = f"authors_swrn{depth}-{width}-{templates}"
-        zipped, legacy = directory / f"{name}.pth.tar", directory / f"{name}_legacy.pth.tar"
-        torch.save(payload, zipped)
-        torch.save(payload, legacy, _use_new_zipfile_serialization=False)
-    finally:
-        sys.path.remove(str(directory))
-        sys.modules.pop("utils", None)
+    write_utils_module(directory)
+    name = f"authors_swrn{depth}-{width}-{templates}"
+    zipped, legacy = directory / f"{name}.pth.tar", directory / f"{name}_legacy.pth.tar"
+    save_authors_checkpoint(model, zipped)
+    save_authors_checkpoint(model, legacy, legacy=True)
     return zipped, legacy
 
 

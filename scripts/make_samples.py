@@ -1,8 +1,9 @@
 """Regenerate ``sample_checkpoints/``: train with ``ssc train``, re-wrap, measure, document.
 
 Run from the repository root: ``python scripts/make_samples.py`` (about 5 minutes on 2 CPU cores
-for the digits samples; ``--digits`` or ``--tasks`` regenerates only those, the other entries of
-the manifest are kept as they are).
+for the digits samples; ``--digits`` or ``--tasks`` regenerates only those, ``--authors`` only
+re-wraps the trained digits files in the authors' layout; the other entries of the manifest are
+kept as they are).
 Every file is produced by a command recorded in ``sample_checkpoints/README.md``, whose accuracy
 column is measured by ``ssc eval`` on the files as written, and mirrored in ``manifest.json`` for
 the tests.
@@ -11,8 +12,8 @@ Besides our own format, two files reproduce the layout of the authors' training 
 loading them is tested without the authors' code: a dict ``{epoch, arch, state_dict, recorder,
 optimizer}`` whose state-dict keys carry DataParallel's ``module.`` prefix and whose recorder is a
 pickled instance of a class ``RecorderMeter`` from a module named ``utils`` (our own stand-in,
-written below: plain data, numpy arrays). One is saved in the zip format, one in the legacy
-pre-1.6 format.
+``soft_share_cli.testing``: plain data, numpy arrays). One is saved in the zip format, one in the
+legacy pre-1.6 format.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import json
 import shlex
 import subprocess
 import sys
-import tempfile
-import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,20 +48,6 @@ AUTHORS = [
     ("authors_legacy_swrn28-1-4_digits.pth.tar", "swrn28-1-4_digits.pt", True),
 ]
 
-# Our stand-in for the authors' utils.RecorderMeter: only data, as the real one.
-UTILS_SOURCE = textwrap.dedent(
-    """
-    import numpy as np
-
-    class RecorderMeter(object):
-        def __init__(self, total_epoch):
-            self.total_epoch = total_epoch
-            self.current_epoch = 0
-            self.epoch_losses = np.zeros((total_epoch, 2), dtype=np.float32) - 1
-            self.epoch_accuracy = np.zeros((total_epoch, 2), dtype=np.float32)
-    """
-)
-
 
 def ssc(args: str) -> str:
     """Run the ssc CLI as a user would and return its stdout."""
@@ -72,54 +57,17 @@ def ssc(args: str) -> str:
 
 def authors_layout(source: Path, target: Path, legacy: bool) -> None:
     """Write ``source`` (our checkpoint) the way the authors' main.py saves a training run."""
-    import torch
-
     from soft_share_cli.checkpoint import load_checkpoint
     from soft_share_cli.infer import rebuild_model
+    from soft_share_cli.testing import save_authors_checkpoint
 
     checkpoint = load_checkpoint(source)
     model, _ = rebuild_model(checkpoint)
-    history = checkpoint.metadata["history"]
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "utils.py").write_text(UTILS_SOURCE)
-        sys.path.insert(0, tmp)
-        try:
-            import utils  # the stand-in above, importable only while we pickle
-
-            recorder = utils.RecorderMeter(len(history))
-            for i, epoch in enumerate(history):
-                recorder.epoch_losses[i] = (epoch["train_loss"], -1)
-                recorder.epoch_accuracy[i] = (epoch["train_top1"], epoch["test_top1"])
-            recorder.current_epoch = len(history)
-            # An SGD state like the authors' (coefficients without weight decay), with momentum
-            # buffers from one gradient in eval mode (lr 0: the weights do not move).
-            coefficients = [p for n, p in model.named_parameters() if "coefficients" in n]
-            others = [p for n, p in model.named_parameters() if "coefficients" not in n]
-            optimizer = torch.optim.SGD(
-                [
-                    {"params": coefficients, "weight_decay": 0.0},
-                    {"params": others, "weight_decay": 5e-4},
-                ],
-                lr=0.0,
-                momentum=0.9,
-                nesterov=True,
-            )
-            x = torch.zeros(8, model.in_channels, 8, 8)
-            model(x).sum().backward()
-            optimizer.step()
-            # DataParallel's keys: every name gets "module.", shared templates stay shared.
-            state = {f"module.{k}": v for k, v in model.state_dict().items()}
-            payload = {
-                "epoch": len(history),
-                "arch": "swrn",
-                "state_dict": state,
-                "recorder": recorder,
-                "optimizer": optimizer.state_dict(),
-            }
-            torch.save(payload, target, _use_new_zipfile_serialization=not legacy)
-        finally:
-            sys.path.remove(tmp)
-            sys.modules.pop("utils", None)
+    history = [
+        (epoch["train_loss"], epoch["train_top1"], epoch["test_top1"])
+        for epoch in checkpoint.metadata["history"]
+    ]
+    save_authors_checkpoint(model, target, legacy=legacy, history=history)
 
 
 def make_task_samples() -> dict[str, dict]:
@@ -189,14 +137,15 @@ def readme(manifest: dict[str, dict]) -> list[str]:
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    only = {arg.removeprefix("--") for arg in sys.argv[1:]} & {"digits", "tasks"}
+    only = {arg.removeprefix("--") for arg in sys.argv[1:]} & {"digits", "tasks", "authors"}
     listed = OUT / "manifest.json"
     old = json.loads(listed.read_text()) if listed.exists() else {}
     manifest = {name: m for name, m in old.items() if "test_top1" in m}
-    if only != {"tasks"}:
-        manifest = make_digits_samples()
+    if not only or "digits" in only or "authors" in only:
+        # --authors re-wraps the trained files as they are: no training, same weights
+        manifest.update(make_digits_samples(train=not only or "digits" in only))
     tasks = {name: m for name, m in old.items() if "exact" in m}
-    if only != {"digits"}:
+    if not only or "tasks" in only:
         tasks = make_task_samples()
     manifest.update(tasks)
     listed.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -205,12 +154,14 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def make_digits_samples() -> dict[str, dict]:
-    """Train the digits samples, re-wrap two in the authors' layout, measure all four."""
+def make_digits_samples(train: bool = True) -> dict[str, dict]:
+    """Train the digits samples (unless ``train`` is False), re-wrap two in the authors' layout,
+    measure them."""
     rows = []
     for name, args in TRAINED.items():
-        print(f"training {name} ...", file=sys.stderr)
-        ssc(f"train {args} -o sample_checkpoints/{name}")
+        if train:
+            print(f"training {name} ...", file=sys.stderr)
+            ssc(f"train {args} -o sample_checkpoints/{name}")
         rows.append((name, f"ssc train {args} -o sample_checkpoints/{name}"))
     for name, source, legacy in AUTHORS:
         authors_layout(OUT / source, OUT / name, legacy)

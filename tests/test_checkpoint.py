@@ -34,20 +34,10 @@ from soft_share_cli.checkpoint import (
 )
 from soft_share_cli.errors import CheckpointError, InputError, UnsafeCheckpointError
 from soft_share_cli.models.wrn import SWRN
+from soft_share_cli.testing import UTILS_SOURCE
 
 LEGACY = {"_use_new_zipfile_serialization": False}
 FORMATS = [pytest.param({}, id="zip"), pytest.param(LEGACY, id="legacy")]
-
-RECORDER_SOURCE = """
-import numpy as np
-
-class RecorderMeter:
-    def __init__(self, total_epoch):
-        self.total_epoch = total_epoch
-        self.current_epoch = 0
-        self.epoch_losses = np.zeros((total_epoch, 2), dtype=np.float32)
-        self.epoch_accuracy = np.zeros((total_epoch, 2), dtype=np.float32)
-"""
 
 
 def tiny_model(depth: int = 10) -> SWRN:
@@ -189,7 +179,7 @@ def write_authors_checkpoint(path: Path, save_kwargs: dict[str, Any]) -> dict[st
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 1, 8, 8)).sum().backward()
     optimizer.step()
-    with fake_module("utils", RECORDER_SOURCE, path.parent) as utils:
+    with fake_module("utils", UTILS_SOURCE, path.parent) as utils:
         recorder = utils.RecorderMeter(4)
         recorder.current_epoch = 2
         recorder.epoch_accuracy[:, 1] = [61.5, 72.25, 99.0, 0.0]  # row 2 is beyond current_epoch
@@ -535,3 +525,31 @@ def test_save_checkpoint_failure_keeps_existing_file(tmp_path: Path, monkeypatch
     with pytest.raises(InputError, match="No space left"):
         save_checkpoint(path, arch="swrn", arch_kwargs={}, state_dict=OrderedDict(), metadata={})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ours.pt"]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_the_authors_layout_writer_makes_what_the_loader_expects(
+    tmp_path: Path, legacy: bool
+) -> None:
+    from soft_share_cli.testing import save_authors_checkpoint
+
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    previous = sys.modules.get("utils")
+    path = tmp_path / "run.pth.tar"
+    save_authors_checkpoint(
+        model, path, legacy=legacy, history=[(2.0, 40.0, 55.5), (1.0, 70.0, 61.0)]
+    )
+    assert sys.modules.get("utils") is previous  # the stand-in was only there while pickling
+    assert all(p.grad is None for p in model.parameters())  # no gradient left behind
+    loaded = load_checkpoint(path)
+    assert loaded.format == ("legacy" if legacy else "zip")
+    assert loaded.container == "authors-training" and loaded.stripped_prefix == "module."
+    assert loaded.placeholders == ("utils.RecorderMeter",)
+    assert loaded.metadata == {"epoch": 2, "best_val_accuracy": 61.0}
+    assert_same_tensors(loaded.state_dict, before)  # the weights are the model's, unmoved
+    groups = loaded.extras["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 5e-4] and groups[0]["nesterov"]
+    momentum = loaded.extras["optimizer"]["state"]
+    assert len(momentum) == len(list(model.parameters()))
+    assert all(float(s["momentum_buffer"].abs().max()) > 0 for s in momentum.values())

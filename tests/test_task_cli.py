@@ -180,13 +180,35 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     import torch
 
     threads = torch.get_num_threads()
-    try:
-        module.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)  # main sets it for the process
+    module.main(["--quick", "--out", str(tmp_path), "--jobs", "1"])
+    assert torch.get_num_threads() == threads  # main restores what it changed
     results = json.loads((tmp_path / "algorithmic_quick.json").read_text())
-    assert [row["size"] for row in results["exact"]["folded"]] == [4, 6, 8]
-    assert [row["iterations"] for row in results["exact"]["folded"]] == [3, 4, 6]
-    assert results["models"]["folded"]["trained_iterations"] == 3
-    assert "| plain FCN |" in (tmp_path / "algorithmic_quick.md").read_text()
+    setup = module.QUICK
+    assert len(results["runs"]) == setup.seeds * len(setup.tasks) * len(module.NETWORKS)
+    maze = results["summary"]["maze"]
+    aligned = next(r for r in results["runs"] if r["network"] == "aligned")
+    trained = aligned["folded"]["trained_iterations"]
+    assert trained == setup.blocks
+    # the looped network's iterations follow the rule fixed in advance: round(T x factor)
+    assert maze["folded"]["iterations"] == [round(trained * f) for f in (1.0, 1.5, 2.0)]
+    # every cell of the summary is the median of the seeds' values, which lie in its range
+    for row in (maze["plain"], maze["folded"]):
+        for stat in row["exact"]:
+            assert len(stat["values"]) == setup.seeds
+            assert stat["min"] <= stat["median"] <= stat["max"]
+    # the parameter-matched baseline really is about the shared network's size
+    shared, small = maze["shared"]["parameters"], maze["small"]["parameters"]
+    assert abs(small - shared) < abs(maze["plain"]["parameters"] - shared)
+    md = (tmp_path / "algorithmic_quick.md").read_text()
+    assert "| plain FCN |" in md and "prefix-sums" in md
     assert (tmp_path / "algorithmic_quick.png").stat().st_size > 0
+    # a run compared with itself is within noise everywhere
+    lines, within, total = module.compare(results, results)
+    assert within == total == len(lines) > 0
+    # ... and one whose plain network solved far more is not
+    moved = json.loads(json.dumps(results))
+    for stat in moved["summary"]["maze"]["plain"]["exact"]:
+        stat.update(median=stat["max"] + 50, min=stat["max"] + 40, max=stat["max"] + 60)
+    lines, within, total = module.compare(results, moved)
+    assert total - within == len(setup.tasks[0].factors)
+    assert sum(line.split()[:3] == ["OUTSIDE", "maze", "plain"] for line in lines) == 3
