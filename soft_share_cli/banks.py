@@ -240,10 +240,7 @@ def _is_coefficients(key: str, tensor: Any) -> bool:
     # (K,) or (K, 1, 1, 1, 1): anything else is some other parameter that happens to share the name.
     shape = arrays.shape(tensor)
     return (
-        arrays.is_floating(tensor)
-        and len(shape) >= 1
-        and shape[0] >= 1
-        and set(shape[1:]) <= {1}
+        arrays.is_floating(tensor) and len(shape) >= 1 and shape[0] >= 1 and set(shape[1:]) <= {1}
     )
 
 
@@ -292,8 +289,7 @@ def _group_templates(
         matches = [
             other
             for other in merged
-            if (group.alias_only or other.alias_only)
-            and arrays.equal(other.tensor, group.tensor)
+            if (group.alias_only or other.alias_only) and arrays.equal(other.tensor, group.tensor)
         ]
         if not matches:
             merged.append(group)

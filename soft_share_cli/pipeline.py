@@ -302,18 +302,16 @@ def run_train(
     The state after every epoch goes to ``OUTPUT.partial`` (see :mod:`soft_share_cli.resume`);
     ``resume`` continues from it. Ctrl-C raises :class:`~soft_share_cli.errors.Interrupted`
     saying what was kept; ``output`` is then untouched. A ``task_training.TaskTrainConfig``
-    trains a task network instead (``task_pipeline.run_task_train``; no resume).
+    trains a task network instead (``task_pipeline.run_task_train``, resumable alike).
     """
     from soft_share_cli.task_training import TaskTrainConfig
 
     if isinstance(config, TaskTrainConfig):
         from soft_share_cli.task_pipeline import run_task_train
 
-        if resume:
-            from soft_share_cli.errors import InputError
-
-            raise InputError("--resume is not available for task networks (fcn, sfcn)")
-        report = run_task_train(config, data_spec, output, command=command, progress=progress)
+        report = run_task_train(
+            config, data_spec, output, command=command, progress=progress, resume=resume
+        )
         return report  # type: ignore[return-value]  # a TaskTrainReport, rendered alike
     from soft_share_cli.task_pipeline import is_task_spec
 
@@ -326,27 +324,19 @@ def run_train(
         )
     from soft_share_cli.checkpoint import save_checkpoint
     from soft_share_cli.data import load_data, parse_data_spec
-    from soft_share_cli.errors import Interrupted
     from soft_share_cli.infer import ArchSpec
     from soft_share_cli.params import count_parameters
-    from soft_share_cli.resume import partial_path, save_state, saved_epoch, starting_state
-    from soft_share_cli.training import checkpoint_metadata, train
+    from soft_share_cli.resume import run_resumably
+    from soft_share_cli.training import TrainResult, checkpoint_metadata, train
 
     parse_data_spec(data_spec)
     check_writable(output)  # fail now, not after an hour of training
-    partial = partial_path(output)
-    check_writable(partial)
-    state = starting_state(output, config, data_spec, resume)
     train_data = load_data(data_spec, split="train")
     test_data = load_data(data_spec, split="test")
-    try:
+
+    def run(on_state: Any, state: Any) -> TrainResult:
         result = train(
-            config,
-            train_data,
-            test_data,
-            progress=progress,
-            on_state=lambda new: save_state(partial, new, config, data_spec),
-            resume=state,
+            config, train_data, test_data, progress=progress, on_state=on_state, resume=state
         )
         metadata = checkpoint_metadata(result, config, train_data, command)
         # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
@@ -359,17 +349,9 @@ def run_train(
             state_dict=result.model.state_dict(),
             metadata=metadata,
         )
-    except KeyboardInterrupt:
-        kept = saved_epoch(partial)
-        if not kept:
-            raise Interrupted(
-                "interrupted before the first epoch finished; nothing was written"
-            ) from None
-        raise Interrupted(
-            f"interrupted; {output} is untouched and the {kept} finished epoch(s) are kept in "
-            f"{partial}: rerun the same command with --resume to continue"
-        ) from None
-    partial.unlink(missing_ok=True)
+        return result
+
+    result, resumed = run_resumably(output, config, data_spec, resume, run)
     return TrainReport(
         output=str(output),
         architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),
@@ -379,7 +361,7 @@ def run_train(
         parameters=count_parameters(result.model),
         file_bytes=Path(output).stat().st_size,
         seconds=result.seconds,
-        resumed_epochs=state.epoch if state is not None else 0,
+        resumed_epochs=resumed,
     )
 
 

@@ -346,6 +346,8 @@ def render_task_train(report: Any) -> None:
         "steps to 95 % of training instances solved: "
         + ("not reached" if reached is None else f"{reached:,}")
     )
+    if report.resumed_epochs:
+        out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
     out.print(
         f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
         f"{report.parameters:,} parameters); test solved exactly {_pct(report.test_exact) or 'n/a'}"

@@ -16,12 +16,19 @@ checkpoint (its weights sit under ``model``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from soft_share_cli.errors import CheckpointError, InputError
-from soft_share_cli.training import EpochRecord, TrainConfig, TrainState
+from soft_share_cli.fit import TrainState
+
+if TYPE_CHECKING:
+    from soft_share_cli.task_training import TaskTrainConfig
+    from soft_share_cli.training import TrainConfig
+
+    AnyConfig = TrainConfig | TaskTrainConfig
 
 FORMAT_NAME = "ssc-train-state"
 FORMAT_VERSION = 1
@@ -36,7 +43,7 @@ def partial_path(output: str | os.PathLike[str]) -> Path:
 
 
 def save_state(
-    path: str | os.PathLike[str], state: TrainState, config: TrainConfig, data_spec: str
+    path: str | os.PathLike[str], state: TrainState, config: AnyConfig, data_spec: str
 ) -> None:
     """Write ``state`` (with the config and data spec it belongs to) to ``path`` atomically."""
     import torch
@@ -61,7 +68,7 @@ def save_state(
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_state(path: str | os.PathLike[str], config: TrainConfig, data_spec: str) -> TrainState:
+def load_state(path: str | os.PathLike[str], config: AnyConfig, data_spec: str) -> TrainState:
     """Read the state an interrupted run of ``config`` on ``data_spec`` left at ``path``.
 
     Raises:
@@ -103,23 +110,28 @@ def load_state(path: str | os.PathLike[str], config: TrainConfig, data_spec: str
         optimizer=optimizer,
         generator=generator,
         rng=rng,
-        history=tuple(_record(path, item) for item in history),
+        history=tuple(_record(path, item, config) for item in history),
         seconds=seconds,
     )
 
 
-def _record(path: str | os.PathLike[str], item: Any) -> EpochRecord:
-    names = {f.name for f in fields(EpochRecord)}
+def _record(path: str | os.PathLike[str], item: Any, config: AnyConfig) -> Any:
+    """One epoch record of the history, of the type ``config``'s trainer writes."""
+    from soft_share_cli.task_training import TaskEpochRecord, TaskTrainConfig
+    from soft_share_cli.training import EpochRecord
+
+    record = TaskEpochRecord if isinstance(config, TaskTrainConfig) else EpochRecord
+    names = {f.name for f in fields(record)}
     if not isinstance(item, dict) or set(item) != names:
         raise CheckpointError(f"{path}: damaged history in the train state")
-    return EpochRecord(**item)
+    return record(**item)
 
 
 def _check_same_run(
     path: str | os.PathLike[str],
     saved_config: Any,
     saved_data: Any,
-    config: TrainConfig,
+    config: AnyConfig,
     data_spec: str,
 ) -> None:
     if not isinstance(saved_config, dict):
@@ -140,7 +152,7 @@ def _check_same_run(
 
 
 def starting_state(
-    output: str | os.PathLike[str], config: TrainConfig, data_spec: str, resume: bool
+    output: str | os.PathLike[str], config: AnyConfig, data_spec: str, resume: bool
 ) -> TrainState | None:
     """The state to continue from (``resume``), or None for a fresh run.
 
@@ -177,3 +189,43 @@ def saved_epoch(path: str | os.PathLike[str]) -> int:
     except SscError:
         return 0
     return epoch if isinstance(epoch, int) else 0
+
+
+T = TypeVar("T")
+
+
+def run_resumably(
+    output: str | os.PathLike[str],
+    config: AnyConfig,
+    data_spec: str,
+    resume: bool,
+    run: Callable[[Callable[[TrainState], None], TrainState | None], T],
+) -> tuple[T, int]:
+    """Run a training that keeps its state in ``OUTPUT.partial``; return its result and the
+    number of epochs it resumed.
+
+    ``run(on_state, state)`` trains from ``state`` (None: from scratch), hands every epoch's
+    state to ``on_state`` and writes ``output``. Ctrl-C raises
+    :class:`~soft_share_cli.errors.Interrupted` saying what was kept; ``output`` is then as it
+    was. A completed run removes ``OUTPUT.partial``.
+    """
+    from soft_share_cli.errors import Interrupted
+    from soft_share_cli.pipeline import check_writable
+
+    partial = partial_path(output)
+    check_writable(partial)
+    state = starting_state(output, config, data_spec, resume)
+    try:
+        result = run(lambda new: save_state(partial, new, config, data_spec), state)
+    except KeyboardInterrupt:
+        kept = saved_epoch(partial)
+        if not kept:
+            raise Interrupted(
+                "interrupted before the first epoch finished; nothing was written"
+            ) from None
+        raise Interrupted(
+            f"interrupted; {output} is untouched and the {kept} finished epoch(s) are kept in "
+            f"{partial}: rerun the same command with --resume to continue"
+        ) from None
+    partial.unlink(missing_ok=True)
+    return result, state.epoch if state is not None else 0

@@ -7,6 +7,7 @@ batches are slices of in-memory tensors and statistics stay on the device until 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,15 +51,21 @@ class TaskEvalResult:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field but ``predictions``."""
+        """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
+
+        Everything outside ``timing`` is the same on every run over the same model and data.
+        """
         return {
             "samples": self.samples,
             "exact": self.exact,
             "pixel_accuracy": self.pixel_accuracy,
             "loss": self.loss,
-            "seconds": self.seconds,
-            "throughput": self.throughput,
             "iterations": self.iterations,
+            # throughput is infinite when the clock saw no time pass; JSON cannot say that
+            "timing": {
+                "seconds": self.seconds,
+                "throughput": self.throughput if math.isfinite(self.throughput) else None,
+            },
         }
 
 

@@ -41,6 +41,9 @@ class TaskEvalReport:
     recorded_exact: float | None  # exact-solve rate stored at save time for the same spec
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        result = self.result.to_dict()
+        timing = result.pop("timing")
         return {
             "schema_version": SCHEMA_VERSION,
             "checkpoint": self.checkpoint,
@@ -48,9 +51,10 @@ class TaskEvalReport:
             "data": self.data,
             "device": self.device,
             "batch_size": self.batch_size,
-            **self.result.to_dict(),
+            **result,
             "trained_iterations": self.trained_iterations,
             "recorded_exact": self.recorded_exact,
+            "timing": timing,
         }
 
 
@@ -132,23 +136,28 @@ class TaskTrainReport:
     parameters: int
     file_bytes: int
     seconds: float
+    resumed_epochs: int = 0  # finished epochs restored from OUTPUT.partial (--resume)
 
     @property
     def test_exact(self) -> float | None:
         return self.history[-1].test_exact if self.history else None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        history = [asdict(e) for e in self.history]
+        epoch_seconds = [record.pop("seconds") for record in history]
         return {
             "schema_version": SCHEMA_VERSION,
             "output": self.output,
             "architecture": self.architecture,
             "data": self.data,
-            "history": [asdict(e) for e in self.history],
+            "history": history,
             "steps_to": dict(self.steps_to),
             "test_exact": self.test_exact,
             "parameters": self.parameters,
             "file_bytes": self.file_bytes,
-            "seconds": self.seconds,
+            "resumed_epochs": self.resumed_epochs,
+            "timing": {"seconds": self.seconds, "epoch_seconds": epoch_seconds},
         }
 
 
@@ -159,14 +168,25 @@ def run_task_train(
     *,
     command: str | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
 ) -> TaskTrainReport:
-    """Train ``config`` (a TaskTrainConfig) on a task and write the checkpoint atomically."""
+    """Train ``config`` (a TaskTrainConfig) on a task and write the checkpoint atomically.
+
+    Resumable as ``ssc train`` on images: the state after every epoch is kept in
+    ``OUTPUT.partial`` and ``resume`` continues from it
+    (:func:`~soft_share_cli.resume.run_resumably`).
+    """
     from soft_share_cli.checkpoint import save_checkpoint
     from soft_share_cli.data import load_data, parse_data_spec
     from soft_share_cli.infer import ArchSpec
     from soft_share_cli.params import count_parameters
     from soft_share_cli.pipeline import check_writable
-    from soft_share_cli.task_training import task_checkpoint_metadata, train_task
+    from soft_share_cli.resume import run_resumably
+    from soft_share_cli.task_training import (
+        TaskTrainResult,
+        task_checkpoint_metadata,
+        train_task,
+    )
 
     if not is_task_spec(data_spec):
         raise InputError(
@@ -177,15 +197,23 @@ def run_task_train(
     check_writable(output)
     train_data = load_data(data_spec, split="train")
     test_data = load_data(data_spec, split="test")
-    result = train_task(config, train_data, test_data, progress=progress)
-    metadata = task_checkpoint_metadata(result, config, train_data, command)
-    save_checkpoint(
-        output,
-        arch=result.arch,
-        arch_kwargs=result.arch_kwargs,
-        state_dict=result.model.state_dict(),
-        metadata=metadata,
-    )
+    metadata: dict[str, Any] = {}
+
+    def run(on_state: Any, state: Any) -> TaskTrainResult:
+        result = train_task(
+            config, train_data, test_data, progress=progress, on_state=on_state, resume=state
+        )
+        metadata.update(task_checkpoint_metadata(result, config, train_data, command))
+        save_checkpoint(
+            output,
+            arch=result.arch,
+            arch_kwargs=result.arch_kwargs,
+            state_dict=result.model.state_dict(),
+            metadata=metadata,
+        )
+        return result
+
+    result, resumed = run_resumably(output, config, data_spec, resume, run)
     return TaskTrainReport(
         output=str(output),
         architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),
@@ -195,4 +223,5 @@ def run_task_train(
         parameters=count_parameters(result.model),
         file_bytes=Path(output).stat().st_size,
         seconds=result.seconds,
+        resumed_epochs=resumed,
     )

@@ -16,7 +16,6 @@ as steps to a training accuracy (:func:`steps_to`), not asserted.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,14 +27,9 @@ from torch import Tensor, nn
 
 from soft_share_cli.data import Dataset
 from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.fit import TrainState, decay_groups, fit
 from soft_share_cli.models.registry import build_model
-from soft_share_cli.regularizers import (
-    AlignMode,
-    alignment_penalty,
-    coefficient_groups,
-    coefficient_names,
-    recurrence_pairs,
-)
+from soft_share_cli.regularizers import AlignMode
 
 TASK_ARCHITECTURES = ("sfcn", "fcn")
 
@@ -161,14 +155,96 @@ def step_lr(config: TaskTrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def make_task_optimizer(model: nn.Module, config: TaskTrainConfig) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on every parameter but the coefficients (the paper's
-    exemption: decay would shrink each layer's scale, which nothing else restores)."""
-    decay = [p for n, p in model.named_parameters() if not n.endswith("coefficients")]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("coefficients")]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    exemption, :func:`~soft_share_cli.fit.decay_groups`)."""
+    return torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr)
+
+
+@dataclass
+class _TaskRecipe:
+    """The per-pixel side of :func:`~soft_share_cli.fit.fit` (see its ``Recipe``)."""
+
+    config: TaskTrainConfig
+    test_data: Dataset | None
+    per_epoch: int  # optimizer steps per epoch: the schedule counts steps
+    # Once the loss is ~0, gradients underflow into subnormal floats, which slow a CPU tenfold.
+    flush_denormal: bool = True
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def align(self) -> float:
+        return self.config.align
+
+    @property
+    def align_mode(self) -> AlignMode:
+        return self.config.align_mode
+
+    def steps_per_epoch(self, n: int) -> int:
+        return math.ceil(n / self.config.batch_size)
+
+    def batches(self, n: int, generator: torch.Generator) -> list[Tensor]:
+        return list(torch.randperm(n, generator=generator).split(self.config.batch_size))
+
+    def lr(self, epoch: int, step: int) -> float:
+        return step_lr(self.config, step, self.per_epoch)
+
+    def score(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        return _scored(model, x, y, self.config.supervise)
+
+    def before_step(self, model: nn.Module) -> None:
+        nn.utils.clip_grad_norm_(model.parameters(), self.config.clip)
+
+    def tally(self, device: torch.device) -> _PixelTally:
+        return _PixelTally(device)
+
+    def test(self, model: nn.Module) -> Any:
+        if self.test_data is None:
+            return None
+        from soft_share_cli.task_evaluation import evaluate_task
+
+        return evaluate_task(model, self.test_data, device=self.config.device)
+
+    def record(
+        self, epoch: int, steps: int, lr: float, tally: Any, test: Any, penalty: float,
+        seconds: float,
+    ) -> TaskEpochRecord:  # fmt: skip
+        return TaskEpochRecord(
+            epoch=epoch,
+            steps=steps,
+            lr=lr,
+            train_loss=tally.mean_loss(),
+            train_pixel_accuracy=100.0 * float(tally.pixel_hits) / tally.pixels,
+            train_exact=100.0 * float(tally.solved) / tally.samples,
+            test_pixel_accuracy=None if test is None else test.pixel_accuracy,
+            test_exact=None if test is None else test.exact,
+            align_penalty=penalty,
+            seconds=seconds,
+        )
+
+
+class _PixelTally:
+    """Loss, right pixels and instances solved exactly in an epoch, summed on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.pixel_hits = torch.zeros((), device=device, dtype=torch.long)
+        self.solved = torch.zeros((), device=device, dtype=torch.long)
+        self.samples = self.pixels = 0
+
+    def add(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
+        right = logits.argmax(dim=1) == y
+        self.loss_sum += loss.double() * len(y)
+        self.pixel_hits += right.sum()
+        self.solved += right.flatten(1).all(dim=1).sum()
+        self.samples += len(y)
+        self.pixels += y.numel()
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / self.samples
 
 
 def train_task(
@@ -178,90 +254,39 @@ def train_task(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     on_epoch: Callable[[TaskEpochRecord], None] | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> TaskTrainResult:
     """Train ``config.arch`` from scratch on a per-pixel task; deterministic on the CPU.
+
+    ``progress``, ``on_epoch``, ``on_state`` and ``resume`` work as in
+    :func:`soft_share_cli.training.train`: an interrupted run continued from its last
+    :class:`~soft_share_cli.fit.TrainState` ends with the weights of an uninterrupted one.
 
     Raises:
         InputError: a config or data set that cannot be trained, or a diverged loss.
     """
     from soft_share_cli.evaluation import resolve_device
-    from soft_share_cli.task_evaluation import evaluate_task
 
     _check(config, train_data)
     kwargs = task_arch_kwargs(config, train_data)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, **kwargs).to(device)
-    optimizer = make_task_optimizer(model, config)
-    groups = coefficient_groups(model)
-    pairs = [recurrence_pairs(names) for names in coefficient_names(model)]
-
-    def penalty_of() -> Tensor:
-        return alignment_penalty(groups, config.align_mode, pairs)
-
-    generator = torch.Generator().manual_seed(config.seed)
-    x_all, y_all = train_data.x.to(device), train_data.y.to(device)
-    n = len(train_data)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    history: list[TaskEpochRecord] = []
-    step = 0
-    start = time.perf_counter()
-    # Once the loss is ~0, gradients underflow into subnormal floats, which slow a CPU tenfold.
-    flush = torch.set_flush_denormal(True)
-    try:
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            pixel_hits = torch.zeros((), device=device, dtype=torch.long)
-            solved = torch.zeros((), device=device, dtype=torch.long)
-            order = torch.randperm(n, generator=generator).to(device)
-            stage = f"epoch {epoch}/{config.epochs}"
-            lr = config.lr
-            for done, index in enumerate(order.split(config.batch_size), start=1):
-                lr = step_lr(config, step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = x_all[index], y_all[index]
-                logits, loss = _scored(model, x, y, config.supervise)
-                objective = loss + config.align * penalty_of().to(device) if config.align else loss
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-                optimizer.step()
-                step += 1
-                with torch.no_grad():
-                    right = logits.argmax(dim=1) == y
-                    loss_sum += loss.detach().double() * len(index)
-                    pixel_hits += right.sum()
-                    solved += right.flatten(1).all(dim=1).sum()
-                if progress is not None:
-                    progress(stage, done, steps_per_epoch)
-            train_loss = float(loss_sum) / n
-            if not math.isfinite(train_loss):
-                raise InputError(f"training diverged (loss {train_loss}) in {stage}; lower --lr")
-            test = evaluate_task(model, test_data, device=config.device) if test_data else None
-            with torch.no_grad():
-                penalty = float(penalty_of())
-            record = TaskEpochRecord(
-                epoch=epoch,
-                steps=step,
-                lr=lr,
-                train_loss=train_loss,
-                train_pixel_accuracy=100.0 * float(pixel_hits) / train_data.y.numel(),
-                train_exact=100.0 * float(solved) / n,
-                test_pixel_accuracy=None if test is None else test.pixel_accuracy,
-                test_exact=None if test is None else test.exact,
-                align_penalty=penalty,
-                seconds=time.perf_counter() - epoch_start,
-            )
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-    finally:
-        torch.set_flush_denormal(flush)
-    model.eval()
-    return TaskTrainResult(model, config.arch, kwargs, tuple(history), time.perf_counter() - start)
+    per_epoch = math.ceil(len(train_data) / config.batch_size)
+    history, seconds = fit(
+        _TaskRecipe(config, test_data, per_epoch),
+        model,
+        make_task_optimizer(model, config),
+        train_data.x.to(device),
+        train_data.y.to(device),
+        seed=config.seed,
+        progress=progress,
+        on_epoch=on_epoch,
+        on_state=on_state,
+        resume=resume,
+    )
+    return TaskTrainResult(model, config.arch, kwargs, history, seconds)
 
 
 def _scored(model: nn.Module, x: Tensor, y: Tensor, supervise: int) -> tuple[Tensor, Tensor]:

@@ -42,8 +42,13 @@ UTILS_SOURCE = textwrap.dedent(
 
 def write_utils_module(directory: Path) -> Path:
     """Write our stand-in as ``directory/utils.py``, for code that must import it to unpickle."""
+    from soft_share_cli.checkpoint import atomic_write
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(UTILS_SOURCE)
+
     path = directory / "utils.py"
-    path.write_text(UTILS_SOURCE)
+    atomic_write(path, write)
     return path
 
 
@@ -90,6 +95,8 @@ def save_authors_checkpoint(
     import numpy as np
     import torch
 
+    from soft_share_cli.checkpoint import atomic_write
+
     generator = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
     coefficients = [p for n, p in params.items() if n.endswith("coefficients")]
@@ -127,4 +134,7 @@ def save_authors_checkpoint(
             "recorder": recorder,
             "optimizer": optimizer.state_dict(),
         }
-        torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
+        zipped = not legacy
+        atomic_write(
+            path, lambda tmp: torch.save(payload, tmp, _use_new_zipfile_serialization=zipped)
+        )

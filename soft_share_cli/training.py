@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -23,14 +22,9 @@ from torch import Tensor, nn
 
 from soft_share_cli.data import Dataset
 from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.fit import TrainState, decay_groups, fit
 from soft_share_cli.models.registry import build_model
-from soft_share_cli.regularizers import (
-    AlignMode,
-    alignment_penalty,
-    coefficient_groups,
-    coefficient_names,
-    recurrence_pairs,
-)
+from soft_share_cli.regularizers import AlignMode
 
 TRAINABLE_ARCHITECTURES = ("swrn", "wrn")
 
@@ -86,23 +80,6 @@ class EpochRecord:
     test_top1: float | None  # percent after the epoch; None without test data
     align_penalty: float  # the regulariser's value at the end of the epoch (0 without banks)
     seconds: float
-
-
-@dataclass(frozen=True)
-class TrainState:
-    """A run after ``epoch`` finished epochs: everything needed to continue it bit-exactly.
-
-    :func:`train` hands one to ``on_state`` after every epoch and continues from one given as
-    ``resume``; :mod:`soft_share_cli.resume` writes and reads them.
-    """
-
-    epoch: int  # epochs finished, counting from 1
-    model: dict[str, Tensor] = field(repr=False)  # model.state_dict() (references, not copies)
-    optimizer: dict[str, Any] = field(repr=False)  # optimizer.state_dict(): momentum buffers
-    generator: Tensor = field(repr=False)  # state of the generator that shuffles and augments
-    rng: Tensor = field(repr=False)  # torch's global CPU generator (unused after init; kept)
-    history: tuple[EpochRecord, ...]
-    seconds: float  # training time spent so far
 
 
 @dataclass(frozen=True)
@@ -196,21 +173,10 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with two parameter groups: weight decay on all but the coefficients.
-
-    Coefficients are exempt as in the paper: decay would shrink every layer's scale towards 0,
-    which the templates (decayed too) cannot compensate for. Shared templates appear once, as
-    ``named_parameters`` deduplicates tensors.
-    """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, param in model.named_parameters():
-        (no_decay if name.endswith("coefficients") else decay).append(param)
+    """SGD with Nesterov momentum, weight decay on all but the coefficients (the paper's
+    exemption, :func:`~soft_share_cli.fit.decay_groups`)."""
     return torch.optim.SGD(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+        decay_groups(model, config.weight_decay),
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
@@ -252,6 +218,93 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
     return batches
 
 
+@dataclass
+class _ClassifierRecipe:
+    """The classification side of :func:`~soft_share_cli.fit.fit` (see its ``Recipe``)."""
+
+    config: TrainConfig
+    test_data: Dataset | None
+    flush_denormal: bool = False  # as before the loop was shared: same numbers as ever
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def align(self) -> float:
+        return self.config.align
+
+    @property
+    def align_mode(self) -> AlignMode:
+        return self.config.align_mode
+
+    def steps_per_epoch(self, n: int) -> int:
+        batches = math.ceil(n / self.config.batch_size)
+        # _batches merges a final batch of one sample into the one before
+        return batches - 1 if batches > 1 and n % self.config.batch_size == 1 else batches
+
+    def batches(self, n: int, generator: torch.Generator) -> list[Tensor]:
+        return _batches(n, self.config.batch_size, generator)
+
+    def lr(self, epoch: int, step: int) -> float:
+        return epoch_lr(self.config, epoch)
+
+    def score(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        if self.config.augment:
+            x = _augment(x, generator)
+        logits = model(x)
+        return logits, F.cross_entropy(logits, y)
+
+    def before_step(self, model: nn.Module) -> None:
+        pass
+
+    def tally(self, device: torch.device) -> _Top1Tally:
+        return _Top1Tally(device)
+
+    def test(self, model: nn.Module) -> float | None:
+        if self.test_data is None:
+            return None
+        from soft_share_cli.evaluation import evaluate
+
+        batch_size = max(self.config.batch_size, 256)
+        return evaluate(
+            model, self.test_data, batch_size=batch_size, device=self.config.device
+        ).top1
+
+    def record(
+        self, epoch: int, steps: int, lr: float, tally: Any, test: Any, penalty: float,
+        seconds: float,
+    ) -> EpochRecord:  # fmt: skip
+        return EpochRecord(
+            epoch=epoch,
+            lr=lr,
+            train_loss=tally.mean_loss(),
+            train_top1=100.0 * float(tally.correct) / tally.samples,
+            test_top1=test,
+            align_penalty=penalty,
+            seconds=seconds,
+        )
+
+
+class _Top1Tally:
+    """Loss and top-1 hits of an epoch, summed on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.samples = 0
+
+    def add(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
+        self.loss_sum += loss * len(y)
+        self.correct += (logits.argmax(dim=1) == y).sum()
+        self.samples += len(y)
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / self.samples
+
+
 def train(
     config: TrainConfig,
     train_data: Dataset,
@@ -283,125 +336,33 @@ def train(
     by accident.
     """
     # Imported at call time so that importing training never risks a cycle through evaluation.
-    from soft_share_cli.evaluation import evaluate, resolve_device
+    from soft_share_cli.evaluation import resolve_device
 
     _check(config, train_data, test_data)
     kwargs = arch_kwargs(config, train_data)
     device = resolve_device(config.device)  # InputError for an unknown or absent device
     torch.manual_seed(config.seed)
     model = build_model(config.arch, **kwargs).to(device)
-    optimizer = make_optimizer(model, config)
-    groups = coefficient_groups(model)
-    pairs = [recurrence_pairs(names) for names in coefficient_names(model)]
-
-    def penalty_of() -> Tensor:
-        return alignment_penalty(groups, config.align_mode, pairs)
-
-    generator = torch.Generator().manual_seed(config.seed)
-    x_all = train_data.x.to(device=device, dtype=torch.float32)
-    y_all = train_data.y.to(device=device, dtype=torch.long)
-
-    history: list[EpochRecord] = []
-    spent = 0.0  # seconds of earlier sessions, when resuming
-    if resume is not None:
-        _restore(resume, config, model, optimizer, generator)
-        history, spent = list(resume.history), resume.seconds
-    start = time.perf_counter()
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = epoch_lr(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        batches = _batches(len(train_data), config.batch_size, generator)
-        stage = f"epoch {epoch}/{config.epochs}"
-        for done, index in enumerate(batches, start=1):
-            index = index.to(device)
-            x, y = x_all[index], y_all[index]
-            if config.augment:
-                x = _augment(x, generator)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            objective = loss
-            if config.align > 0:
-                objective = loss + config.align * penalty_of().to(device)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            # Accumulate on the device; one sync per epoch instead of one per batch.
-            loss_sum += loss.detach() * len(index)
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            if progress is not None:
-                progress(stage, done, len(batches))
-        train_loss = float(loss_sum) / len(train_data)
-        if not math.isfinite(train_loss):
-            raise InputError(f"training diverged (loss {train_loss}) in {stage}; lower the lr")
-        test_top1 = None
-        if test_data is not None:
-            test_top1 = evaluate(
-                model, test_data, batch_size=max(config.batch_size, 256), device=config.device
-            ).top1
-        with torch.no_grad():
-            penalty = float(penalty_of())
-        record = EpochRecord(
-            epoch=epoch,
-            lr=lr,
-            train_loss=train_loss,
-            train_top1=100.0 * float(correct) / len(train_data),
-            test_top1=test_top1,
-            align_penalty=penalty,
-            seconds=time.perf_counter() - epoch_start,
-        )
-        history.append(record)
-        if on_state is not None:
-            on_state(
-                TrainState(
-                    epoch=epoch,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    generator=generator.get_state(),
-                    rng=torch.get_rng_state(),
-                    history=tuple(history),
-                    seconds=spent + time.perf_counter() - start,
-                )
-            )
-        if on_epoch is not None:
-            on_epoch(record)
-
-    model.eval()
+    history, seconds = fit(
+        _ClassifierRecipe(config, test_data),
+        model,
+        make_optimizer(model, config),
+        train_data.x.to(device=device, dtype=torch.float32),
+        train_data.y.to(device=device, dtype=torch.long),
+        seed=config.seed,
+        progress=progress,
+        on_epoch=on_epoch,
+        on_state=on_state,
+        resume=resume,
+    )
     return TrainResult(
         model=model,
         arch=config.arch,
         arch_kwargs=kwargs,
-        history=tuple(history),
+        history=history,
         test_top1=history[-1].test_top1,
-        seconds=spent + time.perf_counter() - start,
+        seconds=seconds,
     )
-
-
-def _restore(
-    state: TrainState,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-) -> None:
-    """Put a freshly built run back where ``state`` left it (InputError if it cannot be)."""
-    if not 1 <= state.epoch <= config.epochs or len(state.history) != state.epoch:
-        raise InputError(
-            f"cannot resume after epoch {state.epoch} with {len(state.history)} recorded "
-            f"epoch(s) of a {config.epochs}-epoch run"
-        )
-    try:
-        model.load_state_dict(state.model, strict=True)
-        optimizer.load_state_dict(state.optimizer)
-        generator.set_state(state.generator)
-        torch.set_rng_state(state.rng)
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise InputError(f"the saved state does not fit this run ({first.strip()})") from None
 
 
 def checkpoint_metadata(

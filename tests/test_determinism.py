@@ -61,3 +61,15 @@ def test_fold_json(ssc, tmp_path: Path) -> None:
     args = ("fold", ALIGNED, "-o", str(tmp_path / "f.safetensors"), "--data", "digits?limit=100")
     first, second = twice(ssc, *args, "--materialize", str(tmp_path / "m.pt"), "--json")
     assert_identical_but_timing(first, second, {"seconds"})
+
+
+def test_task_train_and_eval_json(ssc, tmp_path: Path) -> None:
+    out = tmp_path / "maze.pt"
+    args = ("train", "--data", "maze:size=3,count=48", "--arch", "sfcn", "--blocks", "2")
+    args += ("--channels", "4", "--templates", "2", "--epochs", "2", "-o", str(out), "--json")
+    first, second = ssc(*args), ssc(*args)
+    assert first.code == second.code == 0, first.err
+    assert_identical_but_timing(first.out, second.out, {"seconds", "epoch_seconds"})
+    assert all("seconds" not in epoch for epoch in json.loads(first.out)["history"])
+    evaluated = twice(ssc, "eval", str(out), "--data", "maze:size=4,count=32", "--json")
+    assert_identical_but_timing(*evaluated, {"seconds", "throughput"})

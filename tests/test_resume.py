@@ -201,3 +201,34 @@ def test_the_state_file_is_an_ordinary_checkpoint(
     state = torch.load(partial_path(out), weights_only=True)  # no custom globals either
     assert state["format"] == "ssc-train-state" and state["epoch"] == 2
     assert [e["epoch"] for e in state["history"]] == [1, 2]
+
+
+# A task network (maze solver, AdamW with a per-step schedule) resumes the same way.
+TASK_ARGS = ("--data", "maze:size=3,count=80", "--arch", "sfcn", "--blocks", "2")
+TASK_ARGS += ("--channels", "4", "--templates", "2", "--epochs", "3", "--batch-size", "32")
+TASK_ARGS += ("--align", "1", "--supervise", "2", "--seed", "5")
+
+
+def test_an_interrupted_task_run_resumes_to_the_same_weights(
+    ssc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = tmp_path / "full.pt"
+    assert ssc("train", *TASK_ARGS, "-o", str(full), "--json").code == 0
+    out = tmp_path / "run.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 2)
+        run = ssc("train", *TASK_ARGS, "-o", str(out), "--json")
+    assert run.code == 130 and "the 2 finished epoch(s) are kept" in run.err
+    assert not out.exists() and partial_path(out).exists()
+    refused = ssc("train", *TASK_ARGS[:-1], "6", "-o", str(out), "--resume")
+    assert refused.code == 2 and "seed 5 -> 6" in refused.err
+    resumed = ssc("train", *TASK_ARGS, "-o", str(out), "--resume", "--json")
+    assert resumed.code == 0, resumed.err
+    report = resumed.json()
+    assert report["resumed_epochs"] == 2 and [e["steps"] for e in report["history"]] == [3, 6, 9]
+    assert_same_weights(out, full)
+    assert not partial_path(out).exists()
+    meta, full_meta = (torch.load(p, weights_only=True)["metadata"] for p in (out, full))
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in meta["history"]]
+    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in full_meta["history"]]
+    assert meta["steps_to"] == full_meta["steps_to"]
