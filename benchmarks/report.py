@@ -19,15 +19,10 @@ EXPLANATIONS = {
     "the WRN-28-10's convolutions on 16 samples dominate on a loaded CPU. A smaller "
     "--probe would close it, at the price of a weaker check.",
     "inference": "folding removes the per-call weight mixing (K templates into every shared "
-    "layer's weight) and nothing else. At batch 64 that mixing is well under 1 % of the work, "
-    "both networks run the same convolutions, and the ratio is 1.0 within this shared "
-    "machine's noise of a few percent; at batch 1 the mixing weighs more, but on one thread "
-    "(or when other processes keep the cores busy and every operation waits on torch's "
-    "thread pool) per-operation overhead dilutes it. What would close it: a quieter machine "
-    "for the measurement, or a faster layout for the folded network's static weights "
-    "(channels-last convolutions measured 1.3-2.3x faster here), which the soft-shared "
-    "network cannot keep since it rebuilds its weights on every call; not applied, so that "
-    "the comparison isolates folding.",
+    "layer's weight), which on these CPUs is 10-15 % of a forward pass; the folded network also "
+    "keeps its static weights and activations channels-last, which lets oneDNN run every "
+    "convolution (the soft-shared network rebuilds its weights on every call and cannot keep "
+    "them laid out). A miss means one of the two stopped applying: see the control rows.",
     "eval": "ssc eval's loop adds loss, top-1/top-5 bookkeeping per batch on the device; a "
     "miss at this size is usually timer noise (other processes on the same cores).",
     "scaling": "a super-linear exponent points at a quadratic step (per-layer work repeated "
@@ -260,8 +255,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{'yes' if inference['identical_predictions'] else 'NO'} (max |Δlogit| "
         f"{inference['max_abs_logit_diff']:.1e}).",
         "",
-        "| threads | batch | soft-shared | folded | materialized WRN |",
-        "|---:|---:|---:|---:|---:|",
+        "| threads | batch | soft-shared | folded | materialized WRN | folded, original layout "
+        "| soft-shared, channels-last input |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threads, batches in (
         (inference.get("threads", "default"), inference["batches"]),
@@ -271,16 +267,23 @@ def markdown(r: dict[str, Any]) -> str:
             med = b["median"]
             parts.append(
                 f"| {threads} | {batch} | {med['original']:.1f}/s | {med['folded']:.1f}/s "
-                f"| {med['materialized']:.1f}/s |"
+                f"| {med['materialized']:.1f}/s | {med['folded_contiguous']:.1f}/s "
+                f"| {med['original_channels_last']:.1f}/s |"
             )
     parts += [
         "",
         "The soft-shared network mixes K templates into a weight for every layer on every call; "
-        "the folded one stores its few distinct weights and loops over them. The targets use "
-        "torch's default threads; the 1-thread rows show the same comparison without thread-"
-        "pool synchronisation, which on these shared cores can dominate a batch-1 pass. The "
-        "materialized WRN (one ordinary convolution per layer) is what any fold can at best "
-        "reach with this layout.",
+        "the folded one stores its few distinct weights and loops over them, with weights and "
+        "activations channels-last (`FoldedSWRN.memory_format`): at batch 1 PyTorch sends "
+        "convolutions of fewer than 20,480 input numbers to its im2col path unless the input "
+        "is channels-last, and oneDNN is faster on these CPUs. The last two columns separate "
+        "the two: the fold computing in the original's layout (folding alone), and the "
+        "original fed channels-last inputs (layout alone; its weights, rebuilt every call, stay "
+        "in the default layout). The materialized WRN is a plain WRN in the default layout. "
+        "The targets use torch's default threads; the 1-thread rows show the same comparison "
+        "without thread-pool synchronisation.",
+        "",
+        *_decomposition(inference),
         "",
         "## Scaling",
         "",
@@ -328,3 +331,21 @@ def scaling_figure(rows: list[dict[str, Any]]) -> Any:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     return figure
+
+
+def _decomposition(inference: dict[str, Any]) -> list[str]:
+    """Folding alone and layout alone, as ratios over the soft-shared network, per batch size."""
+    lines = []
+    for batch, b in inference["batches"].items():
+        med = b["median"]
+        if "folded_contiguous" not in med:  # results of an older run
+            return []
+        ours, alone, layout = (
+            med[k] / med["original"]
+            for k in ("folded", "folded_contiguous", "original_channels_last")
+        )
+        lines.append(
+            f"- batch {batch}: folded {ours:.2f}× the soft-shared network; folding alone (same "
+            f"layout) {alone:.2f}×, layout alone {layout:.2f}×."
+        )
+    return lines

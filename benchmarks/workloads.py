@@ -144,10 +144,24 @@ def _throughput(model: torch.nn.Module, x: torch.Tensor, iterations: int, device
     return iterations * len(x) / (time.perf_counter() - start)
 
 
+class ChannelsLast(torch.nn.Module):
+    """``module`` fed channels-last inputs: what the soft-shared network gains from the layout
+    the folded one uses (its generated weights stay in the default layout, made every call)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
 def inference(
     checkpoint: str, workdir: str, repeats: int, size: int, device: str, iterations: int
 ) -> dict[str, Any]:
-    """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved.
+    """Throughput of the soft-shared original, its fold and the materialized WRN, interleaved,
+    and two controls that separate folding from memory layout: the fold computing in the
+    original's layout, and the original fed channels-last inputs.
 
     With torch's default threads and, on a CPU with more, again on one thread (see
     :func:`_timed_batches`); plus whether the two networks predict alike.
@@ -160,10 +174,14 @@ def inference(
     report = fold_checkpoint(checkpoint, folded_path)
     original, spec = rebuild_model(load_checkpoint(checkpoint))
     folded = load_folded(folded_path)
+    same_layout = load_folded(folded_path)
+    same_layout.memory_format = torch.contiguous_format  # folding alone, the original's layout
     models = {
         "original": original.to(device).eval(),
         "folded": folded.to(device).eval(),
         "materialized": materialize(folded).to(device).eval(),
+        "folded_contiguous": same_layout.to(device).eval(),
+        "original_channels_last": ChannelsLast(original).to(device).eval(),
     }
     generator = torch.Generator().manual_seed(1)
     check = torch.randn(256 if size >= 32 else 64, 3, size, size, generator=generator).to(device)

@@ -154,7 +154,9 @@ def fit(
         history, spent = list(resume.history), resume.seconds
     step = len(history) * per_epoch
     start = time.perf_counter()
-    flush = torch.set_flush_denormal(True) if recipe.flush_denormal else None
+    flush = flush_denormal_enabled() if recipe.flush_denormal else None
+    if flush is not None:
+        torch.set_flush_denormal(True)
     try:
         for epoch in range(len(history) + 1, recipe.epochs + 1):
             epoch_start = time.perf_counter()
@@ -250,3 +252,14 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether the CPU flushes subnormal floats to zero now (``torch.set_flush_denormal``).
+
+    torch offers a setter but no getter (the setter's return value says whether the CPU
+    supports the mode), so the mode is read off a subnormal number: it survives arithmetic
+    only while the mode is off.
+    """
+    tiny = torch.full((1,), 1e-39, dtype=torch.float32)  # below float32's smallest normal
+    return float(tiny * 1.0) == 0.0

@@ -62,37 +62,49 @@ class FoldedBank(nn.Module):
             self.register_parameter("weights", None)
             self.templates = nn.Parameter(torch.zeros(num_templates, *self.shape))
             self.directions = nn.Parameter(torch.zeros(clusters, num_templates))
-        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._cache: tuple[tuple[Any, ...], list[Tensor]] | None = None
 
     def _materialise(self) -> Tensor:
-        """All C weights ``directions @ templates`` (templates storage only)."""
+        """All C weights ``(C, O, I, k, k)``: ``directions @ templates``, or the stored ones."""
+        if self.weights is not None:
+            return self.weights
         assert self.templates is not None and self.directions is not None
         return torch.tensordot(self.directions, self.templates, dims=1)
 
-    def weight(self, c: int) -> Tensor:
-        """The weight of cluster ``c``, ``(O, I, k, k)``.
+    def weight(
+        self, c: int, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> Tensor:
+        """The weight of cluster ``c``, ``(O, I, k, k)``, laid out in ``memory_format``.
 
-        With templates storage the C weights are computed once and cached whenever no gradient
-        is wanted (``no_grad``/``inference_mode``, or frozen parameters); the cache is keyed on
-        the parameters' version counters and storage, so in-place edits and ``.to()`` refresh it.
-        When gradients are wanted each call recomputes, so they flow to templates and directions
-        (a cached graph would break a second backward; a detached one would drop gradients).
+        Whenever no gradient is wanted (``no_grad``/``inference_mode``, or frozen parameters)
+        the C weights are computed (templates storage) and laid out once and cached; the cache
+        is keyed on the parameters' version counters and storage, so in-place edits and
+        ``.to()`` refresh it. When gradients are wanted each call recomputes, so they flow to
+        the parameters (a cached graph would break a second backward; a detached one would drop
+        gradients).
         """
-        if self.weights is not None:
-            return self.weights[c]  # nothing to compute: a view of the stored weights
-        assert self.templates is not None and self.directions is not None
-        params = (self.templates, self.directions)
+        params = tuple(p for p in (self.weights, self.templates, self.directions) if p is not None)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return torch.tensordot(self.directions[c], self.templates, dims=1)
+            if self.weights is not None:
+                w = self.weights[c]
+            else:
+                assert self.templates is not None and self.directions is not None
+                w = torch.tensordot(self.directions[c], self.templates, dims=1)
+            return w.contiguous(memory_format=memory_format)
         if any(p.is_inference() for p in params):  # no version counter to key a cache on
-            return self._materialise()[c]
+            return self._materialise()[c].contiguous(memory_format=memory_format)
         key = (
+            memory_format,
             torch.is_inference_mode_enabled(),  # inference tensors must not leak out of it
             *((p.data_ptr(), p._version, p.dtype, p.device) for p in params),
         )
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, self._materialise())
+                stack = self._materialise()
+                laid_out = [
+                    stack[i].contiguous(memory_format=memory_format) for i in range(len(stack))
+                ]
+                self._cache = (key, laid_out)
         return self._cache[1][c]
 
     def all_weights(self) -> Tensor:
@@ -180,7 +192,14 @@ class LoopedBlock(nn.Module):
         return None if j is None or gains is None else gains[j]
 
     def forward(self, x: Tensor, bank: FoldedBank) -> Tensor:
-        w1, w2 = bank.weight(self.conv1_cluster), bank.weight(self.conv2_cluster)
+        # Weights in the activations' layout: oneDNN then reorders neither on every call.
+        layout = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            else torch.contiguous_format
+        )
+        w1 = bank.weight(self.conv1_cluster, layout)
+        w2 = bank.weight(self.conv2_cluster, layout)
         for t in range(self.iterations):  # the real loop: same weights, per-iteration BNs
             # In place where autograd allows it, as the original block's ReLU(inplace=True):
             # a BatchNorm's and a convolution's backward never read their own output.

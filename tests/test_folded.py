@@ -324,6 +324,35 @@ def test_templates_are_materialised_once_in_eval(monkeypatch: pytest.MonkeyPatch
     assert not torch.allclose(changed, first)
 
 
+@pytest.mark.parametrize("case", ["loop", "singletons"])  # weights and templates storage
+def test_channels_last_computes_what_the_original_layout_does(case: str) -> None:
+    folded = fold_swrn(*_case(case))
+    assert folded.memory_format is torch.channels_last  # the default, for oneDNN convolutions
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    seen: list[bool] = []
+    hook = folded.stage_2_loops[0].register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    with torch.no_grad():
+        fast = folded(x)
+        folded.memory_format = torch.contiguous_format
+        plain = folded(x)
+    hook.remove()
+    assert seen == [True, False]  # the loops really ran in both layouts
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+    bank = folded.bank(2)
+    assert bank is not None
+    with torch.no_grad():
+        laid_out = bank.weight(0, torch.channels_last)
+        assert laid_out.is_contiguous(memory_format=torch.channels_last)
+        assert bank.weight(0, torch.channels_last) is laid_out  # cached, not laid out again
+        torch.testing.assert_close(laid_out, bank.weight(0), atol=0, rtol=0)
+        stored = bank.weights if bank.weights is not None else bank.templates
+        assert stored is not None
+        stored.mul_(2.0)  # an in-place edit refreshes the channels-last copies too
+        torch.testing.assert_close(bank.weight(0, torch.channels_last), 2 * laid_out)
+
+
 def test_gradients_flow_and_inference_tensors_do_not_leak() -> None:
     folded = fold_swrn(*_case("singletons"))
     x = _batch()

@@ -89,3 +89,20 @@ def test_bad_configs_are_refused_before_training(change: dict, message: str) -> 
 def test_image_data_is_refused() -> None:
     with pytest.raises(DataError, match="not a per-pixel task"):
         train_task(TINY, load_data("digits?limit=8", "train"))
+
+
+def test_training_leaves_the_flush_denormal_mode_as_it_was() -> None:
+    from soft_share_cli.fit import flush_denormal_enabled
+
+    data = load_data("maze:size=3,count=16", split="train")
+    config = replace(TINY, epochs=1)
+    assert not flush_denormal_enabled()
+    train_task(config, data)  # sets the mode while it trains (subnormal gradients are slow)
+    assert not flush_denormal_enabled()
+    if torch.set_flush_denormal(True):  # where the CPU has the mode at all
+        try:
+            assert flush_denormal_enabled()
+            train_task(config, data)
+            assert flush_denormal_enabled()  # a caller's choice is kept too
+        finally:
+            torch.set_flush_denormal(False)
