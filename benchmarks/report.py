@@ -244,6 +244,10 @@ def markdown(r: dict[str, Any]) -> str:
         "tap still acts at 2×2 in the last stage) on one thread: a probe is small batches of "
         "per-operation overhead, where a thread pool's synchronisation costs several times the "
         "work on a busy machine.",
+        "- The safety scan reads torch's uncompressed pickle members whole and walks their "
+        "opcodes from memory (compressed ones stream, so a compression bomb costs nothing).",
+        "- A folded SWRN keeps its distinct weights laid out once, channels-last like its "
+        "activations, so every convolution runs in oneDNN without a per-call reorder (below).",
         "- `ssc --help` imports click and nothing heavy (tests check the imports).",
         "",
         "## Folded inference",
