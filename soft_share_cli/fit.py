@@ -56,8 +56,8 @@ class Tally(Protocol):
     def mean_loss(self) -> float: ...
 
 
-class Recipe(Protocol):
-    """What one trainer does its own way; :func:`fit` does the rest."""
+class RunConfig(Protocol):
+    """What :func:`fit` reads of a trainer's config (both config dataclasses have these)."""
 
     @property
     def epochs(self) -> int: ...
@@ -69,6 +69,13 @@ class Recipe(Protocol):
 
     @property
     def align_mode(self) -> AlignMode: ...
+
+
+class Recipe(Protocol):
+    """What one trainer does its own way; :func:`fit` does the rest."""
+
+    @property
+    def config(self) -> RunConfig: ...
 
     @property
     def flush_denormal(self) -> bool:
@@ -124,7 +131,7 @@ def fit(
     on_state: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
 ) -> tuple[tuple[Any, ...], float]:
-    """Train ``model`` (built from the seed) for ``recipe.epochs``; return its history and time.
+    """Train ``model`` (built from the seed) for its epochs; return the history and the time.
 
     ``x_all`` and ``y_all`` sit on the model's device. ``progress`` is called after every batch
     as ``progress("epoch 3/30", done, total)``; ``on_state`` after every epoch (before
@@ -142,7 +149,7 @@ def fit(
     pairs = [recurrence_pairs(names) for names in coefficient_names(model)]
 
     def penalty_of() -> Tensor:
-        return alignment_penalty(groups, recipe.align_mode, pairs)
+        return alignment_penalty(groups, recipe.config.align_mode, pairs)
 
     generator = torch.Generator().manual_seed(seed)
     n = len(y_all)
@@ -150,7 +157,7 @@ def fit(
     history: list[Any] = []
     spent = 0.0  # seconds of earlier sessions, when resuming
     if resume is not None:
-        _restore(resume, recipe.epochs, model, optimizer, generator)
+        _restore(resume, recipe.config.epochs, model, optimizer, generator)
         history, spent = list(resume.history), resume.seconds
     step = len(history) * per_epoch
     start = time.perf_counter()
@@ -158,11 +165,11 @@ def fit(
     if flush is not None:
         torch.set_flush_denormal(True)
     try:
-        for epoch in range(len(history) + 1, recipe.epochs + 1):
+        for epoch in range(len(history) + 1, recipe.config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
             tally = recipe.tally(device)
-            stage = f"epoch {epoch}/{recipe.epochs}"
+            stage = f"epoch {epoch}/{recipe.config.epochs}"
             lr = recipe.lr(epoch, step)
             batches = recipe.batches(n, generator)
             for done, index in enumerate(batches, start=1):
@@ -173,8 +180,8 @@ def fit(
                 x, y = x_all[index], y_all[index]
                 logits, loss = recipe.score(model, x, y, generator)
                 objective = loss
-                if recipe.align > 0:
-                    objective = loss + recipe.align * penalty_of().to(device)
+                if recipe.config.align > 0:
+                    objective = loss + recipe.config.align * penalty_of().to(device)
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 recipe.before_step(model)

@@ -169,18 +169,6 @@ class _TaskRecipe:
     # Once the loss is ~0, gradients underflow into subnormal floats, which slow a CPU tenfold.
     flush_denormal: bool = True
 
-    @property
-    def epochs(self) -> int:
-        return self.config.epochs
-
-    @property
-    def align(self) -> float:
-        return self.config.align
-
-    @property
-    def align_mode(self) -> AlignMode:
-        return self.config.align_mode
-
     def steps_per_epoch(self, n: int) -> int:
         return math.ceil(n / self.config.batch_size)
 

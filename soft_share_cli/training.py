@@ -226,18 +226,6 @@ class _ClassifierRecipe:
     test_data: Dataset | None
     flush_denormal: bool = False  # as before the loop was shared: same numbers as ever
 
-    @property
-    def epochs(self) -> int:
-        return self.config.epochs
-
-    @property
-    def align(self) -> float:
-        return self.config.align
-
-    @property
-    def align_mode(self) -> AlignMode:
-        return self.config.align_mode
-
     def steps_per_epoch(self, n: int) -> int:
         batches = math.ceil(n / self.config.batch_size)
         # _batches merges a final batch of one sample into the one before
