@@ -485,6 +485,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], int, i
     """Cells of ``new``'s summary set against ``old``'s: within noise when one run's median lies
     in the other's range over seeds. Returns the report lines, cells within noise, cells."""
     lines, within, total = [], 0, 0
+    sizes = {t["kind"]: t["sizes"] for t in new["setup"]["tasks"]}
     for kind, rows in new["summary"].items():
         before = old.get("summary", {}).get(kind)
         if before is None:
@@ -496,8 +497,10 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], int, i
                 stats.append(
                     ("steps to 95 %", rows[key]["steps_to_95"], before[key]["steps_to_95"])
                 )
-            for i, (a, b) in enumerate(zip(rows[key]["exact"], before[key]["exact"], strict=True)):
-                stats.append((f"solved at size #{i + 1}", a, b))
+            for size, a, b in zip(
+                sizes[kind], rows[key]["exact"], before[key]["exact"], strict=True
+            ):
+                stats.append((f"solved at size {size}", a, b))
             for what, a, b in stats:
                 total += 1
                 ok = _inside(a["median"], b) or _inside(b["median"], a)
@@ -580,14 +583,18 @@ def main(argv: list[str] | None = None) -> int:
         + (f" --seeds {args.seeds}" if args.seeds is not None else "")
         + (f" --first-seed {args.first_seed}" if args.first_seed else ""),
     }
+    if args.compare is not None:
+        lines, within, total = compare(json.loads(args.compare.read_text()), results)
+        results["compare"] = {
+            "against": str(args.compare),
+            "within": within,
+            "cells": total,
+            "lines": lines,
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "algorithmic_quick" if args.quick else "algorithmic"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     write(results, setup, args.out, stem)
-    if args.compare is not None:
-        lines, within, total = compare(json.loads(args.compare.read_text()), results)
-        print("\n".join(lines))
-        print(f"within noise of {args.compare}: {within} of {total} cells")
     return 0
 
 
@@ -621,8 +628,19 @@ def write(results: dict[str, Any], setup: Setup, out: Path, stem: str) -> None:
         f"parallel jobs of 1 thread, {m['processor']}, torch {m['torch']}). Median over "
         f"seeds {_span(setup.seed_list)}, range in brackets.\n\n{tables}\n\nEvery run:\n\n{seeds}\n"
     )
+    compared = results.get("compare")
+    if compared is not None:
+        with (out / f"{stem}.md").open("a") as md:
+            md.write(
+                f"\nCompared with `{compared['against']}`: {compared['within']} of "
+                f"{compared['cells']} cells within noise (one run's median in the other's "
+                "range over seeds):\n\n```\n" + "\n".join(compared["lines"]) + "\n```\n"
+            )
     figure(results, setup).savefig(out / f"{stem}.png", dpi=100)
     print(tables)
+    if compared is not None:
+        print("\n".join(compared["lines"]))
+        print(f"within noise of {compared['against']}: {compared['within']} of {compared['cells']}")
     print(f"({results['seconds'] / 60:.1f} min; wrote {out}/{stem}.md and .png)")
 
 

@@ -31,8 +31,8 @@ TRAINED = {
     "swrn28-1-4_digits_align.pt": f"{COMMON} --align 1.0",
     "swrn28-1-4_digits.pt": COMMON,
 }
-# The maze solvers (sample_checkpoints/tasks/): the benchmark's two trained networks, see
-# benchmarks/algorithmic.py, which uses the same data spec, depth, width, epochs and seed.
+# The maze solvers (sample_checkpoints/tasks/): the benchmark's plain and aligned maze networks
+# of seed 0 (benchmarks/algorithmic.py trains them with the same data, depth, width and epochs).
 TASK_DATA = "maze:size=4,count=4000"
 TASK_COMMON = f"--data {TASK_DATA} --blocks 12 --channels 32 --supervise 6 --epochs 15 --seed 0"
 TASK_TRAINED = {
