@@ -322,11 +322,10 @@ def run_train(
             f"{config.arch} classifies whole images; {data_spec} labels every pixel: "
             "train --arch sfcn (shared) or --arch fcn (plain) on it"
         )
-    from soft_share_cli.checkpoint import save_checkpoint
     from soft_share_cli.data import load_data, parse_data_spec
     from soft_share_cli.infer import ArchSpec
     from soft_share_cli.params import count_parameters
-    from soft_share_cli.resume import run_resumably
+    from soft_share_cli.resume import train_resumably
     from soft_share_cli.training import TrainResult, checkpoint_metadata, train
 
     parse_data_spec(data_spec)
@@ -335,23 +334,18 @@ def run_train(
     test_data = load_data(data_spec, split="test")
 
     def run(on_state: Any, state: Any) -> TrainResult:
-        result = train(
+        return train(
             config, train_data, test_data, progress=progress, on_state=on_state, resume=state
         )
-        metadata = checkpoint_metadata(result, config, train_data, command)
-        # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
-        metadata["data"] = data_spec
-        metadata["test_top1"] = result.test_top1
-        save_checkpoint(
-            output,
-            arch=result.arch,
-            arch_kwargs=result.arch_kwargs,
-            state_dict=result.model.state_dict(),
-            metadata=metadata,
-        )
-        return result
 
-    result, resumed = run_resumably(output, config, data_spec, resume, run)
+    def metadata(result: TrainResult) -> dict[str, Any]:
+        meta = checkpoint_metadata(result, config, train_data, command)
+        # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
+        meta["data"] = data_spec
+        meta["test_top1"] = result.test_top1
+        return meta
+
+    result, _, resumed = train_resumably(output, config, data_spec, resume, run, metadata)
     return TrainReport(
         output=str(output),
         architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),

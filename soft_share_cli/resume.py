@@ -19,12 +19,14 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from soft_share_cli.errors import CheckpointError, InputError
 from soft_share_cli.fit import TrainState
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from soft_share_cli.task_training import TaskTrainConfig
     from soft_share_cli.training import TrainConfig
 
@@ -191,24 +193,40 @@ def saved_epoch(path: str | os.PathLike[str]) -> int:
     return epoch if isinstance(epoch, int) else 0
 
 
-T = TypeVar("T")
+class Trained(Protocol):
+    """What a trainer's result holds to be saved: ``TrainResult`` and ``TaskTrainResult``."""
+
+    @property
+    def arch(self) -> str: ...
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]: ...
+
+    @property
+    def model(self) -> nn.Module: ...
 
 
-def run_resumably(
+T = TypeVar("T", bound=Trained)
+
+
+def train_resumably(
     output: str | os.PathLike[str],
     config: AnyConfig,
     data_spec: str,
     resume: bool,
-    run: Callable[[Callable[[TrainState], None], TrainState | None], T],
-) -> tuple[T, int]:
-    """Run a training that keeps its state in ``OUTPUT.partial``; return its result and the
-    number of epochs it resumed.
+    train: Callable[[Callable[[TrainState], None], TrainState | None], T],
+    metadata: Callable[[T], dict[str, Any]],
+) -> tuple[T, dict[str, Any], int]:
+    """Train, keeping the state in ``OUTPUT.partial``, and save the checkpoint atomically.
 
-    ``run(on_state, state)`` trains from ``state`` (None: from scratch), hands every epoch's
-    state to ``on_state`` and writes ``output``. Ctrl-C raises
+    ``train(on_state, state)`` trains from ``state`` (None: from scratch) and hands every
+    epoch's state to ``on_state``; its result (a ``TrainResult`` or ``TaskTrainResult``: arch,
+    arch_kwargs, model) is saved to ``output`` with ``metadata(result)``. Returns the result,
+    its metadata and the number of epochs resumed. Ctrl-C raises
     :class:`~soft_share_cli.errors.Interrupted` saying what was kept; ``output`` is then as it
     was. A completed run removes ``OUTPUT.partial``.
     """
+    from soft_share_cli.checkpoint import save_checkpoint
     from soft_share_cli.errors import Interrupted
     from soft_share_cli.pipeline import check_writable
 
@@ -216,7 +234,15 @@ def run_resumably(
     check_writable(partial)
     state = starting_state(output, config, data_spec, resume)
     try:
-        result = run(lambda new: save_state(partial, new, config, data_spec), state)
+        result = train(lambda new: save_state(partial, new, config, data_spec), state)
+        meta = metadata(result)
+        save_checkpoint(
+            output,
+            arch=result.arch,
+            arch_kwargs=result.arch_kwargs,
+            state_dict=result.model.state_dict(),
+            metadata=meta,
+        )
     except KeyboardInterrupt:
         kept = saved_epoch(partial)
         if not kept:
@@ -228,4 +254,4 @@ def run_resumably(
             f"{partial}: rerun the same command with --resume to continue"
         ) from None
     partial.unlink(missing_ok=True)
-    return result, state.epoch if state is not None else 0
+    return result, meta, state.epoch if state is not None else 0

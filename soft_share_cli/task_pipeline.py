@@ -174,14 +174,13 @@ def run_task_train(
 
     Resumable as ``ssc train`` on images: the state after every epoch is kept in
     ``OUTPUT.partial`` and ``resume`` continues from it
-    (:func:`~soft_share_cli.resume.run_resumably`).
+    (:func:`~soft_share_cli.resume.train_resumably`).
     """
-    from soft_share_cli.checkpoint import save_checkpoint
     from soft_share_cli.data import load_data, parse_data_spec
     from soft_share_cli.infer import ArchSpec
     from soft_share_cli.params import count_parameters
     from soft_share_cli.pipeline import check_writable
-    from soft_share_cli.resume import run_resumably
+    from soft_share_cli.resume import train_resumably
     from soft_share_cli.task_training import (
         TaskTrainResult,
         task_checkpoint_metadata,
@@ -197,29 +196,22 @@ def run_task_train(
     check_writable(output)
     train_data = load_data(data_spec, split="train")
     test_data = load_data(data_spec, split="test")
-    metadata: dict[str, Any] = {}
 
     def run(on_state: Any, state: Any) -> TaskTrainResult:
-        result = train_task(
+        return train_task(
             config, train_data, test_data, progress=progress, on_state=on_state, resume=state
         )
-        metadata.update(task_checkpoint_metadata(result, config, train_data, command))
-        save_checkpoint(
-            output,
-            arch=result.arch,
-            arch_kwargs=result.arch_kwargs,
-            state_dict=result.model.state_dict(),
-            metadata=metadata,
-        )
-        return result
 
-    result, resumed = run_resumably(output, config, data_spec, resume, run)
+    def metadata(result: TaskTrainResult) -> dict[str, Any]:
+        return task_checkpoint_metadata(result, config, train_data, command)
+
+    result, meta, resumed = train_resumably(output, config, data_spec, resume, run, metadata)
     return TaskTrainReport(
         output=str(output),
         architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),
         data=data_spec,
         history=result.history,
-        steps_to=metadata["steps_to"],
+        steps_to=meta["steps_to"],
         parameters=count_parameters(result.model),
         file_bytes=Path(output).stat().st_size,
         seconds=result.seconds,
