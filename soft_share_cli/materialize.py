@@ -130,7 +130,9 @@ class FoldedBank(nn.Module):
                 direction = self.directions[c].detach().clone()
             else:
                 assert self.weights is not None
-                direction = torch.zeros(self.clusters, dtype=self.weights.dtype)
+                direction = torch.zeros(
+                    self.clusters, dtype=self.weights.dtype, device=self.weights.device
+                )
                 direction[c] = 1.0
             if gain is not None:
                 direction = direction * gain.detach().to(direction.dtype)
