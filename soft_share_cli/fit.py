@@ -90,8 +90,9 @@ class Recipe(Protocol):
         """A seeded shuffle of ``range(n)`` in batches (CPU indices)."""
         ...
 
-    def lr(self, epoch: int, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (from 0), in epoch ``epoch`` (from 1)."""
+    def lr(self, epoch: int, step: int, per_epoch: int) -> float:
+        """The learning rate of optimizer step ``step`` (from 0), in epoch ``epoch`` (from 1),
+        of a run of ``per_epoch`` steps an epoch."""
         ...
 
     def score(
@@ -170,10 +171,10 @@ def fit(
             model.train()
             tally = recipe.tally(device)
             stage = f"epoch {epoch}/{recipe.config.epochs}"
-            lr = recipe.lr(epoch, step)
+            lr = recipe.lr(epoch, step, per_epoch)
             batches = recipe.batches(n, generator)
             for done, index in enumerate(batches, start=1):
-                lr = recipe.lr(epoch, step)
+                lr = recipe.lr(epoch, step, per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 index = index.to(device)

@@ -165,7 +165,6 @@ class _TaskRecipe:
 
     config: TaskTrainConfig
     test_data: Dataset | None
-    per_epoch: int  # optimizer steps per epoch: the schedule counts steps
     # Once the loss is ~0, gradients underflow into subnormal floats, which slow a CPU tenfold.
     flush_denormal: bool = True
 
@@ -175,8 +174,8 @@ class _TaskRecipe:
     def batches(self, n: int, generator: torch.Generator) -> list[Tensor]:
         return list(torch.randperm(n, generator=generator).split(self.config.batch_size))
 
-    def lr(self, epoch: int, step: int) -> float:
-        return step_lr(self.config, step, self.per_epoch)
+    def lr(self, epoch: int, step: int, per_epoch: int) -> float:
+        return step_lr(self.config, step, per_epoch)
 
     def score(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
@@ -261,9 +260,8 @@ def train_task(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, **kwargs).to(device)
-    per_epoch = math.ceil(len(train_data) / config.batch_size)
     history, seconds = fit(
-        _TaskRecipe(config, test_data, per_epoch),
+        _TaskRecipe(config, test_data),
         model,
         make_task_optimizer(model, config),
         train_data.x.to(device),

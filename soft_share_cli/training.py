@@ -234,7 +234,7 @@ class _ClassifierRecipe:
     def batches(self, n: int, generator: torch.Generator) -> list[Tensor]:
         return _batches(n, self.config.batch_size, generator)
 
-    def lr(self, epoch: int, step: int) -> float:
+    def lr(self, epoch: int, step: int, per_epoch: int) -> float:
         return epoch_lr(self.config, epoch)
 
     def score(
