@@ -543,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())
-        write(results, _setup_of(results), args.from_json.parent, args.from_json.stem)
+        setup = _setup_of(results)
+        results["summary"] = summarize(setup, results["runs"])  # derived: redrawn from the runs
+        write(results, setup, args.from_json.parent, args.from_json.stem)
         return 0
     setup = QUICK if args.quick else Setup()
     if args.seeds is not None:
@@ -619,7 +621,6 @@ def _processor() -> str:
 
 def write(results: dict[str, Any], setup: Setup, out: Path, stem: str) -> None:
     """Write the tables (``.md``) and the plot (``.png``) of ``results``; print the tables."""
-    results["summary"] = summarize(setup, results["runs"])  # derived: redrawn from the runs
     m = results["machine"]
     tables = "\n\n".join(table(results, task) for task in setup.tasks)
     seeds = "\n\n".join(per_seed_table(results, task) for task in setup.tasks)
