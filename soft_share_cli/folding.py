@@ -24,6 +24,7 @@ The sign of ``u`` is free; it is chosen so that as few scales as possible need a
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,8 +135,16 @@ def _absorb_rule(state_dict: Mapping[str, Any] | None) -> Callable[[str, float],
 
 def _fit_direction(members: np.ndarray, metric_root: np.ndarray | None) -> np.ndarray:
     """Unit direction u minimising sum_i min_s ||a_i - s u||^2 (in the G-metric if given)."""
+    # The direction does not depend on the points' overall scale: divided by their largest
+    # magnitude, coefficients near the float64 limit (a damaged file) cannot overflow in the SVD.
+    peak = float(np.max(np.abs(members))) if members.size else 0.0
+    if math.isfinite(peak) and peak > 0:
+        members = members / peak
     points = members if metric_root is None else members @ metric_root.T
-    _, _, vt = np.linalg.svd(points, full_matrices=False)
+    try:
+        _, _, vt = np.linalg.svd(points, full_matrices=False)
+    except np.linalg.LinAlgError:  # non-finite points: no direction fits them better than another
+        vt = np.eye(points.shape[1])
     v = vt[0]
     if metric_root is None:
         return v / np.linalg.norm(v)
