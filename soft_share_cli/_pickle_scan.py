@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from soft_share_cli.errors import CheckpointError
+from soft_share_cli.limits import MAX_NESTING
 
 # Python 2 names that ``sys.stdlib_module_names`` (a Python 3 list) does not know.
 _PY2_SYSTEM_MODULES = frozenset(
@@ -130,8 +131,27 @@ def _dotted(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
+#: Opcodes that add items to the container below them and leave that container on the stack.
+_FILLING_OPS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+
+
+class PickleTooDeep(PickleScanError):
+    """Containers nested deeper than :data:`soft_share_cli.limits.MAX_NESTING`."""
+
+
+def _depth(value: Any) -> int:
+    return value if type(value) is int else 0  # a string literal (or _UNKNOWN) is a leaf
+
+
 class _StackModel:
-    """The unpickler's stack, memo and MARK frames, with string literals as the only values."""
+    """The unpickler's stack, memo and MARK frames, with string literals as the only values.
+
+    Every other value is modelled by its container nesting depth (an int: 0 for scalars and
+    empty containers, 1 + the deepest item for what holds items), so that a pickle nesting
+    lists, dicts or tuples past :data:`soft_share_cli.limits.MAX_NESTING` is refused before any
+    unpickler (or a recursive walk of what it built) meets it. Values fetched back from the
+    memo keep the depth they had when stored; the loaded object is checked again after loading.
+    """
 
     def __init__(self) -> None:
         self.stack: list[Any] = []
@@ -154,14 +174,37 @@ class _StackModel:
         return self.stack[-1]
 
     def generic(self, opcode: pickletools.OpcodeInfo) -> None:
-        """Apply an opcode's documented stack effect, pushing values we do not model."""
+        """Apply an opcode's documented stack effect, pushing the depth of what it makes."""
         before = opcode.stack_before
+        items = 0  # the deepest item consumed
         if _MARK in before:
-            self.pop_mark()  # drops the frame's items (the stackslice)
-            self.pop(before.index(_MARK))
+            items = max(map(_depth, self.stack), default=0)  # the frame's items (the stackslice)
+            self.pop_mark()
+            below = self._take(before.index(_MARK))
         else:
-            self.pop(len(before))
-        self.stack.extend(_UNKNOWN for _ in opcode.stack_after)
+            below = self._take(len(before))
+        if not opcode.stack_after:  # POP, STOP, ...: nothing is built
+            return
+        if opcode.name in _FILLING_OPS and below:
+            items = max([items, *map(_depth, below[1:])])
+            depth = max(_depth(below[0]), items + 1)
+        elif below or _MARK in before:
+            depth = max([items, *map(_depth, below)]) + 1
+        else:
+            depth = 0
+        if depth > MAX_NESTING:
+            raise PickleTooDeep(
+                f"containers nested more than {MAX_NESTING} levels deep; ssc reads at most "
+                f"{MAX_NESTING} (limits.MAX_NESTING)"
+            )
+        self.stack.extend(depth for _ in opcode.stack_after)
+
+    def _take(self, count: int) -> list[Any]:
+        if len(self.stack) < count:
+            raise PickleScanError("pickle stack underflow")
+        taken = self.stack[len(self.stack) - count :]
+        del self.stack[len(self.stack) - count :]
+        return taken
 
 
 def scan_pickle(stream: IO[bytes] | _Bounded) -> PickleScan:
@@ -394,6 +437,8 @@ def scan_zip(path: Path) -> set[str]:
                 # costs nothing until the opcodes actually need the bytes.
                 with archive.open(member) as fh:
                     names |= scan_pickle(_Bounded(fh, member.file_size)).globals
+    except PickleTooDeep as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except PickleScanError as exc:
         raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({exc})") from None
     except CheckpointError:
@@ -418,6 +463,8 @@ def scan_legacy(path: Path) -> set[str]:
         for index in range(_LEGACY_PICKLES):
             try:
                 found = scan_pickle(bounded)
+            except PickleTooDeep as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
             except PickleScanError as exc:
                 if index == 0:
                     if tarfile.is_tarfile(path):

@@ -169,7 +169,7 @@ def analyze_state_dict(
 def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
     """Load ``path`` safely and analyse it; works on any network built from template banks."""
     from soft_share_cli.checkpoint import load_checkpoint
-    from soft_share_cli.errors import ArchitectureError
+    from soft_share_cli.errors import ArchitectureError, CheckpointError
     from soft_share_cli.infer import architecture_of
 
     # Without torch where the file allows: the analysis reads coefficients, not the whole file.
@@ -203,7 +203,12 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
             architecture = architecture_of(ckpt).describe()
         except ArchitectureError:
             architecture = None  # analysis needs no architecture
-    banks, issues, counts, graph = analyze_state_dict(state_dict, options, stored_parameters=stored)
+    try:
+        banks, issues, counts, graph = analyze_state_dict(
+            state_dict, options, stored_parameters=stored
+        )
+    except CheckpointError as exc:  # a limit of soft_share_cli.limits: name the file
+        raise CheckpointError(f"{path}: {exc}") from None
     assert graph is not None
     if not banks:
         raise InputError(

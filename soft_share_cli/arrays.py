@@ -25,14 +25,21 @@ class StoredArray(np.ndarray):
     """A tensor of a checkpoint read without torch: a read-only numpy view of the file's bytes.
 
     The subclass marks arrays that were tensors in the file (numpy arrays pickled inside a
-    checkpoint, such as a training recorder's history, stay plain ``ndarray``) and remembers the
-    mapping that backs them, so that whole-tensor scans can hand pages back as they go.
+    checkpoint, such as a training recorder's history, are plain ``ndarray`` subclasses of
+    another kind) and remembers the mapping that backs them, so that whole-tensor scans can hand
+    pages back as they go. Every view is proven inside the mapping before it is made
+    (:mod:`soft_share_cli._mapped`).
     """
 
     mapped: MappedFile | None = None
 
     def __array_finalize__(self, obj: Any) -> None:
         self.mapped = getattr(obj, "mapped", None)
+
+    def __setstate__(self, state: Any) -> None:
+        # A pickle's BUILD on a tensor would have numpy re-point this view of the mapped file at
+        # whatever the state says; the torch-free reader leaves such a file to torch's loader.
+        raise TypeError("a pickle that sets the state of a stored tensor")
 
 
 class MappedFile:

@@ -28,6 +28,7 @@ import numpy as np
 
 from soft_share_cli import arrays
 from soft_share_cli.errors import InputError
+from soft_share_cli.limits import MAX_BANKS, MAX_LAYERS_PER_BANK, limit_error
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -194,6 +195,9 @@ def find_banks(state_dict: Mapping[str, Any]) -> BankDiscovery:
             if issue.kind != "zero-norm":  # zero-norm layers stay: similarity handles them
                 continue
         members[found].append((key, vector))
+        if len(members[found]) > MAX_LAYERS_PER_BANK:  # similarity and clustering are quadratic
+            raise limit_error(f"bank {names[found]}", f"more than {MAX_LAYERS_PER_BANK} layers",
+                              MAX_LAYERS_PER_BANK, "MAX_LAYERS_PER_BANK")  # fmt: skip
 
     banks = []
     for g, group in enumerate(groups):
@@ -282,6 +286,9 @@ def _group_templates(
         else:
             by_storage[storage] = _Group([key], tensor, alias)
 
+    if len(by_storage) > MAX_BANKS:  # the merge below compares banks pairwise
+        raise limit_error("the state dict", f"{len(by_storage)} template banks", MAX_BANKS,
+                          "MAX_BANKS")  # fmt: skip
     # Identical copies: merge only when one side is nothing but aliases, so two real banks that
     # happen to be equal (e.g. both freshly zeroed) stay apart.
     merged: list[_Group] = []

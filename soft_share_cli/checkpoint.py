@@ -20,14 +20,11 @@ global the scan missed is never imported.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import pickle
-import secrets
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from soft_share_cli import _pickle_scan as scan
+from soft_share_cli import limits
 from soft_share_cli.arrays import is_tensor
-from soft_share_cli.errors import CheckpointError, InputError, UnsafeCheckpointError
+from soft_share_cli.errors import CheckpointError, UnsafeCheckpointError
+from soft_share_cli.files import atomic_write as atomic_write  # re-exported: moved to files
+from soft_share_cli.files import require_regular_file, save_torch
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: analysis can do without it
     from torch import Tensor
@@ -128,7 +128,9 @@ def load_checkpoint(
         obj = read_arrays(path, file_format, verdict.placeholders)
         if obj is not None:
             return _interpret(path, file_format, obj, verdict.placeholders)
-    safe = [*scan.numpy_safe_globals(), *scan.make_placeholders(verdict.placeholders)]
+    from soft_share_cli._mapped import safe_numpy_globals  # checking numpy reconstructors
+
+    safe = [*safe_numpy_globals(), *scan.make_placeholders(verdict.placeholders)]
     obj = _torch_load(path, safe, mmap=mmap and file_format == "zip")
     return _interpret(path, file_format, obj, verdict.placeholders)
 
@@ -147,7 +149,6 @@ def save_checkpoint(
     None, lists/tuples and str-keyed dicts of those), so the file never needs a custom global.
     Tensors are saved detached; tensors sharing storage are written once and share it on load.
     """
-    import torch
     from torch import Tensor
 
     if not isinstance(arch, str) or not arch:
@@ -165,46 +166,15 @@ def save_checkpoint(
         "state_dict": {key: tensor.detach() for key, tensor in state_dict.items()},
         "metadata": dict(metadata),
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Create ``path`` all at once: ``write(tmp)`` fills a temporary file, then it is renamed.
-
-    The temporary file lives in the target's directory (so ``os.replace`` is atomic) and is
-    removed on any failure, Ctrl-C included; an existing file at ``path`` stays untouched until
-    the new one is complete. OS errors (missing directory, no permission, disk full) become
-    :class:`InputError` naming the target.
-    """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    created = False
-    try:
-        # O_EXCL: never clobber a file we did not create; mode 0o666 lets the umask decide.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        created = True
-        write(tmp)
-        fd = os.open(tmp, os.O_RDWR)  # writable: Windows refuses to fsync a read-only handle
-        try:
-            os.fsync(fd)  # the rename must not land before the data does
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        raise
+    save_torch(path, payload)  # atomically, and a failed write is an InputError
 
 
 # --- reading -------------------------------------------------------------------------------------
 
 
 def _read_head(path: Path) -> tuple[bytes, int]:
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    # A FIFO, /dev/zero or a socket would block or never end: only regular files are opened.
+    require_regular_file(path, "file", CheckpointError)
     try:
         with path.open("rb") as fh:
             head, size = fh.read(16), os.fstat(fh.fileno()).st_size
@@ -278,7 +248,11 @@ def _load_safetensors(path: Path) -> LoadedCheckpoint:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as reader:
             header = dict(reader.metadata() or {})
-            state_dict = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+            keys = list(reader.keys())  # noqa: SIM118
+            limits.check_keys(len(keys), str(path))  # before a tensor object per key is made
+            state_dict = {key: reader.get_tensor(key) for key in keys}
+    except CheckpointError:
+        raise
     except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({scan.one_line(exc)})"
@@ -291,7 +265,7 @@ def _load_safetensors(path: Path) -> LoadedCheckpoint:
     container = "state_dict"
     if "ssc" in header:
         try:
-            info = json.loads(header.pop("ssc"))
+            info = limits.loads_json(header.pop("ssc"), f"{path}: its 'ssc' metadata")
         except ValueError:
             raise CheckpointError(f"{path}: its 'ssc' metadata is not valid JSON") from None
         if not isinstance(info, dict):
@@ -318,6 +292,7 @@ def _typed_header(
     for name, value in (("arch_kwargs", arch_kwargs), ("metadata", metadata)):
         if value is not None and not isinstance(value, dict):
             raise CheckpointError(f"{path}: '{name}' should be a dict, got {type(value).__name__}")
+        limits.check_nesting(value, f"{path}: its '{name}'")
     return arch, arch_kwargs, metadata or {}
 
 
@@ -356,6 +331,8 @@ def _interpret(
             raise CheckpointError(_no_state_dict(path, obj))
         container, consumed, state_dict = f"wrapped:{key}", (key,), _as_state_dict(obj[key])
     assert state_dict is not None
+    limits.check_keys(len(state_dict), str(path))
+    limits.check_nesting(obj, f"{path}: its pickled data")  # the scan bounds it; memo tricks
     state_dict, stripped = _strip_prefixes(state_dict)
     extras = {k: v for k, v in obj.items() if k not in consumed}
     return LoadedCheckpoint(

@@ -119,7 +119,7 @@ def eval_command(
 
 @cli.command("train")
 @click.option("--data", "data_spec", required=True, help=DATA_HELP)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str))
 @click.option(
     "--arch",
     type=click.Choice(["swrn", "wrn", *TASK_ARCHS]),
@@ -261,12 +261,42 @@ def train_command(
             seed=seed,
             device=device,
         )
+    from soft_share_cli.resume import partial_path
+
+    _check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
     command = "ssc " + shlex.join(sys.argv[1:])
     with render.progress_bar() as progress:
         report = run_train(
             config, data_spec, output, command=command, progress=progress, resume=resume
         )
     render.print_json(report.to_dict()) if as_json else render.render_train(report)
+
+
+def _check_io(
+    outputs: dict[str, str | None],
+    checkpoint: str | None = None,
+    data_spec: str | None = None,
+    model_spec: str | None = None,
+) -> None:
+    """Refuse, before any work, outputs that cannot be written or are an input (exit 2).
+
+    The inputs are the checkpoint, the file or directory of ``--data`` and the file of a
+    ``--model path/to/file.py:callable``; see :func:`soft_share_cli.files.check_outputs`.
+    """
+    import os
+
+    from soft_share_cli.files import check_outputs
+
+    inputs: dict[str, Any] = {"CHECKPOINT": checkpoint}
+    if data_spec is not None:
+        from soft_share_cli.data import parse_data_spec
+
+        inputs["--data"] = parse_data_spec(data_spec).path
+    if model_spec is not None:
+        where = model_spec.rpartition(":")[0]
+        if where.endswith(".py") or "/" in where or os.sep in where:
+            inputs["--model"] = where
+    check_outputs(outputs, inputs)
 
 
 class ThresholdType(click.ParamType):
@@ -342,7 +372,7 @@ def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
 @click.option(
     "--graph",
     "graph_path",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(path_type=str),
     help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -360,11 +390,10 @@ def analyze_command(
     from soft_share_cli import render
     from soft_share_cli.analysis import analyze_checkpoint
     from soft_share_cli.graph import export_graph, graph_format
-    from soft_share_cli.pipeline import check_writable
 
     if graph_path is not None:  # refuse a bad output before the work, not after
         graph_format(graph_path)
-        check_writable(graph_path)
+    _check_io({"--graph": graph_path}, checkpoint)
     result = analyze_checkpoint(checkpoint, _options(threshold, metric, linkage, signed))
     if graph_path is not None:
         export_graph(result.graph, graph_path)
@@ -377,13 +406,13 @@ def analyze_command(
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(path_type=str),
     help="Heatmap file (.png, .svg, .pdf).",
 )
 @analysis_options()
 @click.option(
     "--graph-plot",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(path_type=str),
     help="Also draw the recurrence graph to this file (.png, .svg, .pdf).",
 )
 @common
@@ -398,13 +427,13 @@ def plot_similarity_command(
 ) -> None:
     """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
     from soft_share_cli import render
-    from soft_share_cli.pipeline import check_writable, plot_similarity
+    from soft_share_cli.pipeline import plot_similarity
     from soft_share_cli.plotting import figure_format
 
     for path in (output, graph_plot):
         if path is not None:  # refuse a bad output before the work, not after
             figure_format(path)
-            check_writable(path)
+    _check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint)
     written = plot_similarity(
         checkpoint, output, _options(threshold, metric, linkage, signed), graph_plot
     )
@@ -418,7 +447,7 @@ def plot_similarity_command(
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(path_type=str),
     help="Folded network (.safetensors: weights plus the loop program).",
 )
 @analysis_options(allow_auto=True)
@@ -438,7 +467,7 @@ def plot_similarity_command(
 )
 @click.option(
     "--materialize",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(path_type=str),
     help="Also write the folded network as a plain WRN checkpoint (ordinary Conv2d layers).",
 )
 @click.option(
@@ -449,7 +478,7 @@ def plot_similarity_command(
 )
 @click.option(
     "--plot",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(path_type=str),
     help="With --threshold auto: draw parameters against accuracy (.png/.svg/.pdf).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -478,12 +507,10 @@ def fold_command(
     from soft_share_cli import render
     from soft_share_cli.conversion import FoldOptions, fold_checkpoint
     from soft_share_cli.errors import CheckFailed
-    from soft_share_cli.pipeline import check_writable
 
     auto = threshold == "auto"
-    for path in (output, materialize, plot):
-        if path is not None:
-            check_writable(path)
+    outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
+    _check_io(outputs, checkpoint, data_spec, model_spec)
     if plot is not None:
         from soft_share_cli.plotting import figure_format
 
@@ -520,11 +547,29 @@ def fold_command(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
     with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # restored when the block ends
         if "--debug" not in (sys.argv[1:] if argv is None else argv):
             # numpy's overflow / invalid-value warnings on extreme inputs are noise to a user:
             # the result already says what happened (an issue, a null in JSON, an error line).
             warnings.simplefilter("ignore", RuntimeWarning)
         _run(argv)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Python's warning text, made inert: libraries' warnings may quote names from a file."""
+    from soft_share_cli.text import inert, inert_lines
+
+    stream = sys.stderr if file is None else file
+    if stream is not None:  # the message on one line, and the source line quoted after it
+        text = warnings.formatwarning(inert(str(message)), category, filename, lineno, line)
+        stream.write(inert_lines(text))
 
 
 def _run(argv: list[str] | None) -> None:
@@ -535,7 +580,7 @@ def _run(argv: list[str] | None) -> None:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        _show_click_error(exc)
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         _fail("interrupted; nothing was written", 130)
@@ -549,9 +594,29 @@ def _run(argv: list[str] | None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    if _state["debug"]:
-        traceback.print_exc()
-    # One line whatever the message: library exceptions quoted in it may span several.
-    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    click.echo(f"Error: {message}", err=True)
+    from soft_share_cli.text import inert_lines, one_line
+
+    if _state["debug"]:  # the traceback quotes the same messages: inert too
+        sys.stderr.write(inert_lines(traceback.format_exc()))
+    # One line whatever the message (library exceptions quoted in it may span several), and
+    # inert: messages quote keys, names and metadata from files, which must not reach a terminal
+    # as control sequences.
+    click.echo(f"Error: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+def _show_click_error(exc: click.ClickException) -> None:
+    """Click's usage error text, with the values it quotes (a file name, an option) made inert."""
+    import io
+
+    from soft_share_cli.text import inert, inert_lines
+
+    # Escaped before click formats them, so a quoted value's own newlines cannot split it.
+    for name in ("message", "ui_filename"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str):
+            setattr(exc, name, inert(value))
+    buffer = io.StringIO()
+    exc.show(file=buffer)
+    sys.stderr.write(inert_lines(buffer.getvalue()))
+    sys.stderr.flush()

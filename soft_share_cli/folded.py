@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,19 @@ from torch import Tensor, nn
 from soft_share_cli.errors import ArchitectureError, CheckpointError
 from soft_share_cli.folding import Absorb, BankFold, LayerFold
 from soft_share_cli.layers import allocate
+from soft_share_cli.limits import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_CLUSTERS,
+    MAX_DEPTH,
+    MAX_ITERATIONS,
+    MAX_SEGMENTS,
+    MAX_TEMPLATES,
+    MAX_WIDTH,
+    count,
+    finite_number,
+    loads_json,
+)
 from soft_share_cli.materialize import (
     COPIED,
     STORAGES,
@@ -169,24 +182,56 @@ def _check_program(p: Any) -> None:
             f"expected {PROGRAM_FORMAT!r}, {PROGRAM_VERSION})"
         )
     try:
-        depth, width, n = p["depth"], p["width"], (p["depth"] - 4) // 6
-        if depth < 10 or (depth - 4) % 6 or min(width, p["num_classes"], p["in_channels"]) < 1:
-            raise ValueError("bad depth, width, classes or input channels")
-        float(p["batchnorm"]["eps"])  # present and a number (momentum may be None)
-        for i, planes in zip((1, 2, 3), (16 * width, 32 * width, 64 * width), strict=True):
-            bank, segments = p["banks"][f"bank_{i}"], p["stages"][f"stage_{i}"]
-            if bank["storage"] not in STORAGES or bank["clusters"] < 0 or bank["K"] < 1:
-                raise ValueError(f"bank_{i} has a bad storage, cluster count or K")
-            if list(bank["shape"]) != [planes, planes, 3, 3]:
-                raise ValueError(f"bank_{i} has shape {bank['shape']}, not width {width}'s")
-            if sum(s["iterations"] for s in segments) != n - 1:
-                raise ValueError(f"the segments of stage_{i} do not cover its {n - 1} blocks")
-            if any(
-                not 0 <= s[f"conv{r}_cluster"] < bank["clusters"] for s in segments for r in (1, 2)
-            ):
-                raise ValueError(f"a segment of stage_{i} uses a cluster bank_{i} lacks")
+        _check_swrn_program(p)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed loop program ({type(exc).__name__}: {exc})") from None
+
+
+def _check_swrn_program(p: dict[str, Any]) -> None:
+    """The checks of :func:`_check_program`; every count strictly an int within its limit."""
+    depth = count(p["depth"], "the loop program's depth", limit=MAX_DEPTH, name="MAX_DEPTH")
+    width = count(p["width"], "the loop program's width", limit=MAX_WIDTH, name="MAX_WIDTH")
+    if depth < 10 or (depth - 4) % 6 or width < 1:
+        raise ValueError(f"bad depth {depth} or width {width}")
+    count(p["num_classes"], "its classes", limit=MAX_CLASSES, name="MAX_CLASSES", minimum=1)
+    count(p["in_channels"], "its input channels", limit=MAX_CHANNELS, name="MAX_CHANNELS",
+          minimum=1)  # fmt: skip
+    count(p["num_templates"], "its templates", limit=MAX_TEMPLATES, name="MAX_TEMPLATES",
+          minimum=1)  # fmt: skip
+    finite_number(p["batchnorm"]["eps"], "batchnorm eps")
+    if p["batchnorm"]["momentum"] is not None:
+        finite_number(p["batchnorm"]["momentum"], "batchnorm momentum")
+    n = (depth - 4) // 6
+    for i, planes in zip((1, 2, 3), (16 * width, 32 * width, 64 * width), strict=True):
+        bank, segments = p["banks"][f"bank_{i}"], p["stages"][f"stage_{i}"]
+        clusters = count(bank["clusters"], f"bank_{i}'s clusters", limit=MAX_CLUSTERS,
+                         name="MAX_CLUSTERS")  # fmt: skip
+        count(bank["K"], f"bank_{i}'s templates", limit=MAX_TEMPLATES, name="MAX_TEMPLATES",
+              minimum=1)  # fmt: skip
+        if bank["storage"] not in STORAGES:
+            raise ValueError(f"bank_{i} has a bad storage")
+        if not isinstance(bank["shape"], list) or bank["shape"] != [planes, planes, 3, 3]:
+            raise ValueError(f"bank_{i} has shape {bank['shape']}, not width {width}'s")
+        if not isinstance(segments, list):
+            raise ValueError(f"the segments of stage_{i} are not a list")
+        count(len(segments), f"stage_{i}'s loop segments", limit=MAX_SEGMENTS, name="MAX_SEGMENTS")
+        total = 0
+        for s in segments:
+            runs = count(s["iterations"], f"a segment of stage_{i}", limit=MAX_ITERATIONS,
+                         name="MAX_ITERATIONS", minimum=1)  # fmt: skip
+            total += runs
+            for r in (1, 2):
+                c = count(s[f"conv{r}_cluster"], "a cluster index", limit=MAX_CLUSTERS,
+                          name="MAX_CLUSTERS")  # fmt: skip
+                if c >= clusters:
+                    raise ValueError(f"a segment of stage_{i} uses a cluster bank_{i} lacks")
+            for listed in (s["gain_iterations"], s.get("conv1_gain_iterations", [])):
+                if not isinstance(listed, list) or not all(
+                    type(t) is int and 0 <= t < runs for t in listed[: runs + 1]
+                ):
+                    raise ValueError(f"a segment of stage_{i} lists bad gain iterations")
+        if total != n - 1:
+            raise ValueError(f"the segments of stage_{i} do not cover its {n - 1} blocks")
 
 
 def fold_swrn(model: SWRN, plans: Mapping[str, BankFold]) -> FoldedSWRN:
@@ -321,9 +366,7 @@ def save_folded(
     The header's ``__metadata__`` holds ``format``, ``format_version``, ``program`` and
     ``report`` (JSON strings): enough to rebuild the module without running any code.
     """
-    from safetensors.torch import save_file
-
-    from soft_share_cli.checkpoint import atomic_write
+    from soft_share_cli.files import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in folded.state_dict().items()}
     metadata = {
@@ -332,7 +375,7 @@ def save_folded(
         "program": json.dumps(folded.program()),
         "report": json.dumps(report or {}),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
 
 
 def folded_metadata(path: str | os.PathLike[str], header: dict[str, str]) -> dict[str, Any]:
@@ -354,7 +397,7 @@ def folded_metadata(path: str | os.PathLike[str], header: dict[str, str]) -> dic
     parsed: dict[str, Any] = {"format_version": int(FORMAT_VERSION)}
     for name in ("program", "report"):
         try:
-            value = json.loads(header.get(name, "null"))
+            value = loads_json(header.get(name, "null"), f"{path}: its '{name}' metadata")
         except ValueError:
             raise CheckpointError(f"{path}: its '{name}' metadata is not valid JSON") from None
         if not isinstance(value, dict):
@@ -371,7 +414,6 @@ def load_folded(path: str | os.PathLike[str]) -> FoldedSWRN:
             not fit its program.
     """
     from soft_share_cli.checkpoint import load_checkpoint
-    from soft_share_cli.infer import load_state_dict_checked
 
     ckpt = load_checkpoint(path)
     if ckpt.container != FORMAT_NAME:
@@ -379,26 +421,53 @@ def load_folded(path: str | os.PathLike[str]) -> FoldedSWRN:
             f"{path}: not a folded network (a {ckpt.format} file holding a "
             f"{ckpt.container}); make one with `ssc fold`"
         )
+    return build_checked(path, FoldedSWRN.from_program, ckpt.metadata["program"], ckpt.state_dict)
+
+
+def build_checked(
+    path: str | os.PathLike[str],
+    build: Callable[[Any], nn.Module],
+    program: Any,
+    state_dict: Mapping[str, Tensor],
+) -> Any:
+    """``build(program)`` with ``state_dict`` loaded, checked before any weight is allocated.
+
+    The program is validated (every count an int within :mod:`soft_share_cli.limits`), the
+    network is built as a storage-less skeleton on the meta device, and its keys and shapes are
+    compared with the tensors the file holds; only then is the network allocated and loaded, so
+    a program that declares more than the file stores costs nothing.
+
+    Raises:
+        CheckpointError: the program is malformed, exceeds a limit, or does not fit the weights.
+    """
+    from soft_share_cli.infer import check_state_dict_fits, load_state_dict_checked
+    from soft_share_cli.limits import check_built_size
+    from soft_share_cli.params import count_state_dict_parameters
+
     try:
-        folded = FoldedSWRN.from_program(ckpt.metadata["program"])
-    except ValueError as exc:
+        with torch.device("meta"):
+            skeleton = build(program)
+        check_state_dict_fits(skeleton, state_dict, "its loop program")
+        built = sum(p.numel() for p in skeleton.parameters())
+        check_built_size(built, count_state_dict_parameters(state_dict), "its loop program")
+        network = allocate(skeleton, "cpu")
+        load_state_dict_checked(network, state_dict, "its loop program")
+    except (ValueError, CheckpointError, ArchitectureError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    try:
-        load_state_dict_checked(folded, ckpt.state_dict, "its loop program")
-    except ArchitectureError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    return folded.eval()
+    return network.eval()
 
 
 def is_folded_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a safetensors file whose header marks a folded network (header only)."""
+    if not os.path.isfile(path):  # a FIFO, device or socket is no file (and would block)
+        return False
     try:
         with Path(path).open("rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
             if not 2 <= size <= 100_000_000:  # safetensors' own header limit
                 return False
             header = json.loads(fh.read(size))
-    except (OSError, ValueError):  # missing, unreadable, not JSON (UnicodeDecodeError included)
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON, too deep
         return False
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME

@@ -377,8 +377,7 @@ def export_graph(graph: nx.DiGraph, path: str | Path) -> None:
     Raises :class:`InputError` for another extension or an unwritable path; a failed write
     leaves no file behind.
     """
-    # checkpoint imports torch; only a command that writes a file should pay for that.
-    from soft_share_cli.checkpoint import atomic_write
+    from soft_share_cli.files import atomic_write
 
     target = Path(path)
     writer = _WRITERS[graph_format(target)]
@@ -394,8 +393,12 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     """
     import networkx as nx
 
+    from soft_share_cli.files import require_regular_file
+
     source = Path(path)
     fmt = graph_format(source)
+    if source.is_symlink() or source.exists():  # (a missing file: "cannot read" below)
+        require_regular_file(source, "graph file")  # a FIFO or /dev/zero would block or not end
     try:
         if fmt == ".graphml":
             graph = nx.DiGraph(nx.read_graphml(source))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from soft_share_cli.errors import ArchitectureError
+from soft_share_cli.errors import ArchitectureError, InputError
 
 if TYPE_CHECKING:  # torch is imported by what builds networks; inference needs only shapes
     from torch import Tensor, nn
@@ -113,6 +113,21 @@ def load_state_dict_checked(
     """
     import torch
 
+    fillable = check_state_dict_fits(model, state_dict, what)
+    full = dict(state_dict)
+    for key in fillable:
+        full[key] = torch.zeros((), dtype=torch.long)
+    model.load_state_dict(full, strict=True, assign=assign)
+
+
+def check_state_dict_fits(
+    model: nn.Module, state_dict: Mapping[str, Tensor], what: str
+) -> list[str]:
+    """Raise :class:`ArchitectureError` unless ``state_dict`` has ``model``'s keys and shapes.
+
+    Reads shapes only, so ``model`` may be a skeleton on the meta device: checked before any
+    weight is allocated. Returns the ``num_batches_tracked`` keys the state dict may lack.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -130,16 +145,121 @@ def load_state_dict_checked(
             problems.append(f"{len(keys)} {label}: {shown}")
     if problems:
         raise ArchitectureError(f"the weights do not fit {what}: " + "; ".join(problems))
-    full = dict(state_dict)
-    for key in fillable:
-        full[key] = torch.zeros((), dtype=torch.long)
-    model.load_state_dict(full, strict=True, assign=assign)
+    return fillable
+
+
+#: Bounds on the constructor arguments of ssc's own architectures, checked before building:
+#: argument -> (smallest, :mod:`soft_share_cli.limits` name). Each must be a plain int.
+_BOUNDED_KWARGS: dict[str, dict[str, tuple[int, str]]] = {
+    "swrn": {
+        "depth": (10, "MAX_DEPTH"),
+        "width": (1, "MAX_WIDTH"),
+        "num_templates": (1, "MAX_TEMPLATES"),
+        "num_classes": (1, "MAX_CLASSES"),
+        "in_channels": (1, "MAX_CHANNELS"),
+    },
+    "sfcn": {
+        "blocks": (1, "MAX_BLOCKS"),
+        "width": (1, "MAX_CHANNELS"),
+        "num_templates": (1, "MAX_TEMPLATES"),
+        "num_classes": (1, "MAX_CLASSES"),
+        "in_channels": (1, "MAX_CHANNELS"),
+    },
+}
+_BOUNDED_KWARGS["wrn"] = {k: v for k, v in _BOUNDED_KWARGS["swrn"].items() if k != "num_templates"}
+_BOUNDED_KWARGS["fcn"] = {k: v for k, v in _BOUNDED_KWARGS["sfcn"].items() if k != "num_templates"}
+
+
+def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the checkpoint") -> None:
+    """Raise :class:`ArchitectureError` unless ``kwargs`` are sane for ssc's ``arch``.
+
+    Every size must be a plain int (not a bool, float, NaN or string) within its limit in
+    :mod:`soft_share_cli.limits`, and ``recall`` a bool; architectures registered by users are
+    not checked here (their shapes are, before their weights are loaded).
+    """
+    from soft_share_cli import limits
+    from soft_share_cli.errors import CheckpointError
+
+    bounds = _BOUNDED_KWARGS.get(arch)
+    if bounds is None:
+        return
+    try:
+        for name, (minimum, limit) in bounds.items():
+            if name in kwargs:
+                limits.count(
+                    kwargs[name], name, limit=getattr(limits, limit), name=limit, minimum=minimum
+                )
+        if "recall" in kwargs and type(kwargs["recall"]) is not bool:
+            raise ValueError(f"recall should be true or false, got {kwargs['recall']!r}")
+    except (ValueError, CheckpointError) as exc:
+        raise ArchitectureError(f"{where}: its stored {arch} arguments: {exc}") from None
+
+
+def minimum_parameters(arch: str, kwargs: Mapping[str, Any]) -> int:
+    """A lower bound on the parameters of ssc's ``arch`` built with ``kwargs`` (0: unknown).
+
+    Arithmetic only (no network is built): the dominant weights of each architecture, so that
+    a file whose stored arguments ask for far more than it holds is refused up front.
+    """
+    k = dict(kwargs)
+    if arch in ("swrn", "wrn"):
+        depth, width = k.get("depth", 10), k.get("width", 1)
+        n, classes, templates = (depth - 4) // 6, k.get("num_classes", 10), k.get("num_templates")
+        total = 64 * width * classes
+        for c in (16 * width, 32 * width, 64 * width):
+            shared = (n - 1) * 2 * templates + templates * c * c * 9 if arch == "swrn" else 0
+            total += (n - 1) * 4 * c + (shared if arch == "swrn" else (n - 1) * 2 * 9 * c * c)
+        return max(0, total)
+    if arch in ("sfcn", "fcn"):
+        blocks, width, classes = k.get("blocks", 1), k.get("width", 1), k.get("num_classes", 2)
+        body = blocks * 2 * k["num_templates"] + k["num_templates"] * width * width * 9 if (
+            arch == "sfcn"
+        ) else blocks * 2 * width * width * 9
+        return max(0, body + width * width * 9 + width * classes)
+    return 0
+
+
+def _check_estimated_size(spec: ArchSpec, state_dict: Mapping[str, Tensor], where: str) -> None:
+    from soft_share_cli.limits import check_built_size
+    from soft_share_cli.params import count_state_dict_parameters
+
+    try:
+        needed = minimum_parameters(spec.arch, spec.kwargs)
+        keys = _minimum_keys(spec.arch, spec.kwargs)
+    except (KeyError, TypeError):
+        return  # arguments missing: building reports them
+    if len(state_dict) < keys:  # building costs per module: check the structure first
+        raise ArchitectureError(
+            f"{where}: its stored arch_kwargs declare {spec.describe()}, a network of at "
+            f"least {keys} tensors, but the file holds {len(state_dict)}"
+        )
+    try:
+        held = count_state_dict_parameters(state_dict)
+        check_built_size(needed, held, f"{where}: its stored arch_kwargs")
+    except InputError as exc:
+        raise ArchitectureError(f"{exc} ({spec.describe()})") from None
+
+
+def _minimum_keys(arch: str, kwargs: Mapping[str, Any]) -> int:
+    """A lower bound on the state-dict keys of ssc's ``arch`` (0: unknown)."""
+    if arch in ("swrn", "wrn"):  # per block: two BatchNorms' 4 tensors each and two convs
+        return 3 * ((kwargs.get("depth", 10) - 4) // 6) * 10
+    if arch in ("sfcn", "fcn"):  # per block: two convs
+        return 2 * kwargs.get("blocks", 1)
+    return 0
 
 
 def architecture_of(checkpoint: LoadedCheckpoint) -> ArchSpec:
-    """The architecture a checkpoint stores, or the one its shapes imply."""
+    """The architecture a checkpoint stores, or the one its shapes imply.
+
+    Stored arguments of ssc's own architectures are checked (:func:`check_arch_kwargs`).
+    """
     if checkpoint.arch is not None and checkpoint.arch_kwargs is not None:
-        return ArchSpec(checkpoint.arch, dict(checkpoint.arch_kwargs), "stored")
+        where = str(checkpoint.path)
+        check_arch_kwargs(checkpoint.arch, checkpoint.arch_kwargs, where)
+        spec = ArchSpec(checkpoint.arch, dict(checkpoint.arch_kwargs), "stored")
+        _check_estimated_size(spec, checkpoint.state_dict, where)
+        return spec
     spec = infer_architecture(checkpoint.state_dict)
     if checkpoint.arch is not None and checkpoint.arch != spec.arch:
         raise ArchitectureError(
@@ -155,15 +275,18 @@ def rebuild_model(checkpoint: LoadedCheckpoint) -> tuple[nn.Module, ArchSpec]:
     from soft_share_cli.models.registry import build_model
 
     spec = architecture_of(checkpoint)
+    # A skeleton without storage first: its keys and shapes are checked against the file
+    # before anything is allocated, so stored arguments cannot ask for more than the file holds.
+    with torch.device("meta"):
+        model = build_model(spec.arch, **spec.kwargs)
+    _check_fits(model, checkpoint.state_dict, spec.describe())
     if spec.arch not in _SKELETON_ARCHS:
         model = build_model(spec.arch, **spec.kwargs)
         load_state_dict_checked(model, checkpoint.state_dict, spec.describe())
     else:
-        # A skeleton without storage: drawing tens of millions of initial weights only to
-        # overwrite them costs more than loading the file. The checkpoint's tensors (memory-
-        # mapped, copy-on-write) become the weights; a dtype that differs gets a cast copy.
-        with torch.device("meta"):
-            model = build_model(spec.arch, **spec.kwargs)
+        # Drawing tens of millions of initial weights only to overwrite them costs more than
+        # loading the file. The checkpoint's tensors (memory-mapped, copy-on-write) become the
+        # weights of the skeleton; a dtype that differs gets a cast copy.
         expected = model.state_dict()
         same = all(
             isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == expected[k].dtype
@@ -177,6 +300,19 @@ def rebuild_model(checkpoint: LoadedCheckpoint) -> tuple[nn.Module, ArchSpec]:
         load_state_dict_checked(model, checkpoint.state_dict, spec.describe(), assign=same)
     check_finite(model.state_dict(), f"{checkpoint.path} ({spec.describe()})")
     return model.eval(), spec
+
+
+def _check_fits(skeleton: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
+    """Keys and shapes of ``skeleton`` (meta) against the file's, and its size against theirs."""
+    from soft_share_cli.limits import check_built_size
+    from soft_share_cli.params import count_state_dict_parameters
+
+    check_state_dict_fits(skeleton, state_dict, what)
+    built = sum(p.numel() for p in skeleton.parameters())
+    try:
+        check_built_size(built, count_state_dict_parameters(state_dict), what)
+    except InputError as exc:
+        raise ArchitectureError(str(exc)) from None
 
 
 def check_finite(state_dict: Mapping[str, Tensor], what: str) -> None:

@@ -28,8 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soft_share_cli.errors import ArchitectureError, CheckpointError
+from soft_share_cli.errors import CheckpointError
 from soft_share_cli.folding import BankFold
+from soft_share_cli.limits import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_CLUSTERS,
+    MAX_ITERATIONS,
+    MAX_SEGMENTS,
+    MAX_TEMPLATES,
+    count,
+)
 from soft_share_cli.materialize import STORAGES, FoldedBank
 from soft_share_cli.models.recurrent import SFCN, Head, describe_fcn
 
@@ -156,16 +165,36 @@ def check_program(p: Any) -> None:
     ):
         raise ValueError(f"not a looped FCN program (expected format {PROGRAM_FORMAT!r})")
     try:
-        if min(int(p["width"]), int(p["num_classes"]), int(p["in_channels"])) < 1:
-            raise ValueError("width, classes and input channels must be positive")
+        count(p["width"], "the loop program's width", limit=MAX_CHANNELS,
+                      name="MAX_CHANNELS", minimum=1)  # fmt: skip
+        count(p["num_classes"], "its classes", limit=MAX_CLASSES, name="MAX_CLASSES", minimum=1)
+        count(p["in_channels"], "its input channels", limit=MAX_CHANNELS, name="MAX_CHANNELS",
+              minimum=1)  # fmt: skip
+        if "num_templates" in p:
+            count(p["num_templates"], "its templates", limit=MAX_TEMPLATES, name="MAX_TEMPLATES",
+                  minimum=1)  # fmt: skip
         bank, segments = p["bank"], p["segments"]
-        if bank["storage"] not in STORAGES or bank["clusters"] < 1 or bank["K"] < 1:
-            raise ValueError("the bank has a bad storage, cluster count or K")
-        if not segments or any(s["iterations"] < 1 for s in segments):
+        clusters = count(bank["clusters"], "its bank's clusters", limit=MAX_CLUSTERS,
+                         name="MAX_CLUSTERS", minimum=1)  # fmt: skip
+        count(bank["K"], "its bank's templates", limit=MAX_TEMPLATES, name="MAX_TEMPLATES",
+              minimum=1)  # fmt: skip
+        if bank["storage"] not in STORAGES:
+            raise ValueError("the bank has a bad storage")
+        if not isinstance(segments, list) or not segments:
             raise ValueError("the body needs at least one segment of at least one iteration")
-        if any(not 0 <= s[f"conv{r}_cluster"] < bank["clusters"] for s in segments for r in (1, 2)):
-            raise ValueError("a segment uses a cluster the bank lacks")
-        bool(p["recall"])
+        count(len(segments), "its loop segments", limit=MAX_SEGMENTS, name="MAX_SEGMENTS")
+        total = 0
+        for s in segments:
+            total += count(s["iterations"], "a loop segment", limit=MAX_ITERATIONS,
+                           name="MAX_ITERATIONS", minimum=1)  # fmt: skip
+            for r in (1, 2):
+                c = count(s[f"conv{r}_cluster"], "a cluster index", limit=MAX_CLUSTERS,
+                          name="MAX_CLUSTERS")  # fmt: skip
+                if c >= clusters:
+                    raise ValueError("a segment uses a cluster the bank lacks")
+        count(total, "its iterations in all", limit=MAX_ITERATIONS, name="MAX_ITERATIONS")
+        if type(p["recall"]) is not bool:
+            raise ValueError(f"recall should be true or false, got {p['recall']!r}")
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed looped FCN program ({type(exc).__name__}: {exc})") from None
 
@@ -264,9 +293,7 @@ def save_looped(
     looped: LoopedFCN, path: str | os.PathLike[str], *, report: Mapping[str, Any] | None = None
 ) -> None:
     """Write ``looped`` as ``ssc-folded`` safetensors with its program in the header, atomically."""
-    from safetensors.torch import save_file
-
-    from soft_share_cli.checkpoint import atomic_write
+    from soft_share_cli.files import save_safetensors
     from soft_share_cli.folded import FORMAT_NAME, FORMAT_VERSION
 
     tensors = {k: v.detach().contiguous() for k, v in looped.state_dict().items()}
@@ -276,7 +303,7 @@ def save_looped(
         "program": json.dumps(looped.program()),
         "report": json.dumps(dict(report or {})),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
 
 
 def load_looped(path: str | os.PathLike[str]) -> LoopedFCN:
@@ -286,19 +313,11 @@ def load_looped(path: str | os.PathLike[str]) -> LoopedFCN:
         CheckpointError: not a looped FCN file, or its weights do not fit its program.
     """
     from soft_share_cli.checkpoint import load_checkpoint
-    from soft_share_cli.infer import load_state_dict_checked
+    from soft_share_cli.folded import build_checked
 
     ckpt = load_checkpoint(path)
     program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
     if not is_looped_program(program):
         raise CheckpointError(f"{path}: not a looped FCN (make one with `ssc fold` on an SFCN)")
     assert isinstance(program, dict)
-    try:
-        looped = LoopedFCN(program)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    try:
-        load_state_dict_checked(looped, ckpt.state_dict, "its loop program")
-    except ArchitectureError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    return looped.eval()
+    return build_checked(path, LoopedFCN, program, ckpt.state_dict)

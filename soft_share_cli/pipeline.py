@@ -222,19 +222,12 @@ def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
 
 
 def check_writable(path: str | Path) -> None:
-    """Raise InputError unless a file could be created at ``path``."""
-    import os
+    """Raise InputError unless a regular file could be written at ``path`` (see
+    :func:`soft_share_cli.files.check_output`: no directory, device, FIFO, socket or dangling
+    symlink there, an existing writable directory)."""
+    from soft_share_cli.files import check_output
 
-    from soft_share_cli.errors import InputError
-
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write {path}: directory {parent} is not writable")
+    check_output(path)
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,6 +27,7 @@ from matplotlib.path import Path as MplPath
 
 from soft_share_cli.errors import InputError
 from soft_share_cli.graph import cluster_letters
+from soft_share_cli.text import inert
 
 SAVE_FORMATS = ("png", "svg", "pdf")
 # Dark, mutually distinct colours: they must read as text on white and as borders on viridis.
@@ -66,6 +67,15 @@ def short_layer_name(name: str) -> str:
     for pattern, repl in _SHORTEN:
         name = pattern.sub(repl, name)
     return name
+
+
+def _label(name: object) -> str:
+    """A name from a file as figure text: control characters escaped, ``$`` never mathtext.
+
+    Matplotlib reads ``$...$`` as TeX (a malformed one fails the whole figure) and cannot draw
+    control characters (it warns, quoting them, on the terminal).
+    """
+    return inert(name).replace("$", r"\$")
 
 
 def _letter_color(letter: str, fallback: int = 0) -> str:
@@ -148,7 +158,7 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
     n = len(bank.layers)
     multi = sum(len(c) >= 2 for c in bank.clusters)
     counts = f"{_plural(n, 'layer')}, {_plural(len(bank.clusters), 'cluster')}"
-    ax.set_title(f"{bank.bank} — {counts} at τ={threshold:g}", fontsize=10)
+    ax.set_title(f"{_label(bank.bank)} — {counts} at τ={threshold:g}", fontsize=10)
     if n == 0:
         ax.text(0.5, 0.5, "no layers", **_CENTRE, transform=ax.transAxes)
         ax.set_xticks([])
@@ -193,7 +203,7 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
     labels = []
     for i in ticks:
         tag = f" [{letters[owner[i]]}]" if owner[i] >= 0 else ""
-        labels.append(short_layer_name(bank.layers[i]) + tag)
+        labels.append(_label(short_layer_name(bank.layers[i])) + tag)
     ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
     ax.set_yticks(ticks, labels, fontsize=size)
     for axis_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
@@ -242,7 +252,7 @@ def similarity_figure(
     if not banks:
         fig.text(0.5, 0.5, "no banks", **_CENTRE)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_label(title))
     return fig
 
 
@@ -299,7 +309,7 @@ def graph_figure(graph: nx.DiGraph, *, title: str | None = None) -> Figure:
     ax.set_aspect("equal")
     ax.set_axis_off()
     if title:
-        ax.set_title(title)
+        ax.set_title(_label(title))
     if not rows:
         ax.text(0.5, 0.5, "empty graph", **_CENTRE, transform=ax.transAxes)
         return fig
@@ -308,7 +318,7 @@ def graph_figure(graph: nx.DiGraph, *, title: str | None = None) -> Figure:
 
     circles: dict[object, Circle] = {}
     for (bank, nodes), y in zip(rows.items(), row_y, strict=True):
-        ax.text(-0.9, y, bank, ha="right", va="center", fontsize=10, fontweight="bold")
+        ax.text(-0.9, y, _label(bank), ha="right", va="center", fontsize=10, fontweight="bold")
         for c, node in enumerate(nodes):
             data = graph.nodes[node]
             size = int(data.get("size", 1) or 1)
@@ -318,7 +328,8 @@ def graph_figure(graph: nx.DiGraph, *, title: str | None = None) -> Figure:
             circles[node] = Circle(pos[node], r, fc=colour, ec="0.15", lw=1.2, zorder=3)
             ax.add_patch(circles[node])
             ax.text(*pos[node], letter, **_CENTRE, color="w", size=12, weight="bold", zorder=4)
-            names = [short_layer_name(s) for s in str(data.get("layers", "")).split(",") if s]
+            layers = str(data.get("layers", "")).split(",")
+            names = [_label(short_layer_name(s)) for s in layers if s]
             shown = names if len(names) <= 6 else [*names[:5], "…"]
             lines = [_plural(size, "layer")]
             lines += [", ".join(shown[k : k + 3]) for k in range(0, len(shown), 3)]
@@ -381,7 +392,7 @@ def save_figure(fig: Figure, path: str | Path) -> None:
     :class:`InputError` for another extension or an unwritable path.
     """
     ext = figure_format(path)
-    from soft_share_cli.checkpoint import atomic_write  # imports torch: only when saving
+    from soft_share_cli.files import atomic_write
 
     # Drop timestamps from vector formats so the same figure gives the same bytes.
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(ext)

@@ -11,18 +11,45 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from soft_share_cli.text import inert
+
+
+class InertConsole(Console):
+    """A rich console for text from files: strings are data, never markup or terminal commands.
+
+    Every string that rich turns into text (``print``, table cells, titles, captions) passes
+    through :func:`~soft_share_cli.text.inert` first, and markup and emoji codes are off, so a
+    key such as ``[link=http://x]`` or ``\x1b]0;title\x07`` is shown as written, escaped.
+    Our own styling is built as :class:`rich.text.Text` (see :func:`_styled`), never as markup.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        """Rich's conversion of a string, on the string made inert (markup off by default)."""
+        return super().render_str(inert(text), **kwargs)
+
+
+out = InertConsole()
+err = InertConsole(stderr=True)
+
+
+def _styled(label: str, style: str, rest: str = "") -> Text:
+    """``label`` in ``style``, then ``rest`` (made inert) unstyled: markup-free styling."""
+    return Text.assemble((label, style), inert(rest))
 
 
 def print_json(payload: dict[str, Any]) -> None:
     """The one JSON object a ``--json`` command prints on stdout, nothing else.
 
     NaN and infinities (which JSON cannot hold, and a damaged file can put anywhere in its
-    metadata) are printed as ``null``.
+    metadata) are printed as ``null``. Strings are kept exact, and printed ASCII-only: JSON's
+    escapes (``\u001b``, ``\u202e``) keep control and bidi characters off the terminal.
     """
-    print(json.dumps(_json_safe(payload), indent=2, allow_nan=False))
+    print(json.dumps(_json_safe(payload), indent=2, allow_nan=False, ensure_ascii=True))
 
 
 def _json_safe(value: Any) -> Any:
@@ -42,7 +69,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
         yield None
         return
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -52,7 +79,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
+                tasks[stage] = bar.add_task(inert(stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
         yield update
@@ -68,8 +95,13 @@ def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def _pct(value: float | None) -> str | None:
-    return None if value is None else f"{value:.2f} %"
+def _pct(value: Any) -> str | None:
+    """``12.34 %``; a value that is not a number (metadata is whatever a file says) as it is."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:.2f} %"
 
 
 def render_info(info: Any) -> None:
@@ -190,11 +222,11 @@ def render_analysis(analysis: Any) -> None:
                 f"{fold.residual:.1e}",
             )
         out.print(table)
-    out.print("[bold]Loops[/bold]")
+    out.print(_styled("Loops", "bold"))
     for line in analysis.loop_summary or ["none at this threshold"]:
         out.print(f"  • {line}")
     for issue in analysis.issues:
-        out.print(f"[yellow]warning[/yellow] {issue.message}")
+        out.print(_styled("warning", "yellow", f" {issue.message}"))
     p = analysis.params
     table = Table(title="Parameters", title_justify="left")
     table.add_column("network")
@@ -235,7 +267,7 @@ def render_fold(report: Any) -> None:
             f"{b['max_residual']:.1e}",
         )
     out.print(table)
-    out.print("[bold]Loops[/bold]")
+    out.print(_styled("Loops", "bold"))
     for line in report.loops or ("none: every block keeps its own weights",):
         out.print(f"  • {line}")
     p = report.params

@@ -48,10 +48,8 @@ def save_state(
     path: str | os.PathLike[str], state: TrainState, config: AnyConfig, data_spec: str
 ) -> None:
     """Write ``state`` (with the config and data spec it belongs to) to ``path`` atomically."""
-    import torch
-
     from soft_share_cli._version import __version__
-    from soft_share_cli.checkpoint import atomic_write
+    from soft_share_cli.files import save_torch
 
     payload = {
         "format": FORMAT_NAME,
@@ -67,7 +65,7 @@ def save_state(
         "data": data_spec,
         "ssc_version": __version__,
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    save_torch(path, payload)  # atomically, and a failed write is an InputError
 
 
 def load_state(path: str | os.PathLike[str], config: AnyConfig, data_spec: str) -> TrainState:

@@ -347,9 +347,7 @@ def save_folded_user_model(
     ``ssc-user-fold``) also records the factory ``spec``, for information only: loading always
     needs the spec given again, so that a file never chooses code to run.
     """
-    from safetensors.torch import save_file
-
-    from soft_share_cli.checkpoint import atomic_write
+    from soft_share_cli.files import save_safetensors
     from soft_share_cli.folded import FORMAT_NAME, FORMAT_VERSION
 
     tensors: dict[str, Tensor] = {}
@@ -366,7 +364,7 @@ def save_folded_user_model(
         "program": json.dumps({**program, "model": spec}),
         "report": json.dumps(dict(report or {})),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
 
 
 def load_folded_user_model(path: str | os.PathLike[str], spec: str) -> nn.Module:

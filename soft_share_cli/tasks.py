@@ -26,11 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from soft_share_cli import limits
 from soft_share_cli.errors import DataError
 
 MAZE_CHANNELS = ("open", "start", "goal")
 DEFAULT_COUNT = 1000  # instances per split unless count= says otherwise
-MAX_COUNT = 1_000_000  # a guard against specs that would exhaust memory
+MAX_COUNT = limits.MAX_SAMPLES  # a guard against specs that would exhaust memory
+#: Bytes per pixel of a generated split: maze inputs (3 x float32) and targets (int64); prefix
+#: sums' int64 draws, float32 inputs and int64 targets. Checked against limits.MAX_DATA_BYTES.
+BYTES_PER_PIXEL = 20
 MAX_MAZE_SIZE = 256
 MAX_LENGTH = 65_536
 _STREAM = {"train": 0, "test": 1}
@@ -94,7 +98,8 @@ def parse_task_spec(task: str, text: str) -> TaskSpec:
         try:
             values[key] = int(value.strip())
         except ValueError:
-            raise DataError(f"{kind.value}: {key} must be an integer, got {value!r}") from None
+            shown = value.strip() if len(value.strip()) <= 24 else value.strip()[:24] + "..."
+            raise DataError(f"{kind.value}: {key} must be an integer, got {shown!r}") from None
     if kind.size_option not in values:
         raise DataError(f"{kind.value} needs {kind.size_option}=N, e.g. {example}")
     size = values[kind.size_option]
@@ -107,6 +112,14 @@ def parse_task_spec(task: str, text: str) -> TaskSpec:
     seed = values.get("seed", 0)
     if seed < 0:
         raise DataError(f"{kind.value}: seed must be >= 0, got {seed}")
+    pixels = (2 * size + 1) ** 2 if kind is Task.MAZE else size
+    needed = count * pixels * BYTES_PER_PIXEL
+    if needed > limits.MAX_DATA_BYTES:
+        raise DataError(
+            f"{kind.value}: {kind.size_option}={size}, count={count} would take {needed} bytes "
+            f"per split; ssc generates at most {limits.MAX_DATA_BYTES} "
+            "(limits.MAX_DATA_BYTES): lower count or the size"
+        )
     return TaskSpec(kind, size, count, seed)
 
 
@@ -209,7 +222,7 @@ def generate_prefix_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` random bit strings as ``(N, 1, 1, L)`` images and their running parity."""
     bits = rng.integers(0, 2, size=(count, length), dtype=np.int64)
-    parity = np.cumsum(bits, axis=1) % 2
+    parity = np.bitwise_xor.accumulate(bits, axis=1)  # = cumsum % 2, without a temporary
     return bits.astype(np.float32).reshape(count, 1, 1, length), parity.reshape(count, 1, length)
 
 

@@ -518,7 +518,7 @@ def test_save_checkpoint_failure_keeps_existing_file(tmp_path: Path, monkeypatch
     before = path.read_bytes()
 
     def broken_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        Path(f).write_bytes(b"partial")
+        Path(f if isinstance(f, str | os.PathLike) else f.name).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)

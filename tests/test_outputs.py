@@ -11,6 +11,7 @@ test_graph.py (export_graph); the train state file: test_resume.py.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import textwrap
 from collections.abc import Callable
@@ -140,7 +141,10 @@ def _break(monkeypatch: pytest.MonkeyPatch, target: str, error: BaseException) -
 
     def failing(real: Callable[..., Any], position: int) -> Callable[..., Any]:
         def write(*args: Any, **kwargs: Any) -> Any:
-            destination = str(args[position] if len(args) > position else kwargs["fname"])
+            destination = args[position] if len(args) > position else kwargs["fname"]
+            if not isinstance(destination, str | os.PathLike):  # torch.save gets an open file
+                destination = destination.name
+            destination = str(destination)
             if re.fullmatch(rf"\.{re.escape(target)}\.[0-9a-f]{{12}}\.tmp", Path(destination).name):
                 seen.append(destination)
                 Path(destination).write_bytes(b"half of the new file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,8 @@ def test_a_write_interrupted_while_saving_the_state_keeps_the_previous_state(
     def half_written(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         saves.append(f)
         if len(saves) == 2:  # epoch 2's state
-            Path(f).write_bytes(b"PK\x03\x04 half a zip")
+            name = f if isinstance(f, str | os.PathLike) else f.name  # torch.save: an open file
+            Path(name).write_bytes(b"PK\x03\x04 half a zip")
             raise KeyboardInterrupt
         real_save(obj, f, *args, **kwargs)
 

@@ -104,6 +104,8 @@ class _FullyConvolutional(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.stem.weight.is_meta:
+            return  # built on the meta device to receive a checkpoint's weights: nothing to draw
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 _init_conv_(m.weight)
