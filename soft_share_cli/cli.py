@@ -50,7 +50,23 @@ def common(func: Callable[..., Any]) -> Callable[..., Any]:
 _EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+class _Group(click.Group):
+    """Turns Ctrl-C inside a command into :class:`Interrupted` before click sees it.
+
+    Click answers a ``KeyboardInterrupt`` by printing a blank line to stderr and raising
+    ``Abort``; ssc's promise is one ``Error:`` line.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from soft_share_cli.errors import Interrupted
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise Interrupted("interrupted; nothing was written") from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 @click.version_option(__version__, "-V", "--version", prog_name="ssc")
 @common
 def cli() -> None:

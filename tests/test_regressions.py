@@ -132,11 +132,6 @@ def test_ctrl_c_is_exit_130_with_one_line(ssc, monkeypatch: pytest.MonkeyPatch, 
     assert debug.code == 130 and debug.out == "" and "KeyboardInterrupt" in debug.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="click's Command.main echoes a blank line to stderr on KeyboardInterrupt before "
-    "ssc's one line (issue 11); remove this marker with the fix in soft_share_cli/cli.py",
-)
 @pytest.mark.parametrize("argv", CTRL_C)
 def test_ctrl_c_adds_no_blank_line(ssc, monkeypatch: pytest.MonkeyPatch, argv) -> None:
     monkeypatch.setattr("soft_share_cli.checkpoint.load_checkpoint", _raiser(KeyboardInterrupt()))
