@@ -212,13 +212,19 @@ def _network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[Any, 
 def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
     """The top-1 a checkpoint says it had on ``data_spec`` when it was written, if any."""
     meta = ckpt.metadata
+
+    def part(value: Any, key: str) -> Any:  # metadata comes from the file: any shape at all
+        return value.get(key) if isinstance(value, dict) else None
+
     if ckpt.container == "ssc-folded":
-        measured = (meta.get("report") or {}).get("data") or {}
-        if measured.get("spec") != data_spec:
+        measured = part(part(meta, "report"), "data")
+        if part(measured, "spec") != data_spec:
             return None
-        final = measured.get("recalibrated") or measured.get("folded") or {}
-        return final.get("top1")
-    return meta.get("test_top1") if meta.get("data") == data_spec else None
+        final = part(measured, "recalibrated") or part(measured, "folded")
+        top1 = part(final, "top1")
+    else:
+        top1 = part(meta, "test_top1") if part(meta, "data") == data_spec else None
+    return float(top1) if isinstance(top1, int | float) and not isinstance(top1, bool) else None
 
 
 def check_writable(path: str | Path) -> None:

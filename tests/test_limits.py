@@ -200,3 +200,15 @@ def test_limits_are_plain_integers_and_documented() -> None:
     with pytest.raises(Exception, match="MAX_KEYS"):
         limits.count(11, "x", limit=10, name="MAX_KEYS")
     assert limits.count(10, "x", limit=10, name="MAX_KEYS") == 10
+
+
+@pytest.mark.parametrize("data", ['"digits"', "[1, 2]", '{"spec": "digits", "folded": 7}',
+                                  '{"spec": "digits", "folded": {"top1": "x"}}'])
+def test_forged_report_shapes_do_not_crash_eval(ssc, folded, tmp_path, data) -> None:
+    def edit(report: dict) -> None:
+        report["data"] = json.loads(data)
+
+    target = forge(folded["swrn"], tmp_path / "report.safetensors", "report", edit)
+    run = ssc("eval", str(target), "--data", "digits", "--json")
+    assert run.code == 0, run.err  # the stored report is provenance only: eval measures anew
+    assert run.json()["top1"] > 90
