@@ -224,7 +224,8 @@ def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
         top1 = part(final, "top1")
     else:
         top1 = part(meta, "test_top1") if part(meta, "data") == data_spec else None
-    return float(top1) if isinstance(top1, int | float) and not isinstance(top1, bool) else None
+    # A scalar is shown as stored (a number as a percentage, anything else as is, inert).
+    return top1 if isinstance(top1, str | int | float) else None  # type: ignore[return-value]
 
 
 def check_writable(path: str | Path) -> None:
