@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from soft_share_cli.errors import CheckpointError
-from soft_share_cli.limits import MAX_NESTING
+from soft_share_cli.limits import MAX_KEYS, MAX_NESTING
 
 # Python 2 names that ``sys.stdlib_module_names`` (a Python 3 list) does not know.
 _PY2_SYSTEM_MODULES = frozenset(
@@ -69,6 +69,8 @@ _MEMO_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _MARK = pickletools.markobject
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the object, storage keys
+_ZIP_OVERHEAD = 16  # zip members besides storages: data.pkl, version, byteorder, .data/ ...
+_CHUNK = 2**16  # bytes _Bounded reads from its stream at a time
 _READ_WHOLE = 256 * 2**20  # uncompressed zip members up to this size are scanned from memory
 
 
@@ -85,17 +87,44 @@ class _Bounded:
     """
 
     def __init__(self, stream: IO[bytes], end: int) -> None:
-        self._stream, self._end = stream, end
+        # The position is kept here and the bytes come in chunks: genops reads one opcode at
+        # a time, and a stream call per read (plus a tell()) doubled the scan of a legacy file.
+        self._stream, self._end, self._pos = stream, end, stream.tell()
+        self._buffer, self._at = b"", 0
 
     def tell(self) -> int:
-        return self._stream.tell()
+        return self._pos
+
+    def _fill(self) -> bool:
+        """Replace the consumed buffer by the next chunk; False at the end."""
+        ahead = self._end - self._pos - (len(self._buffer) - self._at)
+        chunk = self._stream.read(min(_CHUNK, ahead)) if ahead > 0 else b""
+        self._buffer, self._at = self._buffer[self._at :] + chunk, 0
+        return bool(chunk)
 
     def read(self, n: int = -1) -> bytes:
-        left = max(0, self._end - self._stream.tell())
-        return self._stream.read(left if n is None or n < 0 else min(n, left))
+        left = max(0, self._end - self._pos)
+        n = left if n is None or n < 0 else min(n, left)
+        if len(self._buffer) - self._at < n and n <= _CHUNK:
+            self._fill()
+        if len(self._buffer) - self._at >= n:
+            data = self._buffer[self._at : self._at + n]
+            self._at += n
+        else:  # larger than a chunk: what is buffered, then straight from the stream
+            data = self._buffer[self._at :] + self._stream.read(n - (len(self._buffer) - self._at))
+            self._buffer, self._at = b"", 0
+        self._pos += len(data)
+        return data
 
     def readline(self) -> bytes:
-        return self._stream.readline(max(0, self._end - self._stream.tell()))
+        while self._buffer.find(b"\n", self._at) < 0 and self._fill():
+            pass  # a line longer than the buffer grows it, never past the end
+        stop = self._buffer.find(b"\n", self._at)
+        stop = len(self._buffer) if stop < 0 else stop + 1
+        data = self._buffer[self._at : stop]
+        self._at = stop
+        self._pos += len(data)
+        return data
 
 
 class _Unknown:
@@ -136,7 +165,20 @@ _FILLING_OPS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"
 
 
 class PickleTooDeep(PickleScanError):
-    """Containers nested deeper than :data:`soft_share_cli.limits.MAX_NESTING`."""
+    """Containers nested deeper than :data:`soft_share_cli.limits.MAX_NESTING`, or more tensor
+    storages referenced than :data:`soft_share_cli.limits.MAX_KEYS`: a declared size beyond a
+    limit, found before anything is unpickled."""
+
+
+#: Opcodes by which a torch pickle references a storage record (one per tensor).
+_PERSISTENT_OPS = frozenset({"PERSID", "BINPERSID"})
+
+
+def _too_many_storages(seen: int) -> PickleTooDeep:
+    return PickleTooDeep(
+        f"references more than {seen - 1} tensor storages; ssc reads at most {MAX_KEYS} "
+        "tensors (limits.MAX_KEYS)"
+    )
 
 
 def _depth(value: Any) -> int:
@@ -216,9 +258,16 @@ def scan_pickle(stream: IO[bytes] | _Bounded) -> PickleScan:
     model = _StackModel()
     found: set[str] = set()
     ints: list[int] = []
+    storages = 0
     try:
         for count, (opcode, arg, _pos) in enumerate(pickletools.genops(cast(IO[bytes], stream))):
             name = opcode.name
+            if name in _PERSISTENT_OPS:
+                # Each tensor references its storage once: past MAX_KEYS the state dict is
+                # refused now, not after minutes of scanning and loading (a 200k-key file).
+                storages += 1
+                if storages > MAX_KEYS:
+                    raise _too_many_storages(storages)
             if name in _MEMO_PUT_OPS and isinstance(arg, int) and not 0 <= arg <= count:
                 # Picklers number memo slots 0, 1, 2, ...; a far index is forged, and makes
                 # CPython's C unpickler allocate a memo that large (9 bytes: 16 GiB).
@@ -415,7 +464,15 @@ def scan_zip(path: Path) -> set[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             # torch reads <archive>/data.pkl; scanning every pickle member costs little more.
-            pickles = [m for m in archive.infolist() if m.filename.endswith(".pkl")]
+            members = archive.infolist()
+            if len(members) > MAX_KEYS + _ZIP_OVERHEAD:
+                # torch writes one member per storage (plus a handful of records), and every
+                # tensor has a storage: this many members cannot be a state dict ssc reads.
+                raise CheckpointError(
+                    f"{path}: holds {len(members)} zip members (one per tensor storage); ssc "
+                    f"reads at most {MAX_KEYS} tensors (limits.MAX_KEYS)"
+                )
+            pickles = [m for m in members if m.filename.endswith(".pkl")]
             if not any(m.filename.rsplit("/", 1)[-1] == "data.pkl" for m in pickles):
                 raise CheckpointError(
                     f"{path}: a zip file without data.pkl, not a torch checkpoint"

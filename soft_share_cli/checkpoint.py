@@ -115,18 +115,19 @@ def load_checkpoint(
         return _load_safetensors(path)
     else:
         file_format, names = "legacy", scan.scan_legacy(path)
-    verdict = None
-    if arrays:  # judged without importing torch when the file names only what the reader models
-        from soft_share_cli._mapped import MODELLED_GLOBALS, read_arrays
+    from soft_share_cli._mapped import MODELLED_GLOBALS, read_arrays
 
-        verdict = scan.classify(names, allowed=MODELLED_GLOBALS)
-    if verdict is None or verdict.refused:
-        verdict, arrays = scan.classify(names), False
+    # Judged without importing torch when the file names only what the reader models.
+    modelled = scan.classify(names, allowed=MODELLED_GLOBALS)
+    verdict = modelled if not modelled.refused else scan.classify(names)
     if verdict.refused:
         raise UnsafeCheckpointError(_refusal(path, verdict.refused))
-    if arrays:
+    if not modelled.refused:
+        # The torch-free reader proves every storage inside the file and every view inside its
+        # storage, and names the forged record; torch's loader would allocate what a record
+        # declares first and fail with an allocator message (or a garbled size check).
         obj = read_arrays(path, file_format, verdict.placeholders)
-        if obj is not None:
+        if arrays and obj is not None:
             return _interpret(path, file_format, obj, verdict.placeholders)
     from soft_share_cli._mapped import safe_numpy_globals  # checking numpy reconstructors
 
