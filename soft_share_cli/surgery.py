@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from soft_share_cli import limits
 from soft_share_cli.banks import Bank
-from soft_share_cli.errors import CheckpointError, InputError
+from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
 from soft_share_cli.folding import Absorb, BankFold
 from soft_share_cli.infer import load_state_dict_checked
 from soft_share_cli.user_model import _first_line, load_factory
@@ -292,24 +294,88 @@ def user_fold_program(plans: Mapping[str, BankFold], banks: Sequence[Bank]) -> d
 
 
 def _skeletons_from_program(program: Mapping[str, Any]) -> list[_Skeleton]:
+    """The program's banks, every count and index checked before anything is built from it.
+
+    A program comes from a file: bank, layer and cluster counts are bounded (``limits``), each
+    layer's cluster must be one of its bank's, each scale a finite number, and a bank's module
+    the attribute its name gives, so that nothing the file declares picks what is allocated.
+    """
     if program.get("format") != PROGRAM_FORMAT or program.get("version") != PROGRAM_VERSION:
-        raise InputError(
+        raise CheckpointError(
             f"not an ssc user-fold program (format {program.get('format')!r}, "
             f"version {program.get('version')!r})"
         )
     try:
-        return [
-            _Skeleton(
-                str(b["name"]),
-                {"weights": True, "templates": False}[b["storage"]],
-                len(b["clusters"]),
-                tuple(str(m) for m in b["bank_modules"]),
-                tuple((str(x["name"]), int(x["cluster"]), float(x["scale"])) for x in b["layers"]),
-            )
-            for b in program["banks"]
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"malformed user-fold program: {_first_line(exc)}") from exc
+        banks = program["banks"]
+        if not isinstance(banks, list):
+            raise TypeError("'banks' is not a list")
+        limits.count(len(banks), "user-fold program", limit=limits.MAX_BANKS, name="MAX_BANKS")
+        return [_skeleton_from_spec(b) for b in banks]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"malformed user-fold program: {_first_line(exc)}") from None
+
+
+def _skeleton_from_spec(b: Mapping[str, Any]) -> _Skeleton:
+    name = b["name"]
+    if not isinstance(name, str):
+        raise TypeError("a bank name is not a string")
+    where = f"user-fold program, bank {name}"
+    clusters, layers, modules = b["clusters"], b["layers"], b["bank_modules"]
+    if not all(isinstance(x, list) for x in (clusters, layers, modules)):
+        raise TypeError(f"bank {name}: clusters, layers and bank_modules must be lists")
+    c = limits.count(len(clusters), where, limit=limits.MAX_CLUSTERS, name="MAX_CLUSTERS")
+    for items in (layers, modules):
+        limits.count(
+            len(items), where, limit=limits.MAX_LAYERS_PER_BANK, name="MAX_LAYERS_PER_BANK"
+        )
+    sk = _Skeleton(
+        name,
+        {"weights": True, "templates": False}[b["storage"]],
+        c,
+        tuple(_text(m, "bank module") for m in modules),
+        tuple(_layer_spec(x, c, name) for x in layers),
+    )
+    if b["module"] != sk.attribute:
+        raise ValueError(f"bank {name}: module {b['module']!r} is not {sk.attribute!r}")
+    return sk
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} is not a string")
+    return value
+
+
+def _layer_spec(x: Mapping[str, Any], clusters: int, bank: str) -> tuple[str, int, float]:
+    cluster, scale = x["cluster"], x["scale"]
+    if type(cluster) is not int or not 0 <= cluster < clusters:
+        raise ValueError(f"bank {bank}: cluster {cluster!r} is not one of its {clusters}")
+    if type(scale) not in (int, float) or not math.isfinite(scale):
+        raise ValueError(f"bank {bank}: scale {scale!r} is not a finite number")
+    return _text(x["name"], "layer name"), cluster, float(scale)
+
+
+def _stored_rows(
+    state_dict: Mapping[str, Tensor], sk: _Skeleton, templates: Tensor | None = None
+) -> None:
+    """Refuse a bank whose stored tensors do not hold the clusters (and templates) declared."""
+    key = f"{sk.attribute}.{'weights' if sk.stores_weights else 'directions'}"
+    stored = state_dict.get(key)
+    if stored is None:
+        raise ArchitectureError(f"the folded state dict is missing {key} (bank {sk.name})")
+    rows = stored.shape[0] if stored.dim() else None
+    if rows != sk.num_clusters:
+        raise CheckpointError(
+            f"bank {sk.name}: the program declares {sk.num_clusters} clusters but {key} holds "
+            f"{rows if rows is not None else 'a scalar'}"
+        )
+    if templates is not None and not sk.stores_weights and stored.shape[1:] != (
+        templates.shape[0],
+    ):
+        raise CheckpointError(
+            f"bank {sk.name}: {key} is {tuple(stored.shape)}, not ({sk.num_clusters}, "
+            f"{templates.shape[0]})"
+        )
 
 
 def rebuild_folded_user_model(
@@ -319,6 +385,7 @@ def rebuild_folded_user_model(
     skeletons = _skeletons_from_program(program)
 
     def empty(sk: _Skeleton, templates: Tensor) -> SharedWeights:
+        _stored_rows(state_dict, sk, templates)  # before a tensor of that many rows is made
         k, c = templates.shape[0], sk.num_clusters
         if sk.stores_weights:  # values come from the state dict below
             return SharedWeights(weights=templates.new_zeros((c, *templates.shape[1:])))
@@ -395,18 +462,30 @@ def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor
     try:
         for sk, spec in zip(skeletons, program["banks"], strict=True):
             prefix = f"{spec['module']}."
+            if not sk.layers:
+                continue  # a bank no layer uses was dropped by the fold: nothing is stored
+            _stored_rows(state_dict, sk)
             if sk.stores_weights:
                 stack = state_dict[prefix + "weights"]
-                directions = torch.eye(stack.shape[0], dtype=stack.dtype)
             else:
                 stack = state_dict[prefix + "templates"]
                 directions = state_dict[prefix + "directions"].to(stack.dtype)
+                if directions.shape != (sk.num_clusters, stack.shape[0]):
+                    raise CheckpointError(
+                        f"bank {sk.name}: directions {tuple(directions.shape)} do not fit "
+                        f"{stack.shape[0]} templates"
+                    )
             hidden.update(k for k in state_dict if k.startswith(prefix))
             view[f"{sk.name}.templates"] = stack
             for name, cluster, _ in sk.layers:
                 gain = state_dict[f"{name}.gain"].reshape(()).to(stack.dtype)
+                if sk.stores_weights:  # one-hot over the stored weights
+                    direction = torch.zeros(stack.shape[0], dtype=stack.dtype)
+                    direction[cluster] = 1
+                else:
+                    direction = directions[cluster]
                 # a tensor of its own per layer, so counting by storage sees each once
-                view[f"{name}.coefficients"] = (directions[cluster] * gain).reshape(-1, 1, 1, 1, 1)
+                view[f"{name}.coefficients"] = (direction * gain).reshape(-1, 1, 1, 1, 1)
                 view[f"{name}.bank.templates"] = stack
                 hidden.add(f"{name}.gain")
     except KeyError as exc:

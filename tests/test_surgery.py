@@ -291,3 +291,65 @@ def test_round_trip_and_refusals(user_file: Path) -> None:
     absorbing = dataclasses.replace(plan, layers=(first, *plan.layers[1:]))
     with pytest.raises(InputError, match="state_dict=None"):
         fold_user_model(model, {"bank": absorbing}, banks)
+
+
+def _forge_program(folded_path: Path, out: Path, edit) -> Path:
+    """A copy of a folded user file with its stored program edited by ``edit(program)``."""
+    from safetensors import safe_open
+
+    with safe_open(str(folded_path), framework="pt") as reader:
+        metadata = dict(reader.metadata())
+        tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+    program = json.loads(metadata["program"])
+    edit(program)
+    save_file(tensors, str(out), {**metadata, "program": json.dumps(program)})
+    return out
+
+
+def _set(path: tuple, value):
+    def edit(program):
+        target = program
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+
+    return edit
+
+
+FORGED_PROGRAMS = {
+    # cluster counts that would allocate gigabytes, or do not match what the file stores
+    "clusters_huge": (_set(("banks", 0, "clusters"), [[0]] * 100_000), "MAX_CLUSTERS"),
+    "clusters_more_than_stored": (_set(("banks", 0, "clusters"), [[0]] * 50), "declares 50"),
+    "cluster_negative": (_set(("banks", 0, "layers", 0, "cluster"), -1), "is not one of"),
+    "cluster_out_of_range": (_set(("banks", 0, "layers", 0, "cluster"), 7), "is not one of"),
+    "cluster_float": (_set(("banks", 0, "layers", 0, "cluster"), 0.0), "is not one of"),
+    "scale_nan": (_set(("banks", 0, "layers", 0, "scale"), float("nan")), "finite"),
+    "scale_string": (_set(("banks", 0, "layers", 0, "scale"), "1e308"), "finite"),
+    "layers_huge": (_set(("banks", 0, "layers"), [{}] * 3000), "MAX_LAYERS_PER_BANK"),
+    "banks_huge": (_set(("banks",), [{}] * 1001), "MAX_BANKS"),
+    "banks_not_list": (_set(("banks",), {"a": 1}), "malformed user-fold program"),
+    "module_elsewhere": (_set(("banks", 0, "module"), "conv1"), "is not"),
+    "name_not_text": (_set(("banks", 0, "layers", 0, "name"), ["conv2"]), "not a string"),
+    "storage_unknown": (_set(("banks", 0, "storage"), ["weights"]), "malformed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_PROGRAMS))
+def test_forged_user_fold_programs_are_refused(ssc, user_file: Path, case: str) -> None:
+    """Every count, index and scale of a stored program is checked before anything is built."""
+    model = _readme_net(user_file, [[1, 2, 3], [2, 4, 6], [3, -1, 0.5]])
+    ckpt = user_file.parent / "net.pt"
+    torch.save(model.state_dict(), ckpt)
+    spec = f"{user_file}:ReadmeNet"
+    folded = user_file.parent / "folded.safetensors"
+    assert ssc("fold", str(ckpt), "--model", spec, "-o", str(folded)).code == 0
+    edit, expected = FORGED_PROGRAMS[case]
+    forged = _forge_program(folded, user_file.parent / "forged.safetensors", edit)
+    for args in (("analyze", str(forged)), ("eval", str(forged), "--model", spec,
+                                              "--data", "digits?limit=10")):  # fmt: skip
+        run = ssc(*args)
+        assert run.code == 2, (args, run.code, run.err)
+        assert run.err.startswith("Error: ") and run.err.strip().count("\n") == 0, run.err
+        assert expected in run.err, (args, run.err)
+    with pytest.raises(CheckpointError, match=expected.split()[0]):
+        load_folded_user_model(forged, spec)
