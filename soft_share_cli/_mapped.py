@@ -497,13 +497,18 @@ MODELLED_GLOBALS = frozenset(_globals(()))
 class _Unpickler(pickle.Unpickler):
     """Resolves globals from a fixed table only (the Python docs' "restricting globals").
 
-    Refuses up front (reading the stream's opcodes, then rewinding) a pickle that uses an opcode
-    torch's weights-only unpickler does not read.
+    Refuses up front a pickle that uses an opcode torch's weights-only unpickler does not read:
+    by the opcodes the pickle scan already saw (``opcodes``), or else by reading the stream's
+    opcodes and rewinding.
     """
 
-    def __init__(self, stream: Any, table: dict[str, Any], storage: Any) -> None:
+    def __init__(
+        self, stream: Any, table: dict[str, Any], storage: Any, opcodes: frozenset[str] | None
+    ) -> None:
         start = stream.tell()
-        unknown = {op.name for op, _, _ in pickletools.genops(stream)} - _TORCH_OPCODES
+        if opcodes is None:
+            opcodes = frozenset(op.name for op, _, _ in pickletools.genops(stream))
+        unknown = opcodes - _TORCH_OPCODES
         if unknown:
             raise _Unsupported(f"opcodes torch's safe loader does not read: {sorted(unknown)}")
         stream.seek(start)
@@ -524,9 +529,16 @@ class _Unpickler(pickle.Unpickler):
         return self._storage(pid)
 
 
-def read_arrays(path: Path, file_format: str, placeholders: tuple[str, ...]) -> Any | None:
+def read_arrays(
+    path: Path,
+    file_format: str,
+    placeholders: tuple[str, ...],
+    opcodes: frozenset[str] | None = None,
+) -> Any | None:
     """The unpickled top-level object of a scanned zip or legacy file, tensors as StoredArray.
 
+    ``opcodes``: the opcode names the pickle scan found in the file's pickles (a superset of
+    those unpickled here), so that they are not walked a second time; ``None`` walks them.
     Returns ``None`` when the file needs torch's loader (see the module docstring).
 
     Raises:
@@ -541,8 +553,8 @@ def read_arrays(path: Path, file_format: str, placeholders: tuple[str, ...]) -> 
             records = _Records()
             table = _globals(placeholders, records)
             if file_format == "zip":
-                return _read_zip(fh, mapped, table)
-        return _read_legacy(path, mapped, table)
+                return _read_zip(fh, mapped, table, opcodes)
+        return _read_legacy(path, mapped, table, opcodes)
     except _Malformed as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except ForgedNumpyState as exc:  # worded as torch's path words it (checkpoint._torch_load)
@@ -561,7 +573,9 @@ def _count(pid_count: Any, key: str) -> int:
     return pid_count
 
 
-def _read_zip(fh: Any, mapped: MappedFile, table: dict[str, Any]) -> Any:
+def _read_zip(
+    fh: Any, mapped: MappedFile, table: dict[str, Any], opcodes: frozenset[str] | None
+) -> Any:
     with zipfile.ZipFile(fh) as archive:
         infos = {info.filename: info for info in archive.infolist()}
         pickles = [name for name in infos if name.rsplit("/", 1)[-1] == "data.pkl"]
@@ -600,7 +614,7 @@ def _read_zip(fh: Any, mapped: MappedFile, table: dict[str, Any]) -> Any:
             raise _Unsupported("one storage read as two dtypes or sizes")
         return found
 
-    return _Unpickler(io.BytesIO(data), table, storage).load()
+    return _Unpickler(io.BytesIO(data), table, storage, opcodes).load()
 
 
 def _member_offset(mapped: MappedFile, info: zipfile.ZipInfo) -> int:
@@ -621,7 +635,9 @@ def _member_offset(mapped: MappedFile, info: zipfile.ZipInfo) -> int:
     return start
 
 
-def _read_legacy(path: Path, mapped: MappedFile, table: dict[str, Any]) -> Any:
+def _read_legacy(
+    path: Path, mapped: MappedFile, table: dict[str, Any], opcodes: frozenset[str] | None
+) -> Any:
     # Layout: pickles of the magic number, protocol version, sys_info, the object and the list
     # of storage keys; then each storage in that order as an int64 element count and raw bytes.
     # Where the bytes lie is known only after the object, so it is unpickled twice: first with
@@ -657,14 +673,14 @@ def _read_legacy(path: Path, mapped: MappedFile, table: dict[str, Any]) -> Any:
 
     empty: dict[str, Any] = {}
     with path.open("rb") as fh:
-        if _Unpickler(fh, empty, None).load() != scan._LEGACY_MAGIC:
+        if _Unpickler(fh, empty, None, opcodes).load() != scan._LEGACY_MAGIC:
             raise _Unsupported("not a legacy torch file")
-        if _Unpickler(fh, empty, None).load() != 1001:
+        if _Unpickler(fh, empty, None, opcodes).load() != 1001:
             raise _Unsupported("an unknown legacy protocol version")
-        _Unpickler(fh, empty, None).load()  # sys_info: plain values
+        _Unpickler(fh, empty, None, opcodes).load()  # sys_info: plain values
         start = fh.tell()
-        _Unpickler(fh, table, storage).load()
-        keys = _Unpickler(fh, empty, None).load()
+        _Unpickler(fh, table, storage, opcodes).load()
+        keys = _Unpickler(fh, empty, None, opcodes).load()
         offset = fh.tell()
         if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(roots):
             raise _Unsupported("storage keys that do not match the tensors")
@@ -689,4 +705,4 @@ def _read_legacy(path: Path, mapped: MappedFile, table: dict[str, Any]) -> Any:
         records = _Records()  # numbered afresh: the second pass meets the same records
         table["torch._utils._rebuild_tensor"] = _Frozen(records.rebuild)
         table["torch._utils._rebuild_tensor_v2"] = _Frozen(records.rebuild_v2)
-        return _Unpickler(fh, table, storage).load()
+        return _Unpickler(fh, table, storage, opcodes).load()

@@ -142,10 +142,12 @@ class PickleScan:
         globals: dotted names (``module.qualname``) after Python 2 name mapping; names that
             cannot be resolved statically appear as ``<...>`` and are always refused.
         ints: the first few integer literals, used to recognise torch's legacy magic number.
+        opcodes: the names of the opcodes it uses.
     """
 
     globals: frozenset[str]
     ints: tuple[int, ...]
+    opcodes: frozenset[str] = frozenset()
 
 
 def _map_py2_name(module: str, name: str) -> tuple[str, str]:
@@ -259,9 +261,11 @@ def scan_pickle(stream: IO[bytes] | _Bounded) -> PickleScan:
     found: set[str] = set()
     ints: list[int] = []
     storages = 0
+    opcodes: set[str] = set()
     try:
         for count, (opcode, arg, _pos) in enumerate(pickletools.genops(cast(IO[bytes], stream))):
             name = opcode.name
+            opcodes.add(name)
             if name in _PERSISTENT_OPS:
                 # Each tensor references its storage once: past MAX_KEYS the state dict is
                 # refused now, not after minutes of scanning and loading (a 200k-key file).
@@ -311,7 +315,7 @@ def scan_pickle(stream: IO[bytes] | _Bounded) -> PickleScan:
     except Exception as exc:  # genops raises ValueError on truncation, unknown opcodes, ...
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PickleScanError(detail) from None
-    return PickleScan(frozenset(found), tuple(ints))
+    return PickleScan(frozenset(found), tuple(ints), frozenset(opcodes))
 
 
 @functools.lru_cache(maxsize=1)
@@ -458,9 +462,13 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def scan_zip(path: Path) -> set[str]:
-    """Globals referenced by the pickles of a torch zip checkpoint."""
+def scan_zip(path: Path, opcodes: set[str] | None = None) -> set[str]:
+    """Globals referenced by the pickles of a torch zip checkpoint.
+
+    ``opcodes``, if given, receives the names of the opcodes those pickles use.
+    """
     names: set[str] = set()
+    opcodes = set() if opcodes is None else opcodes
     try:
         with zipfile.ZipFile(path) as archive:
             # torch reads <archive>/data.pkl; scanning every pickle member costs little more.
@@ -488,12 +496,16 @@ def scan_zip(path: Path) -> set[str]:
                     # reading them whole costs what they weigh, and the opcodes then come from
                     # memory instead of a Python-level stream (5x faster on deep networks).
                     data = archive.read(member)
-                    names |= scan_pickle(io.BytesIO(data)).globals
+                    found = scan_pickle(io.BytesIO(data))
+                    names |= found.globals
+                    opcodes |= found.opcodes
                     continue
                 # Compressed: streamed, not read whole, so a forged size or a compression bomb
                 # costs nothing until the opcodes actually need the bytes.
                 with archive.open(member) as fh:
-                    names |= scan_pickle(_Bounded(fh, member.file_size)).globals
+                    found = scan_pickle(_Bounded(fh, member.file_size))
+                    names |= found.globals
+                    opcodes |= found.opcodes
     except PickleTooDeep as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except PickleScanError as exc:
@@ -508,13 +520,15 @@ def scan_zip(path: Path) -> set[str]:
     return names
 
 
-def scan_legacy(path: Path) -> set[str]:
+def scan_legacy(path: Path, opcodes: set[str] | None = None) -> set[str]:
     """Globals referenced by the first five pickles of a legacy (pre-1.6) torch file.
 
     Those are the magic number, protocol version, sys_info, the object and the storage keys;
-    raw tensor bytes follow them and are never parsed as pickles.
+    raw tensor bytes follow them and are never parsed as pickles. ``opcodes``, if given,
+    receives the names of the opcodes those pickles use.
     """
     names: set[str] = set()
+    opcodes = set() if opcodes is None else opcodes
     with path.open("rb") as fh:
         bounded = _Bounded(fh, os.fstat(fh.fileno()).st_size)
         for index in range(_LEGACY_PICKLES):
@@ -538,6 +552,7 @@ def scan_legacy(path: Path) -> set[str]:
                     f"{path}: truncated or corrupt legacy checkpoint ({exc})"
                 ) from None
             names |= found.globals
+            opcodes |= found.opcodes
             if index == 0 and _LEGACY_MAGIC not in found.ints:
                 # A plain pickle: refuse it as unsafe if it is, else as not a torch file.
                 if classify(names).refused:

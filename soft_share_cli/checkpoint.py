@@ -109,12 +109,13 @@ def load_checkpoint(
     """
     path = Path(path)
     head, size = _read_head(path)
+    opcodes: set[str] = set()  # what the scan saw, so the reader need not walk them again
     if head.startswith(_ZIP_MAGIC):
-        file_format, names = "zip", scan.scan_zip(path)
+        file_format, names = "zip", scan.scan_zip(path, opcodes)
     elif path.suffix == ".safetensors" or _looks_like_safetensors(head, size):
         return _load_safetensors(path)
     else:
-        file_format, names = "legacy", scan.scan_legacy(path)
+        file_format, names = "legacy", scan.scan_legacy(path, opcodes)
     from soft_share_cli._mapped import MODELLED_GLOBALS, read_arrays
 
     # Judged without importing torch when the file names only what the reader models.
@@ -126,7 +127,7 @@ def load_checkpoint(
         # The torch-free reader proves every storage inside the file and every view inside its
         # storage, and names the forged record; torch's loader would allocate what a record
         # declares first and fail with an allocator message (or a garbled size check).
-        obj = read_arrays(path, file_format, verdict.placeholders)
+        obj = read_arrays(path, file_format, verdict.placeholders, frozenset(opcodes))
         if arrays and obj is not None:
             return _interpret(path, file_format, obj, verdict.placeholders)
     from soft_share_cli._mapped import safe_numpy_globals  # checking numpy reconstructors
@@ -335,7 +336,8 @@ def _interpret(
     limits.check_keys(len(state_dict), str(path))
     limits.check_nesting(obj, f"{path}: its pickled data")  # the scan bounds it; memo tricks
     state_dict, stripped = _strip_prefixes(state_dict)
-    extras = {k: v for k, v in obj.items() if k not in consumed}
+    used = set(consumed)  # a set: a state dict's own keys are consumed, 100k of them
+    extras = {k: v for k, v in obj.items() if k not in used}
     return LoadedCheckpoint(
         path, file_format, container, state_dict, stripped, arch, arch_kwargs, metadata,
         placeholders, extras,

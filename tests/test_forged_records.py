@@ -152,3 +152,55 @@ def test_zip_member_count_beyond_limit_refused_before_scanning(tmp_path, monkeyp
     with pytest.raises(CheckpointError, match=r"zip members.*at most 5 tensors"):
         _pickle_scan.scan_zip(path)
     assert not scanned
+
+
+_MEASURED = """
+import atexit, resource, sys
+from soft_share_cli.cli import main
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(
+    str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+sys.argv[0] = "ssc"
+main()
+"""
+
+
+def _refused_in_subprocess(path: Path, *args: str) -> tuple[str, float]:
+    """Run ``ssc analyze path`` in a child; its one-line error and its own peak RSS in MB."""
+    import subprocess
+    import sys
+
+    rss = path.with_name("rss.txt")
+    run = subprocess.run(
+        [sys.executable, "-c", _MEASURED, str(rss), "analyze", str(path), *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert run.stderr.startswith("Error: ") and run.stderr.strip().count("\n") == 0, run.stderr
+    return run.stderr, int(rss.read_text()) / 1024
+
+
+def test_a_5000_layer_bank_is_refused_within_bounds(tmp_path):
+    """The LSM is quadratic in a bank's layers: 5,000 of them are refused before it is built."""
+    bank = torch.randn(2, 4, 4, 3, 3)
+    state = {"bank.templates": bank}
+    for i in range(5000):
+        state[f"layer{i}.bank.templates"] = bank
+        state[f"layer{i}.coefficients"] = torch.randn(2, 1, 1, 1, 1)
+    path = tmp_path / "layers.pt"
+    torch.save(state, path)
+    err, peak_mb = _refused_in_subprocess(path)
+    assert "MAX_LAYERS_PER_BANK" in err, err
+    assert peak_mb < 600, peak_mb  # ~50 MB measured; torch's import alone is most of it
+
+
+def test_20000_banks_are_refused_within_bounds(tmp_path):
+    state = {}
+    for i in range(20_000):
+        state[f"b{i}.templates"] = torch.randn(1, 1, 1, 1, 1)
+        state[f"b{i}.c.coefficients"] = torch.randn(1, 1, 1, 1, 1)
+    path = tmp_path / "banks.pt"
+    torch.save(state, path)
+    err, peak_mb = _refused_in_subprocess(path)
+    assert "MAX_BANKS" in err, err
+    assert peak_mb < 600, peak_mb
