@@ -160,11 +160,10 @@ def test_a_graph_file_that_is_not_regular_is_refused(
         load_graph(short_dir / "d.graphml")
 
 
-DEVICE_SCRIPT = r"""
-import contextlib, io, json, sys
-from soft_share_cli.cli import _state, main
+# In a child: every ``cases`` entry (name -> ssc arguments) run, its exit code and stderr kept.
+_RUN_CASES = r"""
 results = {}
-for name, args in json.loads(sys.argv[1]).items():
+for name, args in cases.items():
     _state["debug"] = False
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -174,7 +173,13 @@ for name, args in json.loads(sys.argv[1]).items():
         except SystemExit as exc:
             code = int(exc.code or 0)
     results[name] = [code, err.getvalue()]
-print(json.dumps(results))
+"""
+
+DEVICE_SCRIPT = r"""
+import contextlib, io, json, sys
+from soft_share_cli.cli import _state, main
+cases = json.loads(sys.argv[1])
+""" + _RUN_CASES + r"""print(json.dumps(results))
 """
 
 
@@ -420,17 +425,7 @@ from soft_share_cli.cli import _state, main
 cases, limit = json.loads(sys.argv[1]), int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-results = {}
-for name, args in cases.items():
-    _state["debug"] = False
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    results[name] = [code, err.getvalue()]
+""" + _RUN_CASES + r"""
 # torch's path writer dropped the error of its last buffered write: every limit short of the
 # whole file must be an error, never a truncated file reported as written.
 from soft_share_cli.checkpoint import save_checkpoint
