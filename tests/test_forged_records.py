@@ -154,12 +154,14 @@ def test_zip_member_count_beyond_limit_refused_before_scanning(tmp_path, monkeyp
     assert not scanned
 
 
-_MEASURED = """
-import atexit, resource, sys
+_MEASURED = r"""
+import atexit, re, sys
+from pathlib import Path
 from soft_share_cli.cli import main
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(
-    str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+# VmHWM is this process's own peak (ru_maxrss would carry the forking parent's over exec).
+atexit.register(lambda: Path(out).write_text(
+    re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text()).group(1)))
 sys.argv[0] = "ssc"
 main()
 """
