@@ -139,8 +139,8 @@ class Job:
 
 def matched_width(setup: Setup, task: TaskBench) -> int:
     """The FCN width whose parameter count is closest to the shared network's."""
+    from soft_share_cli.analysis.params import count_parameters
     from soft_share_cli.models.registry import build_model
-    from soft_share_cli.params import count_parameters
 
     common = {"blocks": setup.blocks, "num_classes": 2, "in_channels": task.in_channels}
     shared = count_parameters(
@@ -154,8 +154,8 @@ def matched_width(setup: Setup, task: TaskBench) -> int:
 
 
 def _config(job: Job) -> Any:
-    from soft_share_cli.regularizers import AlignMode
-    from soft_share_cli.task_training import TaskTrainConfig
+    from soft_share_cli.training.regularizers import AlignMode
+    from soft_share_cli.training.tasks import TaskTrainConfig
 
     s = job.setup
     base = TaskTrainConfig(
@@ -179,12 +179,12 @@ def _config(job: Job) -> Any:
 
 def run_job(job: Job, work: str) -> dict[str, Any]:
     """Train ``job``'s network, evaluate it at every test size (fold and sweep if aligned)."""
-    from soft_share_cli.analysis import AnalysisOptions
-    from soft_share_cli.conversion import FoldOptions, fold_checkpoint
-    from soft_share_cli.data import load_data
-    from soft_share_cli.looped import load_looped
-    from soft_share_cli.task_evaluation import iteration_sweep
-    from soft_share_cli.task_pipeline import run_task_eval, run_task_train
+    from soft_share_cli.analysis.analyze import AnalysisOptions
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.evaluation.tasks import iteration_sweep
+    from soft_share_cli.folding.looped import load_looped
+    from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
+    from soft_share_cli.pipeline.tasks import run_task_eval, run_task_train
 
     start = time.perf_counter()
     s, task = job.setup, job.task

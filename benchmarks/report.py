@@ -11,7 +11,8 @@ EXPLANATIONS = {
     "startup": "ssc imports only click at start-up; a miss means a heavy import crept into "
     "soft_share_cli.cli or the package __init__ (tests/test_cli.py checks which).",
     "analyze-time": "analysis reads the file without torch; a miss means the file needed "
-    "torch's loader (see soft_share_cli/_mapped.py for what it declines) or an import of "
+    "torch's loader (see soft_share_cli/checkpoints/mapped.py for what it declines) "
+    "or an import of "
     "torch/scikit-learn crept into the analysis path (tests check that it stays out).",
     "analyze-memory": "only coefficients are read, and bank scans hand their pages back; a "
     "miss means something touched the templates or the optimizer state.",
@@ -231,7 +232,8 @@ def markdown(r: dict[str, Any]) -> str:
         "- `ssc analyze` and `ssc info` never import torch (about 1 s here) or scikit-learn "
         "(0.9 s): after the safety scan, zip and legacy files are unpickled by a restricted "
         "unpickler into read-only numpy views of the memory-mapped file "
-        "(`soft_share_cli/_mapped.py`); only coefficients are read, templates once in chunks "
+        "(`soft_share_cli/checkpoints/mapped.py`); only coefficients are read, templates once "
+        "in chunks "
         "whose pages are handed back, optimizer state never. Clustering uses SciPy's "
         "algorithms reimplemented in numpy, tie for tie (`clustering.linkage_tree`).",
         "- Rebuilding a network builds a storage-less skeleton (meta device) and takes the "

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
+from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
+from soft_share_cli.checkpoints.testing import save_authors_checkpoint, write_utils_module
 from soft_share_cli.models.wrn import SWRN
-from soft_share_cli.testing import save_authors_checkpoint, write_utils_module
 
 
 def write_authors_checkpoints(
@@ -30,7 +30,8 @@ def write_authors_checkpoints(
 ) -> tuple[Path, Path]:
     """An SWRN training checkpoint in the authors' layout, zip and legacy, from random weights.
 
-    ``{epoch, arch, state_dict, recorder, optimizer}`` (:mod:`soft_share_cli.testing`), with
+    ``{epoch, arch, state_dict, recorder, optimizer}`` (:mod:`soft_share_cli.checkpoints.testing`),
+    with
     ``directory/utils.py`` defining the recorder's class, so that a naive
     ``torch.load(weights_only=False)`` run from ``directory`` can unpickle it, as it must.
     """
@@ -117,9 +118,9 @@ def bare_eval(checkpoint: str, data: str, batch_size: int, device: str) -> dict[
     """The obvious alternative to ``ssc eval``: a bare ``inference_mode`` loop, timed the same way.
 
     Same network (rebuilt as ssc does), same tensors, same batches; the clock covers the loop
-    and the final device sync, as :func:`soft_share_cli.evaluation.evaluate`'s does.
+    and the final device sync, as :func:`soft_share_cli.evaluation.classification.evaluate`'s does.
     """
-    from soft_share_cli.infer import rebuild_model
+    from soft_share_cli.models.builder import rebuild_model
 
     model, _ = rebuild_model(load_checkpoint(checkpoint))
     model = model.to(device).eval()
@@ -166,9 +167,9 @@ def inference(
     With torch's default threads and, on a CPU with more, again on one thread (see
     :func:`_timed_batches`); plus whether the two networks predict alike.
     """
-    from soft_share_cli.conversion import fold_checkpoint
-    from soft_share_cli.folded import load_folded, materialize
-    from soft_share_cli.infer import rebuild_model
+    from soft_share_cli.folding.swrn import load_folded, materialize
+    from soft_share_cli.models.builder import rebuild_model
+    from soft_share_cli.pipeline.fold import fold_checkpoint
 
     folded_path = Path(workdir) / "folded.safetensors"
     report = fold_checkpoint(checkpoint, folded_path)
@@ -249,8 +250,8 @@ def scaling(
 
     SWRN d-1-K checkpoints in ssc's format; the K sweep is at depth ``k_depth``.
     """
-    from soft_share_cli.analysis import analyze_checkpoint
-    from soft_share_cli.conversion import fold_checkpoint
+    from soft_share_cli.analysis.analyze import analyze_checkpoint
+    from soft_share_cli.pipeline.fold import fold_checkpoint
 
     def timed(work: Any) -> float:
         times = []

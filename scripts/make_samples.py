@@ -12,7 +12,8 @@ Besides our own format, two files reproduce the layout of the authors' training 
 loading them is tested without the authors' code: a dict ``{epoch, arch, state_dict, recorder,
 optimizer}`` whose state-dict keys carry DataParallel's ``module.`` prefix and whose recorder is a
 pickled instance of a class ``RecorderMeter`` from a module named ``utils`` (our own stand-in,
-``soft_share_cli.testing``: plain data, numpy arrays). One is saved in the zip format, one in the
+``soft_share_cli.checkpoints.testing``: plain data, numpy arrays). One is saved in the zip format,
+one in the
 legacy pre-1.6 format.
 """
 
@@ -57,9 +58,9 @@ def ssc(args: str) -> str:
 
 def authors_layout(source: Path, target: Path, legacy: bool) -> None:
     """Write ``source`` (our checkpoint) the way the authors' main.py saves a training run."""
-    from soft_share_cli.checkpoint import load_checkpoint
-    from soft_share_cli.infer import rebuild_model
-    from soft_share_cli.testing import save_authors_checkpoint
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.checkpoints.testing import save_authors_checkpoint
+    from soft_share_cli.models.builder import rebuild_model
 
     checkpoint = load_checkpoint(source)
     model, _ = rebuild_model(checkpoint)

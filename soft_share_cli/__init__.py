@@ -13,16 +13,16 @@ from soft_share_cli._version import __version__
 
 # public name -> module that defines it (imported lazily)
 _EXPORTS = {
-    "TemplateBank": "soft_share_cli.layers",
-    "SConv2d": "soft_share_cli.layers",
+    "TemplateBank": "soft_share_cli.models.layers",
+    "SConv2d": "soft_share_cli.models.layers",
     "SWRN": "soft_share_cli.models.wrn",
     "WRN": "soft_share_cli.models.wrn",
     "build_model": "soft_share_cli.models.registry",
     "SscError": "soft_share_cli.errors",
-    "load_folded": "soft_share_cli.folded",
+    "load_folded": "soft_share_cli.folding.swrn",
     "FCN": "soft_share_cli.models.recurrent",
     "SFCN": "soft_share_cli.models.recurrent",
-    "load_looped": "soft_share_cli.looped",
+    "load_looped": "soft_share_cli.folding.looped",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from soft_share_cli._version import __version__
-from soft_share_cli.defaults import DEFAULT_THRESHOLD
+from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
 from soft_share_cli.errors import EXIT_CODES, SscError
 
 INTERNAL_ERROR = 4  # a bug in ssc, not in the input: the message asks for a report
@@ -79,8 +79,8 @@ def cli() -> None:
 @common
 def info_command(checkpoint: str, as_json: bool) -> None:
     """Show what CHECKPOINT is: format, wrapping, architecture, parameters, provenance."""
-    from soft_share_cli import render
-    from soft_share_cli.pipeline import inspect_checkpoint
+    from soft_share_cli.pipeline.classification import inspect_checkpoint
+    from soft_share_cli.render import tables as render
 
     result = inspect_checkpoint(checkpoint)
     render.print_json(result.to_dict()) if as_json else render.render_info(result)
@@ -117,8 +117,8 @@ def eval_command(
 
     On a task (maze:..., prefix-sums:...) the exact-solve rate and per-pixel accuracy instead.
     """
-    from soft_share_cli import render
-    from soft_share_cli.pipeline import run_eval
+    from soft_share_cli.pipeline.classification import run_eval
+    from soft_share_cli.render import tables as render
 
     with render.progress_bar() as progress:
         report = run_eval(
@@ -233,15 +233,15 @@ def train_command(
     The state after each epoch is kept in OUTPUT.partial until the run completes, so an
     interrupted run can be continued with --resume.
     """
-    from soft_share_cli import render
-    from soft_share_cli.pipeline import run_train
-    from soft_share_cli.regularizers import AlignMode
-    from soft_share_cli.training import Schedule, TrainConfig
+    from soft_share_cli.pipeline.classification import run_train
+    from soft_share_cli.render import tables as render
+    from soft_share_cli.training.classification import Schedule, TrainConfig
+    from soft_share_cli.training.regularizers import AlignMode
 
     config: Any
     if arch in TASK_ARCHS:
         from soft_share_cli.errors import InputError
-        from soft_share_cli.task_training import TaskTrainConfig
+        from soft_share_cli.training.tasks import TaskTrainConfig
 
         if augment or schedule != "cosine":
             raise InputError("task training takes no --augment and only the cosine schedule")
@@ -277,7 +277,7 @@ def train_command(
             seed=seed,
             device=device,
         )
-    from soft_share_cli.resume import partial_path
+    from soft_share_cli.training.resume import partial_path
 
     _check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
     command = "ssc " + shlex.join(sys.argv[1:])
@@ -305,7 +305,7 @@ def _check_io(
 
     inputs: dict[str, Any] = {"CHECKPOINT": checkpoint}
     if data_spec is not None:
-        from soft_share_cli.data import parse_data_spec
+        from soft_share_cli.data.loaders import parse_data_spec
 
         inputs["--data"] = parse_data_spec(data_spec).path
     if model_spec is not None:
@@ -375,9 +375,9 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
 
 
 def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
-    from soft_share_cli.analysis import AnalysisOptions
-    from soft_share_cli.clustering import Linkage
-    from soft_share_cli.similarity import Metric
+    from soft_share_cli.analysis.analyze import AnalysisOptions
+    from soft_share_cli.analysis.clustering import Linkage
+    from soft_share_cli.analysis.similarity import Metric
 
     return AnalysisOptions(threshold, Metric(metric), Linkage(linkage), signed)
 
@@ -403,9 +403,9 @@ def analyze_command(
     as_json: bool,
 ) -> None:
     """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
-    from soft_share_cli import render
-    from soft_share_cli.analysis import analyze_checkpoint
-    from soft_share_cli.graph import export_graph, graph_format
+    from soft_share_cli.analysis.analyze import analyze_checkpoint
+    from soft_share_cli.analysis.loops import export_graph, graph_format
+    from soft_share_cli.render import tables as render
 
     if graph_path is not None:  # refuse a bad output before the work, not after
         graph_format(graph_path)
@@ -442,9 +442,9 @@ def plot_similarity_command(
     graph_plot: str | None,
 ) -> None:
     """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
-    from soft_share_cli import render
-    from soft_share_cli.pipeline import plot_similarity
-    from soft_share_cli.plotting import figure_format
+    from soft_share_cli.pipeline.classification import plot_similarity
+    from soft_share_cli.render import tables as render
+    from soft_share_cli.render.plots import figure_format
 
     for path in (output, graph_plot):
         if path is not None:  # refuse a bad output before the work, not after
@@ -520,15 +520,15 @@ def fold_command(
     as_json: bool,
 ) -> None:
     """Rewrite CHECKPOINT with real loops; report savings and what the fold costs."""
-    from soft_share_cli import render
-    from soft_share_cli.conversion import FoldOptions, fold_checkpoint
     from soft_share_cli.errors import CheckFailed
+    from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
+    from soft_share_cli.render import tables as render
 
     auto = threshold == "auto"
     outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
     _check_io(outputs, checkpoint, data_spec, model_spec)
     if plot is not None:
-        from soft_share_cli.plotting import figure_format
+        from soft_share_cli.render.plots import figure_format
 
         figure_format(plot)
     options = FoldOptions(
@@ -547,8 +547,8 @@ def fold_command(
             checkpoint, output, options, materialize=materialize, progress=progress
         )
     if plot is not None and report.candidates and report.data is not None:
-        from soft_share_cli.plotting import save_figure
-        from soft_share_cli.tradeoff import tradeoff_figure
+        from soft_share_cli.analysis.tradeoff import tradeoff_figure
+        from soft_share_cli.render.plots import save_figure
 
         chosen = report.options.threshold if report.output else None
         figure = tradeoff_figure(
@@ -580,7 +580,7 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """Python's warning text, made inert: libraries' warnings may quote names from a file."""
-    from soft_share_cli.text import inert, inert_lines
+    from soft_share_cli.render.text import inert, inert_lines
 
     stream = sys.stderr if file is None else file
     if stream is not None:  # the message on one line, and the source line quoted after it
@@ -610,7 +610,7 @@ def _run(argv: list[str] | None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    from soft_share_cli.text import inert_lines, one_line
+    from soft_share_cli.render.text import inert_lines, one_line
 
     if _state["debug"]:  # the traceback quotes the same messages: inert too
         sys.stderr.write(inert_lines(traceback.format_exc()))
@@ -625,7 +625,7 @@ def _show_click_error(exc: click.ClickException) -> None:
     """Click's usage error text, with the values it quotes (a file name, an option) made inert."""
     import io
 
-    from soft_share_cli.text import inert, inert_lines
+    from soft_share_cli.render.text import inert, inert_lines
 
     # Escaped before click formats them, so a quoted value's own newlines cannot split it.
     for name in ("message", "ui_filename"):

@@ -167,7 +167,8 @@ def finite_number(value: Any, what: str) -> float:
 
 
 # --- data sets (``--data``) ----------------------------------------------------------------------
-# Checked by soft_share_cli.data (and tasks) against what a data file *declares* (npz headers,
+# Checked by soft_share_cli.data.loaders (and tasks) against what a data file *declares* (npz
+# headers,
 # CIFAR arrays, image headers) before anything is allocated; beyond one, a DataError (exit 2)
 # names the file and the limit. MAX_CLASSES and MAX_CHANNELS above bound labels and channels.
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from soft_share_cli.checkpoint import load_checkpoint
-from soft_share_cli.graph import load_graph
-from soft_share_cli.infer import rebuild_model
+from soft_share_cli.analysis.loops import load_graph
+from soft_share_cli.analysis.params import count_parameters
+from soft_share_cli.checkpoints.load import load_checkpoint
+from soft_share_cli.models.builder import rebuild_model
 from soft_share_cli.models.wrn import WRN
-from soft_share_cli.params import count_parameters
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -148,7 +148,7 @@ def test_a_state_dict_without_banks_is_a_clear_error(ssc, tmp_path: Path) -> Non
 
 
 def test_readme_network_is_analysed_without_an_architecture(ssc, tmp_path: Path) -> None:
-    from soft_share_cli.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
     torch.manual_seed(0)
     bank = TemplateBank(3, 10, 10, 3)
@@ -220,7 +220,7 @@ def _golden(name: str, text: str) -> None:
 
 
 def test_rendered_report_is_pinned(ssc, monkeypatch: pytest.MonkeyPatch) -> None:
-    from soft_share_cli import render
+    from soft_share_cli.render import tables as render
 
     monkeypatch.setattr(render.out, "width", 110)
     monkeypatch.chdir(SAMPLES.parent)  # relative paths: the goldens hold no machine's folders

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import save_model
 from torch import Tensor, nn
 
-from soft_share_cli.banks import ISSUE_KINDS, BankDiscovery, find_banks
-from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
+from soft_share_cli.analysis.banks import ISSUE_KINDS, BankDiscovery, find_banks
+from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 from soft_share_cli.errors import InputError
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.wrn import SWRN
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"

@@ -25,16 +25,16 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
-from soft_share_cli import _pickle_scan as scan
-from soft_share_cli.checkpoint import (
+from soft_share_cli.checkpoints import scan
+from soft_share_cli.checkpoints.load import (
     WRAPPER_KEYS,
     atomic_write,
     load_checkpoint,
     save_checkpoint,
 )
+from soft_share_cli.checkpoints.testing import UTILS_SOURCE
 from soft_share_cli.errors import CheckpointError, InputError, UnsafeCheckpointError
 from soft_share_cli.models.wrn import SWRN
-from soft_share_cli.testing import UTILS_SOURCE
 
 LEGACY = {"_use_new_zipfile_serialization": False}
 FORMATS = [pytest.param({}, id="zip"), pytest.param(LEGACY, id="legacy")]
@@ -531,7 +531,7 @@ def test_save_checkpoint_failure_keeps_existing_file(tmp_path: Path, monkeypatch
 def test_the_authors_layout_writer_makes_what_the_loader_expects(
     tmp_path: Path, legacy: bool
 ) -> None:
-    from soft_share_cli.testing import save_authors_checkpoint
+    from soft_share_cli.checkpoints.testing import save_authors_checkpoint
 
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -134,7 +134,7 @@ def test_bad_files_give_one_line_and_exit_2(ssc, tmp_path: Path, make, expected:
 
 
 def test_mismatched_shapes_and_unknown_architecture(ssc, tmp_path: Path) -> None:
-    from soft_share_cli.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
     state = torch.load(SAMPLES / "swrn28-1-4_digits.pt", weights_only=True)["state_dict"]
     state["classifier.bias"] = torch.zeros(3)

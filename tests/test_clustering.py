@@ -10,14 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import AgglomerativeClustering
 
-from soft_share_cli.clustering import (
+from soft_share_cli.analysis.clustering import (
     TOLERANCE,
     Linkage,
     cluster_labels,
     cluster_layers,
     merge_heights,
 )
-from soft_share_cli.defaults import DEFAULT_THRESHOLD
+from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
 
 
 def blocks() -> np.ndarray:

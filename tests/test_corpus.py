@@ -154,7 +154,7 @@ def test_unreadable_file_through_the_cli(ssc, tmp_path: Path, monkeypatch) -> No
 def clean_analysis(corpus) -> dict[str, Any]:
     import json
 
-    from soft_share_cli.analysis import analyze_checkpoint
+    from soft_share_cli.analysis.analyze import analyze_checkpoint
 
     clean = corpus["root"] / "clean.pt"
     torch.save(torch.load(ALIGNED, weights_only=True)["state_dict"], clean)
@@ -243,7 +243,7 @@ def test_extreme_coefficients_are_still_analysed(ssc, corpus, name: str) -> None
 
 
 def test_non_finite_metadata_is_null_in_json(ssc, tmp_path: Path) -> None:
-    from soft_share_cli.checkpoint import save_checkpoint
+    from soft_share_cli.checkpoints.load import save_checkpoint
 
     state = torch.load(ALIGNED, weights_only=True)
     path = tmp_path / "odd.pt"
@@ -268,11 +268,11 @@ def test_user_network_with_non_finite_coefficients_is_not_folded(
     ssc, tmp_path: Path, monkeypatch
 ) -> None:
     """--model networks skip the architecture check: the fold itself must refuse."""
-    from soft_share_cli.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
     (tmp_path / "tiny_user_net.py").write_text(
         "from torch import nn\n"
-        "from soft_share_cli.layers import SConv2d, TemplateBank\n"
+        "from soft_share_cli.models.layers import SConv2d, TemplateBank\n"
         "class Net(nn.Module):\n"
         "    def __init__(self):\n"
         "        super().__init__()\n"

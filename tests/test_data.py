@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from soft_share_cli.data import (
+from soft_share_cli.data.loaders import (
     CIFAR_STATS,
     DIGITS_MEAN,
     DIGITS_STD,

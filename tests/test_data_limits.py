@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from soft_share_cli import limits
-from soft_share_cli.data import load_data
+from soft_share_cli.data.loaders import load_data
+from soft_share_cli.data.tasks import parse_task_spec
 from soft_share_cli.errors import DataError
-from soft_share_cli.tasks import parse_task_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIGNED = ROOT / "sample_checkpoints" / "swrn28-1-4_digits_align.pt"
@@ -424,7 +424,7 @@ def test_cli_commands_refuse_hostile_data(ssc, tmp_path: Path) -> None:
 
 HANG_SCRIPT = """
 import sys
-from soft_share_cli.data import load_data
+from soft_share_cli.data.loaders import load_data
 from soft_share_cli.errors import DataError
 for spec, split in [a.split("|") for a in sys.argv[1:]]:
     try:

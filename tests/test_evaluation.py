@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soft_share_cli.data import Dataset, load_data
+from soft_share_cli.data.loaders import Dataset, load_data
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.evaluation import EvalResult, evaluate
+from soft_share_cli.evaluation.classification import EvalResult, evaluate
 from soft_share_cli.models.wrn import WRN
 
 

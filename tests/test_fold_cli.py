@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from soft_share_cli.folded import load_folded
-from soft_share_cli.materialize import LoopedBlock
+from soft_share_cli.folding.materialize import LoopedBlock
+from soft_share_cli.folding.swrn import load_folded
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 ALIGNED = str(SAMPLES / "swrn28-1-4_digits_align.pt")
@@ -159,7 +159,7 @@ USER_NET = textwrap.dedent(
     import torch
     import torch.nn.functional as F
     from torch import nn
-    from soft_share_cli.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
     class ReadmeNet(nn.Module):
         def __init__(self):

@@ -15,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import soft_share_cli.materialize as mat
-from soft_share_cli.analysis import AnalysisOptions, analyze_state_dict
-from soft_share_cli.banks import find_banks
-from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
+import soft_share_cli.folding.materialize as mat
+from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.banks import find_banks
+from soft_share_cli.analysis.params import count_parameters, count_state_dict_parameters
+from soft_share_cli.analysis.plan import Absorb, BankFold, LayerFold, parameter_counts
+from soft_share_cli.analysis.similarity import Metric, bank_similarity
+from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 from soft_share_cli.errors import CheckpointError
-from soft_share_cli.folded import (
+from soft_share_cli.folding.swrn import (
     FoldedBank,
     FoldedSWRN,
     LoopedBlock,
@@ -31,11 +34,8 @@ from soft_share_cli.folded import (
     materialize,
     save_folded,
 )
-from soft_share_cli.folding import Absorb, BankFold, LayerFold, parameter_counts
-from soft_share_cli.layers import SConv2d
+from soft_share_cli.models.layers import SConv2d
 from soft_share_cli.models.wrn import SWRN, WRN
-from soft_share_cli.params import count_parameters, count_state_dict_parameters
-from soft_share_cli.similarity import Metric, bank_similarity
 
 K = 4
 # Cluster of each shared layer of a bank at depth 28 (state-dict order: b1.conv1, b1.conv2, ...).
@@ -418,8 +418,8 @@ def test_fold_writes_every_tensor_of_its_uninitialised_skeleton(
 ) -> None:
     # fold_swrn builds the folded network without initialising it (meta device, then
     # allocate): poison that memory and check that nothing of it survives the fold.
-    import soft_share_cli.folded as folded_module
-    from soft_share_cli.layers import allocate
+    import soft_share_cli.folding.swrn as folded_module
+    from soft_share_cli.models.layers import allocate
 
     def poisoned(module: nn.Module, device: Any) -> nn.Module:
         module = allocate(module, device)

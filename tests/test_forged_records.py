@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soft_share_cli import _pickle_scan
+from soft_share_cli.checkpoints import scan as _pickle_scan
 from soft_share_cli.errors import CheckpointError
 
 F32_6 = {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}

@@ -7,8 +7,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from soft_share_cli.errors import InputError
-from soft_share_cli.graph import (
+from soft_share_cli.analysis.loops import (
     GRAPH_FORMATS,
     Loop,
     cluster_letters,
@@ -19,6 +18,7 @@ from soft_share_cli.graph import (
     recurrence_graph,
     summarize_loops,
 )
+from soft_share_cli.errors import InputError
 
 # bank_3 of an SWRN 28-w-K: blocks 1..3 of stage_3, conv1 and conv2 each.
 SWRN = [f"stage_3.{block}.conv{conv}" for block in (1, 2, 3) for conv in (1, 2)]

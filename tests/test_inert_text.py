@@ -31,8 +31,8 @@ from PIL import Image
 from rich.table import Table
 from safetensors.torch import save_file
 
-from soft_share_cli import render
-from soft_share_cli.text import BIDI_CONTROLS, inert, inert_lines, one_line
+from soft_share_cli.render import tables as render
+from soft_share_cli.render.text import BIDI_CONTROLS, inert, inert_lines, one_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_checkpoints" / "swrn28-1-4_digits.pt"
@@ -50,7 +50,7 @@ FOLDER_NAME = EVIL.replace("\x00", "").replace("/", "|")  # a file name holds no
 
 
 def unsafe_characters(text: str) -> list[str]:
-    """The characters of ``text`` that a terminal acts on (independent of soft_share_cli.text)."""
+    """The characters of ``text`` that a terminal acts on (independent of render.text)."""
     bad = []
     for char in text:
         code = ord(char)
@@ -401,7 +401,7 @@ def test_forged_train_state_and_folded_header(ssc, tmp_path: Path) -> None:
     run = ssc("train", "--data", "digits", "-o", str(output), "--resume", "--epochs", "1")
     one_error_line(run, 2)
 
-    from soft_share_cli import folded
+    from soft_share_cli.folding import swrn as folded
 
     header = {"format": folded.FORMAT_NAME, "format_version": EVIL}
     forged = tmp_path / "forged.safetensors"
@@ -432,7 +432,7 @@ def test_usage_errors_quote_values_escaped(ssc, files) -> None:
 
 def test_error_and_warning_lines_from_the_library(ssc, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the library says about a file reaches the terminal inert: errors and warnings."""
-    import soft_share_cli.pipeline as pipeline
+    import soft_share_cli.pipeline.classification as pipeline
     from soft_share_cli.errors import InputError
 
     def failing(path: str) -> None:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from soft_share_cli.errors import ArchitectureError
-from soft_share_cli.infer import ArchSpec, infer_architecture, load_state_dict_checked
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.models.builder import ArchSpec, infer_architecture, load_state_dict_checked
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.registry import build_model
 
 
@@ -92,8 +92,8 @@ def test_rebuild_assigns_the_checkpoints_tensors_and_casts_other_dtypes(
 ) -> None:
     # Rebuilding builds a storage-less skeleton and takes the file's tensors as its weights (no
     # initial weights drawn and overwritten); a float16 file still gives a float32 network.
-    from soft_share_cli.checkpoint import load_checkpoint
-    from soft_share_cli.infer import rebuild_model
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.models.builder import rebuild_model
 
     torch.manual_seed(0)
     reference = build_model("swrn", depth=16, width=1, num_templates=2, in_channels=1).eval()

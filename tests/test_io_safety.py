@@ -149,7 +149,7 @@ def test_train_resume_refuses_a_partial_state_that_is_not_a_regular_file(
 def test_a_graph_file_that_is_not_regular_is_refused(
     short_dir: Path, fifo_watchdog: Callable[[Path], None]
 ) -> None:
-    from soft_share_cli.graph import load_graph
+    from soft_share_cli.analysis.loops import load_graph
 
     os.mkfifo(short_dir / "g.json")
     fifo_watchdog(short_dir / "g.json")
@@ -428,7 +428,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 """ + _RUN_CASES + r"""
 # torch's path writer dropped the error of its last buffered write: every limit short of the
 # whole file must be an error, never a truncated file reported as written.
-from soft_share_cli.checkpoint import save_checkpoint
+from soft_share_cli.checkpoints.load import save_checkpoint
 from soft_share_cli.errors import InputError
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
 state = {"w": torch.arange(20000, dtype=torch.float32)}

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from soft_share_cli import limits
-from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
+from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 ALIGNED = SAMPLES / "swrn28-1-4_digits_align.pt"

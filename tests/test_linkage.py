@@ -8,7 +8,7 @@ from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 from sklearn.cluster import AgglomerativeClustering
 
-from soft_share_cli.clustering import Linkage, linkage_tree
+from soft_share_cli.analysis.clustering import Linkage, linkage_tree
 
 
 def distances(seed: int, n: int, ties: str) -> np.ndarray:

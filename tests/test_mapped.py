@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from soft_share_cli.analysis import AnalysisOptions, analyze_checkpoint
-from soft_share_cli.arrays import StoredArray
-from soft_share_cli.checkpoint import load_checkpoint, save_checkpoint
-from soft_share_cli.clustering import Linkage
+from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_checkpoint
+from soft_share_cli.analysis.clustering import Linkage
+from soft_share_cli.analysis.params import count_state_dict_parameters
+from soft_share_cli.analysis.similarity import Metric
+from soft_share_cli.checkpoints.arrays import StoredArray
+from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 from soft_share_cli.errors import CheckpointError, UnsafeCheckpointError
 from soft_share_cli.models.wrn import SWRN
-from soft_share_cli.params import count_state_dict_parameters
-from soft_share_cli.similarity import Metric
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_checkpoints"
@@ -37,7 +37,7 @@ FORMATS = [pytest.param({}, id="zip"), pytest.param(LEGACY, id="legacy")]
 
 def analysis_json(path: Path, options: AnalysisOptions, monkeypatch: Any, arrays: bool) -> str:
     """The analysis of ``path`` read with (or, forced, without) the torch-free reader."""
-    import soft_share_cli.checkpoint as checkpoint
+    import soft_share_cli.checkpoints.load as checkpoint
 
     original = checkpoint.load_checkpoint
 
@@ -204,8 +204,8 @@ def test_ssc_analyze_never_imports_torch_or_scikit_learn() -> None:
 
 def test_the_reader_models_only_what_torchs_loader_allows() -> None:
     # So a verdict reached without torch is the verdict torch's list would give.
-    from soft_share_cli import _pickle_scan as scan
-    from soft_share_cli._mapped import MODELLED_GLOBALS
+    from soft_share_cli.checkpoints import scan
+    from soft_share_cli.checkpoints.mapped import MODELLED_GLOBALS
 
     numpy_names = {name for _, name in scan.numpy_safe_globals()}
     assert MODELLED_GLOBALS.issubset(scan.torch_allowed_names() | numpy_names)
@@ -228,7 +228,7 @@ def test_pickle_protocols_torch_cannot_read_fail_alike(tmp_path: Path, protocol:
 def test_a_pickle_cannot_edit_the_readers_functions(tmp_path: Path) -> None:
     # BUILD on a global the reader hands out must fail (and leave the file to torch's loader),
     # never change that global for the next file.
-    from soft_share_cli import _mapped
+    from soft_share_cli.checkpoints import mapped as _mapped
 
     before = _mapped._rebuild_tensor_v2.__defaults__
     # GLOBAL torch._utils._rebuild_tensor_v2, then BUILD it with a (dict, slots) state.

@@ -162,8 +162,8 @@ def test_regression_cases_cover_every_class() -> None:
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_valid_records_still_read_exactly(tmp_path: Path, legacy: bool) -> None:
-    from soft_share_cli.arrays import StoredArray
-    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.checkpoints.arrays import StoredArray
+    from soft_share_cli.checkpoints.load import load_checkpoint
 
     records = {
         "w": mc.Tensor(offset=2, size=(2, 3), stride=(3, 1), count=8),
@@ -208,7 +208,7 @@ def test_valid_records_still_read_exactly(tmp_path: Path, legacy: bool) -> None:
 def test_a_mapping_is_checked_against_the_file_size_when_mapped(tmp_path: Path) -> None:
     # A storage is proven inside the mapping, whose length is the file's size at map time, so a
     # member that claims more than the file holds is an error, not a SIGBUS on first touch.
-    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import CheckpointError
 
     ckpt = mc.state({"w": mc.Tensor(size=(4,), count=4)}, legacy=False)

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.analysis.params import count_parameters, count_state_dict_parameters
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.registry import build_model
 from soft_share_cli.models.wrn import SWRN, WRN
-from soft_share_cli.params import count_parameters, count_state_dict_parameters
 
 # From ../shared/PAPER.md: the authors' networks for 10 classes.
 PAPER_COUNTS = [

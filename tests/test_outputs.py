@@ -37,9 +37,9 @@ def _temp_file_writers() -> set[tuple[str, str]]:
     """Writers that take a path from their caller and are only ever handed atomic_write's
     temporary file: graph.export_graph picks them from graph._WRITERS inside its lambda (and
     the graph cases of test_a_broken_write_keeps_the_previous_file check that it does)."""
-    from soft_share_cli import graph
+    from soft_share_cli.analysis import loops as graph
 
-    return {("graph.py", writer.__name__) for writer in graph._WRITERS.values()}
+    return {("loops.py", writer.__name__) for writer in graph._WRITERS.values()}
 
 
 def _writes(call: ast.Call) -> bool:
@@ -104,7 +104,7 @@ def test_the_static_check_sees_a_plain_write(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import torch
-            from soft_share_cli.checkpoint import atomic_write
+            from soft_share_cli.checkpoints.load import atomic_write
 
             def fine(path, obj):
                 atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -135,7 +135,7 @@ def _break(monkeypatch: pytest.MonkeyPatch, target: str, error: BaseException) -
     import matplotlib.figure
     import safetensors.torch
 
-    from soft_share_cli import graph
+    from soft_share_cli.analysis import loops as graph
 
     seen: list[str] = []
 
@@ -165,7 +165,7 @@ def _break(monkeypatch: pytest.MonkeyPatch, target: str, error: BaseException) -
 USER_NET = """
 import torch.nn.functional as F
 from torch import nn
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 class Net(nn.Module):
     def __init__(self):

@@ -12,9 +12,9 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
+from soft_share_cli.analysis.loops import cluster_letters
 from soft_share_cli.errors import InputError
-from soft_share_cli.graph import cluster_letters
-from soft_share_cli.plotting import (
+from soft_share_cli.render.plots import (
     HeatmapInput,
     graph_figure,
     save_figure,

@@ -7,7 +7,7 @@ arbitrary similarity matrices, ties and thresholds included (test_clustering.py,
 Added: the same for the weight metric; invariance to rescaling any layer and to permuting
 templates as properties over random banks; the guarantee end to end from coefficient vectors;
 and folding exactly parallel layers keeping the logits for random scales and signs, for an SWRN
-(soft_share_cli.folded.fold_swrn) and for a user network (module surgery).
+(soft_share_cli.folding.swrn.fold_swrn) and for a user network (module surgery).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from soft_share_cli.analysis import AnalysisOptions, analyze_state_dict
-from soft_share_cli.clustering import TOLERANCE, Linkage, cluster_layers
-from soft_share_cli.folded import fold_swrn
-from soft_share_cli.folding import plan_bank
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.clustering import TOLERANCE, Linkage, cluster_layers
+from soft_share_cli.analysis.plan import plan_bank
+from soft_share_cli.analysis.similarity import gram_matrix, layer_similarity
+from soft_share_cli.folding.surgery import fold_user_model
+from soft_share_cli.folding.swrn import fold_swrn
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.wrn import SWRN
-from soft_share_cli.similarity import gram_matrix, layer_similarity
-from soft_share_cli.surgery import fold_user_model
 
 BOUNDED = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 FOLDS = settings(max_examples=10, deadline=None, derandomize=True, database=None)

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from soft_share_cli.analysis import AnalysisOptions, analyze_state_dict
-from soft_share_cli.banks import find_banks
-from soft_share_cli.checkpoint import save_checkpoint
+from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.banks import find_banks
+from soft_share_cli.analysis.params import count_parameters
+from soft_share_cli.checkpoints.load import save_checkpoint
 from soft_share_cli.errors import CheckpointError
-from soft_share_cli.infer import rebuild_model
-from soft_share_cli.looped import (
+from soft_share_cli.folding.looped import (
     LoopedFCN,
     LoopSegment,
     fold_sfcn,
@@ -19,9 +19,9 @@ from soft_share_cli.looped import (
     looped_state_dict_view,
     save_looped,
 )
+from soft_share_cli.models.builder import rebuild_model
 from soft_share_cli.models.recurrent import FCN, SFCN
 from soft_share_cli.models.registry import build_model
-from soft_share_cli.params import count_parameters
 
 
 @pytest.mark.parametrize("arch", ["fcn", "sfcn"])
@@ -162,7 +162,7 @@ def test_folded_file_round_trip_and_analysis_view(tmp_path) -> None:
 
 
 def test_checkpoints_rebuild_through_the_registry(tmp_path) -> None:
-    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.checkpoints.load import load_checkpoint
 
     model = SFCN(blocks=2, width=4, num_templates=2, in_channels=1)
     kwargs = {"blocks": 2, "width": 4, "num_templates": 2, "num_classes": 2, "in_channels": 1}
@@ -182,8 +182,8 @@ def test_checkpoints_rebuild_through_the_registry(tmp_path) -> None:
 
 
 def test_trajectory_and_sweep_match_separate_runs() -> None:
-    from soft_share_cli.data import load_data
-    from soft_share_cli.task_evaluation import evaluate_task, iteration_sweep
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.evaluation.tasks import evaluate_task, iteration_sweep
 
     looped = fold_exactly(parallel_sfcn(blocks=3))
     x = torch.randn(2, 3, 9, 9)
@@ -204,7 +204,7 @@ def test_trajectory_and_sweep_match_separate_runs() -> None:
 
 
 def test_signed_alignment_tells_antiparallel_layers_apart() -> None:
-    from soft_share_cli.regularizers import (
+    from soft_share_cli.training.regularizers import (
         AlignMode,
         alignment_penalty,
         coefficient_groups,

@@ -64,22 +64,22 @@ def _assert_debug_traceback(run, exc_type: str, injected: str) -> None:
 INJECTIONS = [
     (
         ("info", str(ALIGNED)),
-        "soft_share_cli.pipeline.inspect_checkpoint",
+        "soft_share_cli.pipeline.classification.inspect_checkpoint",
         RuntimeError("injected: two\nlines"),
     ),
     (
         ("info", str(ALIGNED), "--json"),
-        "soft_share_cli.checkpoint.load_checkpoint",
+        "soft_share_cli.checkpoints.load.load_checkpoint",
         KeyError("injected"),
     ),
     (
         ("eval", str(ALIGNED), "--data", "digits", "--json"),
-        "soft_share_cli.evaluation.evaluate",
+        "soft_share_cli.evaluation.classification.evaluate",
         ZeroDivisionError("injected division by zero"),
     ),
     (
         ("analyze", str(ALIGNED), "--json"),
-        "soft_share_cli.analysis.analyze_state_dict",
+        "soft_share_cli.analysis.analyze.analyze_state_dict",
         IndexError("injected"),
     ),
 ]
@@ -103,7 +103,7 @@ def test_a_json_report_that_fails_to_serialise_prints_nothing(
     ssc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in the middle of the JSON (an unserialisable value after good ones): no half object."""
-    from soft_share_cli import pipeline
+    from soft_share_cli.pipeline import classification as pipeline
 
     real = pipeline.CheckpointInfo.to_dict
 
@@ -122,7 +122,9 @@ CTRL_C = [("info", str(ALIGNED)), ("info", str(ALIGNED), "--json")]
 
 @pytest.mark.parametrize("argv", CTRL_C)
 def test_ctrl_c_is_exit_130_with_one_line(ssc, monkeypatch: pytest.MonkeyPatch, argv) -> None:
-    monkeypatch.setattr("soft_share_cli.checkpoint.load_checkpoint", _raiser(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        "soft_share_cli.checkpoints.load.load_checkpoint", _raiser(KeyboardInterrupt())
+    )
     run = ssc(*argv)
     assert run.code == 130 and run.out == ""
     assert [line for line in run.err.splitlines() if line.strip()] == [
@@ -134,7 +136,9 @@ def test_ctrl_c_is_exit_130_with_one_line(ssc, monkeypatch: pytest.MonkeyPatch, 
 
 @pytest.mark.parametrize("argv", CTRL_C)
 def test_ctrl_c_adds_no_blank_line(ssc, monkeypatch: pytest.MonkeyPatch, argv) -> None:
-    monkeypatch.setattr("soft_share_cli.checkpoint.load_checkpoint", _raiser(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        "soft_share_cli.checkpoints.load.load_checkpoint", _raiser(KeyboardInterrupt())
+    )
     assert ssc(*argv).err == "Error: interrupted; nothing was written\n"
 
 
@@ -168,7 +172,7 @@ def _original_tensors(name: str) -> dict[str, np.ndarray]:
 
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     else:  # the authors' layout holds a pickled RecorderMeter: only ssc's loader opens it
-        from soft_share_cli.checkpoint import load_checkpoint
+        from soft_share_cli.checkpoints.load import load_checkpoint
 
         state = load_checkpoint(path).state_dict
     return {k: v.detach().double().numpy() for k, v in state.items()}

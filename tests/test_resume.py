@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-import soft_share_cli.resume as resume_module
-import soft_share_cli.training as training
-from soft_share_cli.resume import partial_path
+import soft_share_cli.training.classification as training
+import soft_share_cli.training.resume as resume_module
+from soft_share_cli.training.resume import partial_path
 
 # --augment: the shuffling generator also draws crops, so its saved state really matters.
 ARGS = ("--data", "digits?limit=240", "--depth", "10", "--templates", "2", "--batch-size", "64")

@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from soft_share_cli import similarity
-from soft_share_cli.banks import BankDiscovery, find_banks
-from soft_share_cli.errors import InputError
-from soft_share_cli.models.wrn import SWRN
-from soft_share_cli.similarity import (
+from soft_share_cli.analysis import similarity
+from soft_share_cli.analysis.banks import BankDiscovery, find_banks
+from soft_share_cli.analysis.similarity import (
     BankSimilarity,
     Metric,
     bank_similarity,
     gram_matrix,
     layer_similarity,
 )
+from soft_share_cli.errors import InputError
+from soft_share_cli.models.wrn import SWRN
 
 
 def naive(a: np.ndarray, gram: np.ndarray | None = None, signed: bool = False) -> np.ndarray:

@@ -13,12 +13,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from soft_share_cli.analysis import AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.params import count_state_dict_parameters
+from soft_share_cli.analysis.plan import Absorb, parameter_counts, plan_bank
 from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
-from soft_share_cli.folding import Absorb, parameter_counts, plan_bank
-from soft_share_cli.layers import SConv2d, TemplateBank
-from soft_share_cli.params import count_state_dict_parameters
-from soft_share_cli.surgery import (
+from soft_share_cli.folding.surgery import (
     SharedWeights,
     TiedConv2d,
     fold_user_model,
@@ -27,14 +26,15 @@ from soft_share_cli.surgery import (
     save_folded_user_model,
     user_fold_program,
 )
-from soft_share_cli.user_model import build_user_model, load_factory
+from soft_share_cli.models.layers import SConv2d, TemplateBank
+from soft_share_cli.models.user import build_user_model, load_factory
 
 # The authors' README network (conv1, one bank, three shared convs), with a small head.
 USER_CODE = textwrap.dedent(
     """
     import torch.nn.functional as F
     from torch import nn
-    from soft_share_cli.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
     class ReadmeNet(nn.Module):
@@ -207,7 +207,7 @@ def test_templates_storage_when_it_is_smaller(user_file: Path) -> None:
 TWO_BANKS = textwrap.dedent(
     """
     from torch import nn
-    from soft_share_cli.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
     class TwoBanks(nn.Module):

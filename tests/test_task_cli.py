@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from soft_share_cli.checkpoint import load_checkpoint
+from soft_share_cli.checkpoints.load import load_checkpoint
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 TINY = ("--arch", "sfcn", "--blocks", "2", "--channels", "4", "--templates", "2")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from soft_share_cli.data import load_data
+from soft_share_cli.data.loaders import load_data
 from soft_share_cli.errors import DataError, InputError
 from soft_share_cli.models.recurrent import SFCN
-from soft_share_cli.task_training import (
+from soft_share_cli.training.tasks import (
     TaskTrainConfig,
     _scored,
     step_lr,
@@ -92,7 +92,7 @@ def test_image_data_is_refused() -> None:
 
 
 def test_training_leaves_the_flush_denormal_mode_as_it_was() -> None:
-    from soft_share_cli.fit import flush_denormal_enabled
+    from soft_share_cli.training.fit import flush_denormal_enabled
 
     data = load_data("maze:size=3,count=16", split="train")
     config = replace(TINY, epochs=1)

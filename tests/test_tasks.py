@@ -7,9 +7,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from soft_share_cli.data import load_data, parse_data_spec
-from soft_share_cli.errors import DataError
-from soft_share_cli.tasks import (
+from soft_share_cli.data.loaders import load_data, parse_data_spec
+from soft_share_cli.data.tasks import (
     Task,
     TaskSpec,
     carve_maze,
@@ -18,6 +17,7 @@ from soft_share_cli.tasks import (
     parse_task_spec,
     task_arrays,
 )
+from soft_share_cli.errors import DataError
 
 
 def cell_graph(open_pixels: np.ndarray, n: int) -> dict[tuple[int, int], list[tuple[int, int]]]:

@@ -9,16 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from soft_share_cli.data import Dataset
+from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import InputError
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.wrn import SWRN
-from soft_share_cli.regularizers import (
-    alignment_penalty,
-    coefficient_groups,
-    nearest_neighbour_similarity,
-)
-from soft_share_cli.training import (
+from soft_share_cli.training.classification import (
     EpochRecord,
     Schedule,
     TrainConfig,
@@ -27,6 +22,11 @@ from soft_share_cli.training import (
     epoch_lr,
     make_optimizer,
     train,
+)
+from soft_share_cli.training.regularizers import (
+    alignment_penalty,
+    coefficient_groups,
+    nearest_neighbour_similarity,
 )
 
 # Small enough that every run below takes a fraction of a second on 2 cores.
@@ -270,7 +270,7 @@ def test_checkpoint_metadata_is_plain_python() -> None:
 
 
 def test_recurrence_pairs_follow_roles_across_blocks() -> None:
-    from soft_share_cli.regularizers import recurrence_pairs
+    from soft_share_cli.training.regularizers import recurrence_pairs
 
     names = [f"stage_1.{b}.conv{r}" for b in (1, 2, 3) for r in (1, 2)]
     assert recurrence_pairs(names) == [(0, 2), (1, 3), (2, 4), (3, 5)]
@@ -279,7 +279,7 @@ def test_recurrence_pairs_follow_roles_across_blocks() -> None:
 
 
 def test_recurrent_penalty_is_zero_for_repeating_blocks_and_one_for_orthogonal() -> None:
-    from soft_share_cli.regularizers import AlignMode, alignment_penalty
+    from soft_share_cli.training.regularizers import AlignMode, alignment_penalty
 
     a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
     pairs = [[(0, 2), (1, 3)]]

@@ -1,6 +1,2 @@
-"""Build, load, evaluate and train CNNs with soft parameter sharing (template banks)."""
-
-from soft_share_cli.models.registry import ARCHITECTURES, build_model
-from soft_share_cli.models.wrn import SWRN, WRN
-
-__all__ = ["ARCHITECTURES", "SWRN", "WRN", "build_model"]
+"""Networks: template-bank layers, (S)WRNs, (S)FCNs, the registry, the builder from tensor shapes
+and user models. Import the submodules; this package imports nothing (torch loads on use)."""

@@ -16,7 +16,7 @@ maze of any size and answers per pixel (``(N, classes, H, W)`` logits). Layout::
 
 There is no BatchNorm: a normalisation with statistics per layer would tie each block to its
 position, and the point of these networks is that a folded one can run its block more times
-than it was trained with (:mod:`soft_share_cli.looped`). Without BatchNorm the scale of the
+than it was trained with (:mod:`soft_share_cli.folding.looped`). Without BatchNorm the scale of the
 initial weights matters, so every conv weight starts with PyTorch's default spread
 (``std = 1 / sqrt(3 fan_in)``, small residual branches keep a deep body stable), and in the
 shared net the coefficient rows (orthogonal over the layers x K matrix, as in the paper) are
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
 def _init_conv_(weight: Tensor) -> None:

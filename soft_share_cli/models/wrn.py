@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from soft_share_cli.layers import SConv2d, TemplateBank
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
 class Block(nn.Module):

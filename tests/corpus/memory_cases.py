@@ -510,7 +510,7 @@ TORCH_LOAD = "--torch-load"
 
 
 def _torch_load(path: str) -> int:
-    from soft_share_cli.checkpoint import load_checkpoint
+    from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import SscError
 
     try:

@@ -1,0 +1,1 @@
+"""Analysis of template banks: banks, similarity, clustering, fold plans, loops, counts."""

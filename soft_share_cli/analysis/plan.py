@@ -1,0 +1,242 @@
+"""Plan a fold: one representative weight per cluster, a least-squares scale per layer.
+
+For a cluster of layers with coefficient vectors ``a_i`` the representative direction ``u`` is
+the best rank-one fit of the members, ``argmin_u sum_i min_s ||a_i - s u||^2``: the leading right
+singular vector of the members' matrix (unit norm). Each member becomes ``s_i W(u)`` with the
+least-squares scale ``s_i = <a_i, u> / <u, u>``, sign kept. When the members are exactly parallel
+(LSM = 1) the fit has zero residual and the fold is lossless; otherwise the relative residual
+``||a_i - s_i u|| / ||a_i||`` is reported per layer. With ``Metric.WEIGHT`` the same fit is done
+in the inner product of the generated weights, ``<a, b>_G = a^T G b`` with the templates' Gram
+matrix, so it minimises the error of the weights themselves.
+
+Where a scale goes (``Absorb``), for the pre-activation blocks of an SWRN
+(``relu(bn1) -> conv1 -> bn2 -> relu -> conv2 -> + residual``):
+
+* conv1 feeds only bn2, so its scale folds into bn2's running statistics exactly (eval mode);
+* conv2 feeds the residual sum; a positive scale folds into bn2's affine parameters exactly,
+  because ``s * conv(relu(y)) = conv(relu(s * y))`` for ``s > 0``; a negative scale stays an
+  explicit per-iteration gain;
+* in networks ssc does not know, every scale stays an explicit gain.
+
+The sign of ``u`` is free; it is chosen so that as few scales as possible need a gain.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from soft_share_cli.analysis.banks import Bank
+from soft_share_cli.analysis.clustering import Clusters
+
+
+class Absorb(str, enum.Enum):
+    """Where a layer's scale ends up in the folded network."""
+
+    BN_STATS = "bn-stats"  # into the following BatchNorm's running statistics (conv1)
+    BN_AFFINE = "bn-affine"  # into the preceding BatchNorm's weight and bias (conv2, s > 0)
+    GAIN = "gain"  # an explicit per-iteration scalar (a parameter of the folded network)
+
+
+@dataclass(frozen=True)
+class LayerFold:
+    """How one layer is served after folding."""
+
+    name: str
+    cluster: int  # index into BankFold.clusters
+    scale: float  # s_i, sign kept
+    residual: float  # ||a_i - s_i u|| / ||a_i|| in the fit's inner product (0 when exact)
+    absorb: Absorb
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cluster": self.cluster,
+            "scale": self.scale,
+            "residual": self.residual,
+            "absorb": self.absorb.value,
+        }
+
+
+@dataclass(frozen=True)
+class BankFold:
+    """The fold of one bank: its clusters, their directions and every layer's scale."""
+
+    bank: str
+    num_templates: int
+    weight_numel: int  # O * I * k * k
+    clusters: Clusters
+    directions: np.ndarray = field(compare=False, repr=False)  # (C, K), unit norm in the fit
+    layers: tuple[LayerFold, ...] = ()
+
+    @property
+    def stores_weights(self) -> bool:
+        """Store C distinct weights, or the templates plus C direction vectors: the smaller."""
+        c, k, d = len(self.clusters), self.num_templates, self.weight_numel
+        return c * d <= k * d + c * k
+
+    @property
+    def gains(self) -> int:
+        return sum(layer.absorb is Absorb.GAIN for layer in self.layers)
+
+    @property
+    def parameters(self) -> int:
+        """Numbers the folded network stores for this bank (weights or templates, and gains)."""
+        c, k, d = len(self.clusters), self.num_templates, self.weight_numel
+        if c == 0:
+            return 0  # a bank no layer uses is dropped
+        return (c * d if self.stores_weights else k * d + c * k) + self.gains
+
+    @property
+    def shared_parameters(self) -> int:
+        """What the soft-shared checkpoint stores for this bank: K templates, L coefficients."""
+        k = self.num_templates
+        return k * self.weight_numel + len(self.layers) * k
+
+    @property
+    def unshared_parameters(self) -> int:
+        """One full weight per layer, as in the equivalent plain CNN."""
+        return len(self.layers) * self.weight_numel
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bank": self.bank,
+            "clusters": [list(c) for c in self.clusters],
+            "storage": "weights" if self.stores_weights else "templates",
+            "parameters": self.parameters,
+            "gains": self.gains,
+            "max_residual": max((layer.residual for layer in self.layers), default=0.0),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def _absorb_rule(state_dict: Mapping[str, Any] | None) -> Callable[[str, float], Absorb]:
+    """Where the scale of layer ``name`` can go, given the network's other tensors."""
+
+    def rule(name: str, scale: float) -> Absorb:
+        if state_dict is None or scale == 0.0:
+            return Absorb.GAIN  # unknown network, or nothing to divide a statistic by
+        parent, _, role = name.rpartition(".")
+        if f"{parent}.bn2.running_var" not in state_dict:
+            return Absorb.GAIN
+        if role == "conv1":
+            return Absorb.BN_STATS
+        if role == "conv2" and scale > 0:
+            return Absorb.BN_AFFINE
+        return Absorb.GAIN
+
+    return rule
+
+
+def _fit_direction(members: np.ndarray, metric_root: np.ndarray | None) -> np.ndarray:
+    """Unit direction u minimising sum_i min_s ||a_i - s u||^2 (in the G-metric if given)."""
+    # The direction does not depend on the points' overall scale: divided by their largest
+    # magnitude, coefficients near the float64 limit (a damaged file) cannot overflow in the SVD.
+    peak = float(np.max(np.abs(members))) if members.size else 0.0
+    if math.isfinite(peak) and peak > 0:
+        members = members / peak
+    points = members if metric_root is None else members @ metric_root.T
+    try:
+        _, _, vt = np.linalg.svd(points, full_matrices=False)
+    except np.linalg.LinAlgError:  # non-finite points: no direction fits them better than another
+        vt = np.eye(points.shape[1])
+    v = vt[0]
+    if metric_root is None:
+        return v / np.linalg.norm(v)
+    # back from the whitened space: u = R^+ v, normalised so that u^T G u = 1
+    u = np.linalg.lstsq(metric_root, v, rcond=None)[0]
+    norm = np.sqrt(max(float((metric_root @ u) @ (metric_root @ u)), 1e-300))
+    return u / norm
+
+
+def _metric_root(gram: np.ndarray | None) -> np.ndarray | None:
+    """R with R^T R = G (G symmetric PSD), so that <a, b>_G = (R a) . (R b)."""
+    if gram is None:
+        return None
+    values, vectors = np.linalg.eigh(gram)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))).T
+
+
+def plan_bank(
+    bank: Bank,
+    clusters: Clusters,
+    *,
+    gram: np.ndarray | None = None,
+    state_dict: Mapping[str, Any] | None = None,
+) -> BankFold:
+    """Fold ``bank``'s layers into ``clusters``: directions, scales, residuals, absorption.
+
+    Args:
+        bank: the bank (its layers' coefficients are used).
+        clusters: a partition of ``range(len(bank.layers))``.
+        gram: the bank's Gram matrix to fit in weight space (``Metric.WEIGHT``); None fits the
+            coefficient vectors (the paper's LSM space).
+        state_dict: the network's tensors, to decide where scales can be absorbed exactly;
+            None keeps every scale as an explicit gain (networks ssc does not know).
+    """
+    a = bank.coefficient_matrix()
+    root = _metric_root(gram)
+    rule = _absorb_rule(state_dict)
+    inner = (lambda x, y: float(x @ y)) if gram is None else (lambda x, y: float(x @ gram @ y))
+    directions = np.zeros((len(clusters), bank.num_templates))
+    folds: dict[int, LayerFold] = {}
+    for c, members in enumerate(clusters):
+        u = _fit_direction(a[list(members)], root)
+        scales = np.array([inner(a[i], u) / inner(u, u) for i in members])
+        names = [bank.layers[i].name for i in members]
+        # The sign of u is free: take the one that leaves the fewest explicit gains.
+        if sum(rule(n, -s) is Absorb.GAIN for n, s in zip(names, scales, strict=True)) < sum(
+            rule(n, s) is Absorb.GAIN for n, s in zip(names, scales, strict=True)
+        ):
+            u, scales = -u, -scales
+        directions[c] = u
+        for i, name, s in zip(members, names, scales, strict=True):
+            residual_vec = a[i] - s * u
+            norm = np.sqrt(max(inner(a[i], a[i]), 0.0))
+            residual = np.sqrt(max(inner(residual_vec, residual_vec), 0.0)) / norm if norm else 0.0
+            residual = residual if residual > 1e-12 else 0.0  # rounding noise of an exact fit
+            folds[i] = LayerFold(name, c, float(s), float(residual), rule(name, float(s)))
+    layers = tuple(folds[i] for i in range(len(bank.layers)))
+    return BankFold(bank.name, bank.num_templates, bank.weight_numel, clusters, directions, layers)
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Parameters of the checkpoint, of its unshared equivalent, and after folding."""
+
+    checkpoint_unique: int  # counted by storage: each shared tensor once
+    unshared_equivalent: int  # every shared layer with a full weight of its own
+    folded: int  # the folded network at this threshold
+
+    @property
+    def savings_vs_checkpoint_pct(self) -> float:
+        return 100.0 * (1 - self.folded / self.checkpoint_unique) if self.checkpoint_unique else 0.0
+
+    @property
+    def savings_vs_unshared_pct(self) -> float:
+        u = self.unshared_equivalent
+        return 100.0 * (1 - self.folded / u) if u else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint_unique": self.checkpoint_unique,
+            "unshared_equivalent": self.unshared_equivalent,
+            "folded": self.folded,
+            "savings_vs_checkpoint_pct": round(self.savings_vs_checkpoint_pct, 4),
+            "savings_vs_unshared_pct": round(self.savings_vs_unshared_pct, 4),
+        }
+
+
+def parameter_counts(checkpoint_unique: int, banks: tuple[BankFold, ...]) -> ParameterCounts:
+    """Counts for a network of ``checkpoint_unique`` parameters whose banks fold as planned."""
+    rest = checkpoint_unique - sum(b.shared_parameters for b in banks)
+    return ParameterCounts(
+        checkpoint_unique=checkpoint_unique,
+        unshared_equivalent=rest + sum(b.unshared_parameters for b in banks),
+        folded=rest + sum(b.parameters for b in banks),
+    )

@@ -1,0 +1,1 @@
+"""Data: ``--data`` specs, image loaders and algorithmic task generators."""

@@ -1,0 +1,1 @@
+"""Evaluation: classification and dense per-pixel task metrics."""

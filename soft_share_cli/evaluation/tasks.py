@@ -1,0 +1,208 @@
+"""Evaluate per-pixel task networks: exact-solve rate, per-pixel accuracy, loss, speed.
+
+A task instance counts as *solved* only when every pixel is right (the metric of Schwarzschild et
+al.); per-pixel accuracy is reported next to it. Like
+:func:`soft_share_cli.evaluation.classification.evaluate`,
+batches are slices of in-memory tensors and statistics stay on the device until the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from soft_share_cli.data.loaders import Dataset
+from soft_share_cli.errors import DataError, InputError
+
+
+def is_task_data(data: Dataset) -> bool:
+    """Whether ``data`` has a label per pixel, ``y`` of shape ``(N, H, W)``."""
+    return data.y.dim() == 3
+
+
+@dataclass(frozen=True)
+class TaskEvalResult:
+    """How well a network solves a task's instances."""
+
+    samples: int
+    exact: float  # percent of instances with every pixel right
+    pixel_accuracy: float  # percent of pixels right, over all instances
+    loss: float  # mean per-pixel cross-entropy
+    seconds: float
+    throughput: float  # instances / s
+    iterations: int | None = None  # block applications of a looped network, None otherwise
+    # per-pixel argmax (CPU, int64), kept on request for agreement checks between networks
+    predictions: Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def top1(self) -> float:
+        """The headline accuracy, for code written for classifiers: the exact-solve rate."""
+        return self.exact
+
+    @property
+    def top5(self) -> None:
+        """Not defined for per-pixel tasks."""
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
+
+        Everything outside ``timing`` is the same on every run over the same model and data.
+        """
+        return {
+            "samples": self.samples,
+            "exact": self.exact,
+            "pixel_accuracy": self.pixel_accuracy,
+            "loss": self.loss,
+            "iterations": self.iterations,
+            # throughput is infinite when the clock saw no time pass; JSON cannot say that
+            "timing": {
+                "seconds": self.seconds,
+                "throughput": self.throughput if math.isfinite(self.throughput) else None,
+            },
+        }
+
+
+def loop_iterations(model: nn.Module) -> int | None:
+    """The iterations a looped network runs (its ``iterations`` attribute), None for others."""
+    from soft_share_cli.folding.looped import LoopedFCN
+
+    return model.iterations if isinstance(model, LoopedFCN) else None
+
+
+def evaluate_task(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    keep_predictions: bool = False,
+) -> TaskEvalResult:
+    """Evaluate ``model`` on a per-pixel task in eval mode (mode restored afterwards).
+
+    Raises:
+        DataError: ``data`` is not per-pixel, or the network's output does not fit it.
+    """
+    from soft_share_cli.evaluation.classification import resolve_device
+
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if not is_task_data(data):
+        raise DataError(f"{data.name} has one label per image; task metrics need one per pixel")
+    total = len(data)
+    target = resolve_device(device)
+    modes = {module: module.training for module in model.modules()}
+    model.to(target)
+    model.eval()
+    loss_sums: list[Tensor] = []
+    pixel_hits: list[Tensor] = []
+    solved: list[Tensor] = []
+    predictions: list[Tensor] = []
+    done = 0
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size), strict=True):
+                xb, yb = xb.to(target), yb.to(target)
+                logits = model(xb)
+                if done == 0:
+                    _check_output(logits, yb, data)
+                loss_sums.append(F.cross_entropy(logits.float(), yb, reduction="sum"))
+                pred = logits.argmax(dim=1)
+                right = pred == yb
+                pixel_hits.append(right.sum())
+                solved.append(right.flatten(1).all(dim=1).sum())
+                if keep_predictions:
+                    predictions.append(pred)
+                done += len(yb)
+                if progress is not None:
+                    progress(done, total)
+        pixels = data.y.numel()
+        loss = float(torch.stack(loss_sums).cpu().double().sum()) / pixels
+        pixel_accuracy = 100.0 * int(torch.stack(pixel_hits).sum()) / pixels
+        exact = 100.0 * int(torch.stack(solved).sum()) / total
+        seconds = time.perf_counter() - start
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return TaskEvalResult(
+        samples=total,
+        exact=exact,
+        pixel_accuracy=pixel_accuracy,
+        loss=loss,
+        seconds=seconds,
+        throughput=total / seconds if seconds > 0 else float("inf"),
+        iterations=loop_iterations(model),
+        predictions=torch.cat(predictions).cpu() if keep_predictions else None,
+    )
+
+
+def _check_output(logits: Tensor, labels: Tensor, data: Dataset) -> None:
+    """Refuse outputs that are not one score per class and pixel."""
+    if logits.dim() != 4 or logits.shape[2:] != labels.shape[1:]:
+        raise DataError(
+            f"the network's output {tuple(logits.shape)} is not per-pixel for {data.name} "
+            f"(labels {tuple(labels.shape)}); use a fully convolutional network (fcn/sfcn)"
+        )
+    if logits.shape[1] < data.num_classes:
+        raise DataError(f"the network scores {logits.shape[1]} classes, {data.name} has 2")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One row of an iteration sweep: a looped network run ``iterations`` times."""
+
+    iterations: int
+    exact: float
+    pixel_accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "iterations": self.iterations,
+            "exact": self.exact,
+            "pixel_accuracy": self.pixel_accuracy,
+        }
+
+
+def iteration_sweep(
+    model: nn.Module, data: Dataset, iterations: Sequence[int], *, batch_size: int = 256
+) -> tuple[SweepPoint, ...]:
+    """Exact-solve rate and pixel accuracy of a looped network at each iteration count.
+
+    One pass per batch up to the largest count (:meth:`LoopedFCN.trajectory`), so a sweep over
+    1..N costs one run of N iterations, not N runs.
+    """
+    from soft_share_cli.folding.looped import LoopedFCN
+
+    if not isinstance(model, LoopedFCN):
+        raise InputError("an iteration sweep needs a looped network (ssc fold an sfcn)")
+    wanted = sorted({int(n) for n in iterations})
+    if not wanted or wanted[0] < 1:
+        raise InputError(f"iteration counts must be >= 1, got {list(iterations)}")
+    solved = dict.fromkeys(wanted, 0)
+    pixels = dict.fromkeys(wanted, 0)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size), strict=True):
+                for n, logits in enumerate(model.trajectory(xb, wanted[-1]), start=1):
+                    if n in solved:
+                        right = logits.argmax(dim=1) == yb
+                        pixels[n] += int(right.sum())
+                        solved[n] += int(right.flatten(1).all(dim=1).sum())
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    total, count = len(data), data.y.numel()
+    return tuple(
+        SweepPoint(n, 100.0 * solved[n] / total, 100.0 * pixels[n] / count) for n in wanted
+    )

@@ -1,0 +1,1 @@
+"""Folded networks: building, saving, loading and verifying networks with real loops."""

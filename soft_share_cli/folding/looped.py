@@ -1,0 +1,323 @@
+"""Folded fully convolutional nets: the shared body as a real loop that can run longer.
+
+:func:`fold_sfcn` turns a trained :class:`~soft_share_cli.models.recurrent.SFCN` and the fold
+plan of its one bank (:func:`soft_share_cli.analysis.plan.plan_bank`) into a :class:`LoopedFCN`: the
+distinct weights are stored once (:class:`~soft_share_cli.folding.materialize.FoldedBank`), runs of
+consecutive blocks whose two convs fall in the same clusters become :class:`LoopSegment`\\ s,
+and a Python ``for`` loop runs each. Every layer's least-squares scale stays an explicit gain
+(there is no BatchNorm to absorb it), one per conv and iteration, so with exactly parallel
+coefficients the fold is exact.
+
+**Thinking longer.** ``LoopedFCN.iterations`` (default: the trained number of blocks) is the
+total number of block applications. Fewer stop early; more keep running the *last* segment with
+its last iteration's weights and gains — the step the network was trained to take last. This is
+the eval-time override of ``ssc eval FOLDED --iterations I``.
+
+Files are the ``ssc-folded`` safetensors of :mod:`soft_share_cli.folding.swrn` with a program tagged
+``ssc-fcn-loops``: weights plus JSON, nothing to execute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from soft_share_cli.analysis.plan import BankFold
+from soft_share_cli.errors import CheckpointError
+from soft_share_cli.folding.materialize import STORAGES, FoldedBank
+from soft_share_cli.limits import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_CLUSTERS,
+    MAX_ITERATIONS,
+    MAX_SEGMENTS,
+    MAX_TEMPLATES,
+    count,
+)
+from soft_share_cli.models.recurrent import SFCN, Head, describe_fcn
+
+PROGRAM_FORMAT = "ssc-fcn-loops"
+PROGRAM_VERSION = 1
+
+
+class LoopSegment(nn.Module):
+    """``iterations`` consecutive blocks sharing two weights, each with its own two gains."""
+
+    def __init__(self, conv1_cluster: int, conv2_cluster: int, iterations: int) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"a loop segment needs at least one iteration, got {iterations}")
+        self.conv1_cluster = conv1_cluster
+        self.conv2_cluster = conv2_cluster
+        self.iterations = iterations
+        self.conv1_gains = nn.Parameter(torch.ones(iterations))
+        self.conv2_gains = nn.Parameter(torch.ones(iterations))
+
+    def step(self, h: Tensor, recall: Tensor | None, bank: FoldedBank, t: int) -> Tensor:
+        """Block ``t`` of the segment: ``h + g2 W2 * relu(g1 W1 * relu(h [+ recall]))``."""
+        z = h if recall is None else h + recall
+        out = F.conv2d(F.relu(z), bank.weight(self.conv1_cluster), padding=1)
+        out = F.conv2d(
+            F.relu(out * self.conv1_gains[t]), bank.weight(self.conv2_cluster), padding=1
+        )
+        return h + out * self.conv2_gains[t]
+
+    def extra_repr(self) -> str:
+        return (
+            f"conv1_cluster={self.conv1_cluster}, conv2_cluster={self.conv2_cluster}, "
+            f"iterations={self.iterations}"
+        )
+
+
+class LoopedFCN(nn.Module):
+    """A folded SFCN: stem, looped body segments, head; built from a JSON program."""
+
+    def __init__(self, program: dict[str, Any]) -> None:
+        super().__init__()
+        check_program(program)
+        self._program = json.loads(json.dumps(program))
+        p = self._program
+        self.width, self.num_classes = int(p["width"]), int(p["num_classes"])
+        self.in_channels, self.recall = int(p["in_channels"]), bool(p["recall"])
+        self.trained_iterations = sum(int(s["iterations"]) for s in p["segments"])
+        self.iterations = self.trained_iterations  # override to think longer (or shorter)
+        self.stem = nn.Conv2d(self.in_channels, self.width, 3, padding=1, bias=False)
+        width, bank = self.width, p["bank"]
+        self.bank = FoldedBank(bank["storage"], bank["clusters"], bank["K"], [width, width, 3, 3])
+        self.segments = nn.ModuleList(
+            LoopSegment(s["conv1_cluster"], s["conv2_cluster"], s["iterations"])
+            for s in p["segments"]
+        )
+        self.head = Head(self.width, self.num_classes)
+
+    def program(self) -> dict[str, Any]:
+        """The loop program (JSON-able): everything needed to rebuild this skeleton."""
+        return json.loads(json.dumps(self._program))
+
+    def describe(self) -> str:
+        """E.g. ``SFCN 12x32, K=4 (...) looped: 1 loop (12 iterations)``."""
+        p = self._program
+        source = describe_fcn("sfcn", {**p, "blocks": self.trained_iterations})
+        runs = "+".join(str(s["iterations"]) for s in p["segments"])
+        loops = len(p["segments"])
+        text = f"{source} looped: {loops} loop{'s' if loops != 1 else ''} ({runs} iterations)"
+        if self.iterations != self.trained_iterations:
+            text += f", run for {self.iterations} iterations"
+        return text
+
+    def loop_segments(self) -> list[LoopSegment]:
+        """The body's segments, in execution order."""
+        return [s for s in self.segments if isinstance(s, LoopSegment)]
+
+    def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
+        """``(segment, iteration)`` for each block application of a run of ``iterations``."""
+        n = self.iterations if iterations is None else iterations
+        order = [
+            (j, t) for j, seg in enumerate(self.loop_segments()) for t in range(seg.iterations)
+        ]
+        if n <= len(order):
+            return order[:n]
+        return order + [order[-1]] * (n - len(order))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        e = self.stem(x)
+        h = e
+        recall = e if self.recall else None
+        segments = self.loop_segments()
+        done = 0
+        for segment in segments:  # the real loops
+            for t in range(min(segment.iterations, self.iterations - done)):
+                h = segment.step(h, recall, self.bank, t)
+            done += min(segment.iterations, self.iterations - done)
+        last = segments[-1]
+        for _ in range(self.iterations - done):  # thinking longer: repeat the last step
+            h = last.step(h, recall, self.bank, last.iterations - 1)
+        return self.head(h)
+
+    def trajectory(self, x: Tensor, iterations: int) -> Iterator[Tensor]:
+        """The logits after each of ``iterations`` block applications, in one pass.
+
+        Identical to ``forward`` with ``self.iterations = n`` for every ``n <= iterations``, at
+        the cost of one run of the longest (a sweep over iteration counts needs no reruns).
+        """
+        e = self.stem(x)
+        h = e
+        recall = e if self.recall else None
+        segments = self.loop_segments()
+        for j, t in self.schedule(iterations):
+            h = segments[j].step(h, recall, self.bank, t)
+            yield self.head(h)
+
+
+def check_program(p: Any) -> None:
+    """Raise ValueError unless ``p`` is a consistent ``ssc-fcn-loops`` program."""
+    if not isinstance(p, dict) or (p.get("format"), p.get("version")) != (
+        PROGRAM_FORMAT,
+        PROGRAM_VERSION,
+    ):
+        raise ValueError(f"not a looped FCN program (expected format {PROGRAM_FORMAT!r})")
+    try:
+        count(p["width"], "the loop program's width", limit=MAX_CHANNELS,
+                      name="MAX_CHANNELS", minimum=1)  # fmt: skip
+        count(p["num_classes"], "its classes", limit=MAX_CLASSES, name="MAX_CLASSES", minimum=1)
+        count(p["in_channels"], "its input channels", limit=MAX_CHANNELS, name="MAX_CHANNELS",
+              minimum=1)  # fmt: skip
+        if "num_templates" in p:
+            count(p["num_templates"], "its templates", limit=MAX_TEMPLATES, name="MAX_TEMPLATES",
+                  minimum=1)  # fmt: skip
+        bank, segments = p["bank"], p["segments"]
+        clusters = count(bank["clusters"], "its bank's clusters", limit=MAX_CLUSTERS,
+                         name="MAX_CLUSTERS", minimum=1)  # fmt: skip
+        count(bank["K"], "its bank's templates", limit=MAX_TEMPLATES, name="MAX_TEMPLATES",
+              minimum=1)  # fmt: skip
+        if bank["storage"] not in STORAGES:
+            raise ValueError("the bank has a bad storage")
+        if not isinstance(segments, list) or not segments:
+            raise ValueError("the body needs at least one segment of at least one iteration")
+        count(len(segments), "its loop segments", limit=MAX_SEGMENTS, name="MAX_SEGMENTS")
+        total = 0
+        for s in segments:
+            total += count(s["iterations"], "a loop segment", limit=MAX_ITERATIONS,
+                           name="MAX_ITERATIONS", minimum=1)  # fmt: skip
+            for r in (1, 2):
+                c = count(s[f"conv{r}_cluster"], "a cluster index", limit=MAX_CLUSTERS,
+                          name="MAX_CLUSTERS")  # fmt: skip
+                if c >= clusters:
+                    raise ValueError("a segment uses a cluster the bank lacks")
+        count(total, "its iterations in all", limit=MAX_ITERATIONS, name="MAX_ITERATIONS")
+        if type(p["recall"]) is not bool:
+            raise ValueError(f"recall should be true or false, got {p['recall']!r}")
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"malformed looped FCN program ({type(exc).__name__}: {exc})") from None
+
+
+def is_looped_program(program: Any) -> bool:
+    """Whether a folded file's program describes a :class:`LoopedFCN`."""
+    return isinstance(program, dict) and program.get("format") == PROGRAM_FORMAT
+
+
+def fold_sfcn(model: SFCN, plan: BankFold) -> LoopedFCN:
+    """Fold ``model``'s bank as ``plan`` says; returns a new :class:`LoopedFCN` in eval mode.
+
+    Raises:
+        TypeError: ``model`` is not an SFCN.
+        ValueError: the plan does not cover the body's convs exactly.
+    """
+    if not isinstance(model, SFCN):
+        raise TypeError(f"fold_sfcn folds an SFCN, got {type(model).__name__}")
+    layers = {layer.name: layer for layer in plan.layers}
+    expected = [f"body.{b}.conv{r}" for b in range(model.blocks) for r in (1, 2)]
+    if sorted(layers) != sorted(expected):
+        odd = sorted(set(layers) ^ set(expected))[:4]
+        raise ValueError(f"the plan does not cover the body's convs exactly ({odd})")
+    segments: list[dict[str, Any]] = []
+    for b in range(model.blocks):
+        key = (layers[f"body.{b}.conv1"].cluster, layers[f"body.{b}.conv2"].cluster)
+        if not segments or (segments[-1]["conv1_cluster"], segments[-1]["conv2_cluster"]) != key:
+            segments.append({"conv1_cluster": key[0], "conv2_cluster": key[1], "iterations": 0})
+        segments[-1]["iterations"] += 1
+    program = {
+        "format": PROGRAM_FORMAT,
+        "version": PROGRAM_VERSION,
+        "width": model.width,
+        "num_classes": model.num_classes,
+        "in_channels": model.in_channels,
+        "recall": model.recall,
+        "num_templates": model.num_templates,
+        "bank": {
+            "storage": "weights" if plan.stores_weights else "templates",
+            "clusters": len(plan.clusters),
+            "K": model.num_templates,
+        },
+        "segments": segments,
+    }
+    reference = model.stem.weight
+    looped = LoopedFCN(program).to(device=reference.device, dtype=reference.dtype)
+    with torch.no_grad():
+        looped.stem.load_state_dict(model.stem.state_dict())
+        looped.head.load_state_dict(model.head.state_dict())
+        templates = model.bank.templates.detach()
+        u = torch.as_tensor(plan.directions, dtype=torch.float64)
+        if looped.bank.weights is not None:  # float64 mix on the CPU, one rounding when cast
+            mixed = torch.tensordot(u, templates.to(device="cpu", dtype=torch.float64), dims=1)
+            looped.bank.weights.copy_(mixed)
+        else:
+            assert looped.bank.templates is not None and looped.bank.directions is not None
+            looped.bank.templates.copy_(templates)
+            looped.bank.directions.copy_(u)
+        for b, (j, t) in enumerate(looped.schedule()):
+            segment = looped.segments[j]
+            assert isinstance(segment, LoopSegment)
+            segment.conv1_gains[t] = layers[f"body.{b}.conv1"].scale
+            segment.conv2_gains[t] = layers[f"body.{b}.conv2"].scale
+    return looped.eval()
+
+
+def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
+    """A soft-shared view of ``looped`` for ``ssc analyze``.
+
+    ``bank.templates`` holds what the bank stores as templates
+    (:meth:`~soft_share_cli.folding.materialize.FoldedBank.view_templates`: its K templates or its C
+    distinct weights); block ``b``'s convs keep their original names with
+    ``body.<b>.conv<r>.coefficients``: their cluster's direction times their gain.
+    """
+    view = {
+        k: v.detach()
+        for k, v in looped.state_dict().items()
+        if not k.startswith(("bank.", "segments."))
+    }
+    with torch.no_grad():
+        view["bank.templates"] = looped.bank.view_templates()
+        for b, (j, t) in enumerate(looped.schedule(looped.trained_iterations)):
+            segment = looped.segments[j]
+            assert isinstance(segment, LoopSegment)
+            for r, cluster, gains in (
+                (1, segment.conv1_cluster, segment.conv1_gains),
+                (2, segment.conv2_cluster, segment.conv2_gains),
+            ):
+                view[f"body.{b}.conv{r}.coefficients"] = looped.bank.view_coefficients(
+                    cluster, gains[t]
+                )
+    return view
+
+
+def save_looped(
+    looped: LoopedFCN, path: str | os.PathLike[str], *, report: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``looped`` as ``ssc-folded`` safetensors with its program in the header, atomically."""
+    from soft_share_cli.files import save_safetensors
+    from soft_share_cli.folding.swrn import FORMAT_NAME, FORMAT_VERSION
+
+    tensors = {k: v.detach().contiguous() for k, v in looped.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "program": json.dumps(looped.program()),
+        "report": json.dumps(dict(report or {})),
+    }
+    save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
+
+
+def load_looped(path: str | os.PathLike[str]) -> LoopedFCN:
+    """Rebuild a network saved by :func:`save_looped`, in eval mode; never runs code.
+
+    Raises:
+        CheckpointError: not a looped FCN file, or its weights do not fit its program.
+    """
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.folding.swrn import build_checked
+
+    ckpt = load_checkpoint(path)
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    if not is_looped_program(program):
+        raise CheckpointError(f"{path}: not a looped FCN (make one with `ssc fold` on an SFCN)")
+    assert isinstance(program, dict)
+    return build_checked(path, LoopedFCN, program, ckpt.state_dict)

@@ -1,0 +1,494 @@
+"""Fold a user's own network built from template banks ("bring your own architecture").
+
+ssc cannot know how an arbitrary network wires its layers, so it does not rewrite the forward
+pass: it rebuilds the network with the user's factory and swaps modules. Every shared conv
+(``SConv2d``, or any module with ``bank``, ``coefficients``, ``stride`` and ``padding`` that
+computes ``conv2d(x, bank(coefficients))``) of a planned bank becomes a :class:`TiedConv2d`
+drawing cluster ``c``'s weight from one :class:`SharedWeights` per bank, times a gain of its own.
+Every scale stays an explicit gain: in an unknown network nothing says which BatchNorm could
+absorb it, so plans must be made with ``plan_bank(..., state_dict=None)``.
+
+The folded network is saved as a state dict plus the JSON program of :func:`user_fold_program`;
+:func:`rebuild_folded_user_model` replays the surgery on a fresh ``factory()`` network without
+needing the original coefficients.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from soft_share_cli import limits
+from soft_share_cli.analysis.banks import Bank
+from soft_share_cli.analysis.plan import Absorb, BankFold
+from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
+from soft_share_cli.models.builder import load_state_dict_checked
+from soft_share_cli.models.user import _first_line, load_factory
+
+PROGRAM_FORMAT = "ssc-user-fold"
+PROGRAM_VERSION = 1
+SHARED_PREFIX = "ssc_folded_"
+
+
+# --- the folded modules ----------------------------------------------------------------------
+
+
+class SharedWeights(nn.Module):
+    """The C distinct weights of one folded bank, stored whichever way is smaller.
+
+    Either ``weights`` ``(C, O, I, k, k)``, or ``templates`` ``(K, O, I, k, k)`` plus
+    ``directions`` ``(C, K)`` (``W_c = sum_k directions[c, k] * templates[k]``), as decided by
+    :attr:`BankFold.stores_weights`.
+    """
+
+    def __init__(
+        self,
+        weights: Tensor | None = None,
+        templates: Tensor | None = None,
+        directions: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if weights is not None and templates is None and directions is None:
+            self.weights = nn.Parameter(weights)
+        elif weights is None and templates is not None and directions is not None:
+            self.templates = nn.Parameter(templates)
+            self.directions = nn.Parameter(directions)
+        else:
+            raise ValueError("give either weights, or templates and directions")
+        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+
+    @property
+    def stores_weights(self) -> bool:
+        return "weights" in self._parameters
+
+    def stack(self) -> Tensor:
+        """All C weights ``(C, O, I, k, k)``."""
+        if self.stores_weights:
+            return self.weights
+        params = (self.templates, self.directions)
+        # Reusing a stack that carries an autograd graph would break a second backward, so only
+        # eval mode without gradients caches; data_ptr catches .to() replacing the tensors.
+        cacheable = not self.training and not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        )
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if cacheable and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        stack = torch.tensordot(self.directions, self.templates, dims=1)
+        self._cache = (key, stack) if cacheable else None
+        return stack
+
+    def weight(self, cluster: int) -> Tensor:
+        """The weight of cluster ``cluster``, ``(O, I, k, k)``."""
+        return self.stack()[cluster]
+
+    def extra_repr(self) -> str:
+        kind = "weights" if self.stores_weights else "templates+directions"
+        c = (self.weights if self.stores_weights else self.directions).shape[0]
+        return f"clusters={c}, storage={kind}"
+
+
+class TiedConv2d(nn.Module):
+    """A folded shared conv: ``gain * conv2d(x, shared.weight(cluster))``, no bias.
+
+    ``shared`` is owned (registered) by the network's top level; here it is a plain reference,
+    so parameters are counted once and the state dict has one key per tensor.
+    """
+
+    shared: SharedWeights
+
+    def __init__(
+        self,
+        shared: SharedWeights,
+        cluster: int,
+        scale: float,
+        *,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        object.__setattr__(self, "shared", shared)  # bypasses nn.Module's submodule registration
+        self.cluster = cluster
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        like = next(shared.parameters())
+        self.gain = nn.Parameter(torch.tensor(float(scale), dtype=like.dtype, device=like.device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.shared.weight(self.cluster)
+        return self.gain * F.conv2d(
+            x, w, None, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def extra_repr(self) -> str:
+        return f"cluster={self.cluster}, stride={self.stride}, padding={self.padding}"
+
+
+# --- surgery ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """What the surgery needs for one bank, from a plan or from a stored program."""
+
+    name: str
+    stores_weights: bool
+    num_clusters: int
+    modules: tuple[str, ...]  # module paths holding the TemplateBank (to find a layer-less bank)
+    layers: tuple[tuple[str, int, float], ...]  # (module path, cluster, scale)
+
+    @property
+    def attribute(self) -> str:
+        return SHARED_PREFIX + re.sub(r"\W", "_", self.name)
+
+
+def _skeleton(plan: BankFold, bank: Bank) -> _Skeleton:
+    absorbed = [layer.name for layer in plan.layers if layer.absorb is not Absorb.GAIN]
+    if absorbed:
+        raise InputError(
+            f"the plan of bank {plan.bank} absorbs scales into BatchNorm ({', '.join(absorbed)}); "
+            "plan user networks with plan_bank(..., state_dict=None)"
+        )
+    modules = tuple(key.rpartition(".")[0] for key in bank.keys)
+    layers = tuple((lay.name, lay.cluster, lay.scale) for lay in plan.layers)
+    return _Skeleton(plan.bank, plan.stores_weights, len(plan.clusters), modules, layers)
+
+
+def _get(model: nn.Module, path: str, what: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise InputError(f"the network has no module {path!r} ({what})") from None
+
+
+def _bank_module(model: nn.Module, sk: _Skeleton) -> tuple[nn.Module, Tensor]:
+    if sk.layers:
+        found = getattr(_get(model, sk.layers[0][0], f"a layer of bank {sk.name}"), "bank", None)
+    else:
+        found = next((_get(model, p, f"bank {sk.name}") for p in sk.modules if p), None)
+    templates = getattr(found, "templates", None)
+    if (
+        not isinstance(found, nn.Module)
+        or not isinstance(templates, Tensor)
+        or templates.dim() != 5
+    ):
+        raise InputError(f"cannot find the template bank module of bank {sk.name} in the network")
+    return found, templates
+
+
+def _operate(
+    model: nn.Module,
+    skeletons: Sequence[_Skeleton],
+    make_shared: Callable[[_Skeleton, Tensor], SharedWeights],
+) -> nn.Module:
+    """Replace the planned layers of ``model`` in place and drop the banks they used."""
+    doomed: dict[int, str] = {}  # id(TemplateBank module) -> bank name
+    for sk in skeletons:
+        bank_module, templates = _bank_module(model, sk)
+        doomed[id(bank_module)] = sk.name
+        if not sk.layers:
+            continue  # a bank no layer uses is dropped, as parameter_counts assumes
+        if hasattr(model, sk.attribute):
+            raise InputError(f"the network already has an attribute {sk.attribute!r}")
+        shared = make_shared(sk, templates)
+        model.add_module(sk.attribute, shared)
+        for path, cluster, scale in sk.layers:
+            layer = _get(model, path, f"a layer of bank {sk.name}")
+            if getattr(layer, "bank", None) is not bank_module or not hasattr(
+                layer, "coefficients"
+            ):
+                raise InputError(
+                    f"{path} is a {type(layer).__name__} that does not draw from "
+                    f"bank {sk.name}'s module; cannot fold it"
+                )
+            tied = TiedConv2d(
+                shared,
+                cluster,
+                scale,
+                stride=getattr(layer, "stride", 1),
+                padding=getattr(layer, "padding", 0),
+                dilation=getattr(layer, "dilation", 1),
+                groups=getattr(layer, "groups", 1),
+            )
+            parent_path, _, child = path.rpartition(".")
+            if not child:
+                raise InputError("the network itself is a shared layer; nothing to replace it in")
+            # _modules works for plain modules and containers (Sequential, ModuleList) alike.
+            _get(model, parent_path, "a layer's parent")._modules[child] = tied
+    for where, module in model.named_modules():
+        bank_id = id(getattr(module, "bank", None))
+        if bank_id in doomed and hasattr(module, "coefficients"):
+            raise InputError(
+                f"{where} draws from bank {doomed[bank_id]} but the fold plan does not cover it"
+            )
+    # A forward that uses a folded bank module directly is not supported: the bank is gone.
+    for module in list(model.modules()):
+        for attr, sub in list(module._modules.items()):
+            if sub is not None and id(sub) in doomed:
+                del module._modules[attr]
+                setattr(module, attr, None)
+    return model
+
+
+def fold_user_model(
+    model: nn.Module, plans: Mapping[str, BankFold], banks: Sequence[Bank]
+) -> nn.Module:
+    """A deep copy of ``model`` with every layer of a planned bank tied to its cluster's weight.
+
+    ``plans`` (keyed by bank name) must come from ``plan_bank(..., state_dict=None)``: every
+    layer keeps an explicit gain, initialised to its least-squares scale. The result's output
+    equals the original's when each cluster's coefficients are exactly parallel, and its
+    parameter count equals ``parameter_counts(...).folded``.
+    """
+    by_name = {bank.name: bank for bank in banks}
+    missing = [name for name in plans if name not in by_name]
+    if missing:
+        raise InputError(f"fold plans for unknown banks: {', '.join(missing)}")
+    skeletons = [_skeleton(plan, by_name[name]) for name, plan in plans.items()]
+    directions = {name: plan.directions for name, plan in plans.items()}
+
+    def materialise(sk: _Skeleton, templates: Tensor) -> SharedWeights:
+        t = templates.detach()
+        u = torch.as_tensor(np.asarray(directions[sk.name]), dtype=torch.float64, device=t.device)
+        if u.shape != (sk.num_clusters, t.shape[0]):
+            raise InputError(
+                f"bank {sk.name}: plan directions {tuple(u.shape)} do not fit "
+                f"{t.shape[0]} templates"
+            )
+        if sk.stores_weights:  # summed in float64, so exact folds stay exact after rounding
+            return SharedWeights(weights=torch.tensordot(u, t.double(), dims=1).to(t.dtype))
+        return SharedWeights(templates=t.clone(), directions=u.to(t.dtype))
+
+    return _operate(copy.deepcopy(model), skeletons, materialise)
+
+
+def user_fold_program(plans: Mapping[str, BankFold], banks: Sequence[Bank]) -> dict[str, Any]:
+    """The JSON-ready surgery program stored next to the folded weights."""
+    by_name = {bank.name: bank for bank in banks}
+    out = []
+    for name, plan in plans.items():
+        sk = _skeleton(plan, by_name[name])
+        out.append(
+            {
+                "name": sk.name,
+                "module": sk.attribute,
+                "storage": "weights" if sk.stores_weights else "templates",
+                "clusters": [list(c) for c in plan.clusters],
+                "bank_modules": list(sk.modules),
+                "layers": [{"name": n, "cluster": c, "scale": s} for n, c, s in sk.layers],
+            }
+        )
+    return {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION, "banks": out}
+
+
+def _skeletons_from_program(program: Mapping[str, Any]) -> list[_Skeleton]:
+    """The program's banks, every count and index checked before anything is built from it.
+
+    A program comes from a file: bank, layer and cluster counts are bounded (``limits``), each
+    layer's cluster must be one of its bank's, each scale a finite number, and a bank's module
+    the attribute its name gives, so that nothing the file declares picks what is allocated.
+    """
+    if program.get("format") != PROGRAM_FORMAT or program.get("version") != PROGRAM_VERSION:
+        raise CheckpointError(
+            f"not an ssc user-fold program (format {program.get('format')!r}, "
+            f"version {program.get('version')!r})"
+        )
+    try:
+        banks = program["banks"]
+        if not isinstance(banks, list):
+            raise TypeError("'banks' is not a list")
+        limits.count(len(banks), "user-fold program", limit=limits.MAX_BANKS, name="MAX_BANKS")
+        return [_skeleton_from_spec(b) for b in banks]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"malformed user-fold program: {_first_line(exc)}") from None
+
+
+def _skeleton_from_spec(b: Mapping[str, Any]) -> _Skeleton:
+    name = b["name"]
+    if not isinstance(name, str):
+        raise TypeError("a bank name is not a string")
+    where = f"user-fold program, bank {name}"
+    clusters, layers, modules = b["clusters"], b["layers"], b["bank_modules"]
+    if not all(isinstance(x, list) for x in (clusters, layers, modules)):
+        raise TypeError(f"bank {name}: clusters, layers and bank_modules must be lists")
+    c = limits.count(len(clusters), where, limit=limits.MAX_CLUSTERS, name="MAX_CLUSTERS")
+    for items in (layers, modules):
+        limits.count(
+            len(items), where, limit=limits.MAX_LAYERS_PER_BANK, name="MAX_LAYERS_PER_BANK"
+        )
+    sk = _Skeleton(
+        name,
+        {"weights": True, "templates": False}[b["storage"]],
+        c,
+        tuple(_text(m, "bank module") for m in modules),
+        tuple(_layer_spec(x, c, name) for x in layers),
+    )
+    if b["module"] != sk.attribute:
+        raise ValueError(f"bank {name}: module {b['module']!r} is not {sk.attribute!r}")
+    return sk
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} is not a string")
+    return value
+
+
+def _layer_spec(x: Mapping[str, Any], clusters: int, bank: str) -> tuple[str, int, float]:
+    cluster, scale = x["cluster"], x["scale"]
+    if type(cluster) is not int or not 0 <= cluster < clusters:
+        raise ValueError(f"bank {bank}: cluster {cluster!r} is not one of its {clusters}")
+    if type(scale) not in (int, float) or not math.isfinite(scale):
+        raise ValueError(f"bank {bank}: scale {scale!r} is not a finite number")
+    return _text(x["name"], "layer name"), cluster, float(scale)
+
+
+def _stored_rows(
+    state_dict: Mapping[str, Tensor], sk: _Skeleton, templates: Tensor | None = None
+) -> None:
+    """Refuse a bank whose stored tensors do not hold the clusters (and templates) declared."""
+    key = f"{sk.attribute}.{'weights' if sk.stores_weights else 'directions'}"
+    stored = state_dict.get(key)
+    if stored is None:
+        raise ArchitectureError(f"the folded state dict is missing {key} (bank {sk.name})")
+    rows = stored.shape[0] if stored.dim() else None
+    if rows != sk.num_clusters:
+        raise CheckpointError(
+            f"bank {sk.name}: the program declares {sk.num_clusters} clusters but {key} holds "
+            f"{rows if rows is not None else 'a scalar'}"
+        )
+    if templates is not None and not sk.stores_weights and stored.shape[1:] != (
+        templates.shape[0],
+    ):
+        raise CheckpointError(
+            f"bank {sk.name}: {key} is {tuple(stored.shape)}, not ({sk.num_clusters}, "
+            f"{templates.shape[0]})"
+        )
+
+
+def rebuild_folded_user_model(
+    spec: str, program: Mapping[str, Any], state_dict: Mapping[str, Tensor]
+) -> nn.Module:
+    """``factory()`` with the program's surgery replayed and the folded weights loaded, eval."""
+    skeletons = _skeletons_from_program(program)
+
+    def empty(sk: _Skeleton, templates: Tensor) -> SharedWeights:
+        _stored_rows(state_dict, sk, templates)  # before a tensor of that many rows is made
+        k, c = templates.shape[0], sk.num_clusters
+        if sk.stores_weights:  # values come from the state dict below
+            return SharedWeights(weights=templates.new_zeros((c, *templates.shape[1:])))
+        return SharedWeights(
+            templates=torch.zeros_like(templates), directions=templates.new_zeros((c, k))
+        )
+
+    model = _operate(load_factory(spec)(), skeletons, empty)
+    load_state_dict_checked(model, state_dict, f"the folded network built by {spec}")
+    return model.eval()
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def save_folded_user_model(
+    network: nn.Module,
+    path: str | os.PathLike[str],
+    spec: str,
+    program: Mapping[str, Any],
+    report: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a folded user network as safetensors, its program and report in the header.
+
+    The header is the ``ssc-folded`` one of :mod:`soft_share_cli.folding.swrn`; the program (tagged
+    ``ssc-user-fold``) also records the factory ``spec``, for information only: loading always
+    needs the spec given again, so that a file never chooses code to run.
+    """
+    from soft_share_cli.files import save_safetensors
+    from soft_share_cli.folding.swrn import FORMAT_NAME, FORMAT_VERSION
+
+    tensors: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for key, value in network.state_dict().items():
+        # safetensors refuses tensors sharing memory; a user network may tie its own weights.
+        ptr = value.untyped_storage().data_ptr()
+        shared = ptr in storages and value.numel() > 0
+        tensors[key] = value.detach().clone() if shared else value.detach().contiguous()
+        storages.add(ptr)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "program": json.dumps({**program, "model": spec}),
+        "report": json.dumps(dict(report or {})),
+    }
+    save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
+
+
+def load_folded_user_model(path: str | os.PathLike[str], spec: str) -> nn.Module:
+    """Rebuild a network saved by :func:`save_folded_user_model` with the factory ``spec``."""
+    from soft_share_cli.checkpoints.load import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    if not isinstance(program, dict) or program.get("format") != PROGRAM_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a folded user network (make one with `ssc fold --model module:callable`)"
+        )
+    return rebuild_folded_user_model(spec, program, ckpt.state_dict)
+
+
+def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> dict:
+    """A folded user network seen as soft-shared, for analysis (no factory needed).
+
+    Each bank's stored weights become its templates (``<bank>.templates``, also aliased as
+    ``<layer>.bank.templates`` so every layer maps to its bank): its C distinct weights, or its
+    K templates when it stores templates and directions. Each layer's coefficients are its gain
+    times its cluster's direction (one-hot over distinct weights). The other tensors keep their
+    names.
+    """
+    skeletons = _skeletons_from_program(program)
+    view: dict[str, Tensor] = {}
+    hidden: set[str] = set()
+    try:
+        for sk, spec in zip(skeletons, program["banks"], strict=True):
+            prefix = f"{spec['module']}."
+            if not sk.layers:
+                continue  # a bank no layer uses was dropped by the fold: nothing is stored
+            _stored_rows(state_dict, sk)
+            if sk.stores_weights:
+                stack = state_dict[prefix + "weights"]
+            else:
+                stack = state_dict[prefix + "templates"]
+                directions = state_dict[prefix + "directions"].to(stack.dtype)
+                if directions.shape != (sk.num_clusters, stack.shape[0]):
+                    raise CheckpointError(
+                        f"bank {sk.name}: directions {tuple(directions.shape)} do not fit "
+                        f"{stack.shape[0]} templates"
+                    )
+            hidden.update(k for k in state_dict if k.startswith(prefix))
+            view[f"{sk.name}.templates"] = stack
+            for name, cluster, _ in sk.layers:
+                gain = state_dict[f"{name}.gain"].reshape(()).to(stack.dtype)
+                if sk.stores_weights:  # one-hot over the stored weights
+                    direction = torch.zeros(stack.shape[0], dtype=stack.dtype)
+                    direction[cluster] = 1
+                else:
+                    direction = directions[cluster]
+                # a tensor of its own per layer, so counting by storage sees each once
+                view[f"{name}.coefficients"] = (direction * gain).reshape(-1, 1, 1, 1, 1)
+                view[f"{name}.bank.templates"] = stack
+                hidden.add(f"{name}.gain")
+    except KeyError as exc:
+        raise CheckpointError(f"folded user network lacks tensor {exc}") from None
+    view.update({k: v for k, v in state_dict.items() if k not in hidden})
+    return view

@@ -1,0 +1,117 @@
+"""Import the user's own network factory (``--model module:callable``) and build it.
+
+This is the one place where ssc runs code that is not its own: the code a user names
+explicitly on the command line. Checkpoint files never get to choose it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from soft_share_cli.errors import InputError
+from soft_share_cli.models.builder import load_state_dict_checked
+
+
+@contextlib.contextmanager
+def _user_path(extra: Sequence[str]) -> Iterator[None]:
+    saved = list(sys.path)
+    sys.path[:0] = list(extra)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved  # the user's import must not leave our process's path changed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise InputError(f"model file {str(path)!r} does not exist")
+    # A distinct name per file, so two user files called model.py do not replace each other.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_ssc_user_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"model file {str(path)!r} cannot be imported as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """The network factory named by ``spec``: ``package.module:callable`` or ``file.py:callable``.
+
+    This imports and runs the user's OWN code: that is what naming a factory (``--model``)
+    explicitly asks for. Checkpoints themselves are still never allowed to execute code. The
+    current directory (and a file's own directory) is on ``sys.path`` during the import and each
+    call, and ``sys.path`` is restored afterwards. The returned callable checks that the factory
+    returns an ``nn.Module``. Every failure is an :class:`InputError` with one line.
+    """
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise InputError(
+            f"model factory {spec!r} must look like 'package.module:callable' "
+            "or 'path/to/file.py:callable'"
+        )
+    is_file = where.endswith(".py") or "/" in where or os.sep in where
+    extra = [os.getcwd()] + ([str(Path(where).resolve().parent)] if is_file else [])
+    with _user_path(extra):
+        try:
+            module = _import_file(Path(where)) if is_file else importlib.import_module(where)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(
+                f"model factory {spec!r}: importing {where!r} failed: {_first_line(exc)}"
+            ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise InputError(f"model factory {spec!r}: {where!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError(
+            f"model factory {spec!r}: {attr!r} is a {type(target).__name__}, not a callable"
+        )
+    factory = target
+
+    def build() -> nn.Module:
+        with _user_path(extra):
+            try:
+                model = factory()
+            except Exception as exc:
+                raise InputError(f"model factory {spec!r} raised {_first_line(exc)}") from exc
+        if not isinstance(model, nn.Module):
+            raise InputError(
+                f"model factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module"
+            )
+        return model
+
+    return build
+
+
+def build_user_model(spec: str, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """``factory()`` with ``state_dict`` loaded strictly (mismatches in one line), in eval mode."""
+    model = load_factory(spec)()
+    load_state_dict_checked(model, state_dict, f"the network built by {spec}")
+    return model.eval()

@@ -1,0 +1,1 @@
+"""One module per command: each returns result dataclasses for the CLI to render."""

@@ -1,0 +1,396 @@
+"""What each command does, as library calls returning result dataclasses (no rendering here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from soft_share_cli._version import __version__
+
+SCHEMA_VERSION = 1
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is: format, wrapping, architecture, parameters and provenance."""
+
+    path: str
+    format: str
+    container: str
+    stripped_prefix: str | None
+    placeholders: tuple[str, ...]
+    architecture: dict[str, Any] | None  # ArchSpec.to_dict(), None when unknown
+    architecture_name: str | None
+    architecture_error: str | None  # why the architecture is unknown
+    tensors: int
+    unique_parameters: int
+    file_bytes: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.path,
+            "format": self.format,
+            "container": self.container,
+            "stripped_prefix": self.stripped_prefix,
+            "placeholders": list(self.placeholders),
+            "architecture": self.architecture,
+            "architecture_name": self.architecture_name,
+            "architecture_error": self.architecture_error,
+            "tensors": self.tensors,
+            "unique_parameters": self.unique_parameters,
+            "file_bytes": self.file_bytes,
+            "metadata": self.metadata,
+        }
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Load a checkpoint safely and describe it; an unknown architecture is reported, not raised."""
+    from soft_share_cli.analysis.params import count_state_dict_parameters
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.errors import ArchitectureError
+    from soft_share_cli.models.builder import architecture_of
+
+    ckpt = load_checkpoint(path, arrays=True)  # shapes and storages only: no torch needed
+    arch: dict[str, Any] | None = None
+    name = error = None
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
+        name = f"folded user network (rebuild with --model {program.get('model', '?')})"
+    elif isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
+        from soft_share_cli.folding.looped import load_looped
+
+        name = f"folded {load_looped(path).describe()}"
+    elif ckpt.container == "ssc-folded":
+        from soft_share_cli.folding.swrn import load_folded
+
+        name = f"folded {load_folded(path).describe()}"
+    else:
+        try:
+            spec = architecture_of(ckpt)
+            arch, name = spec.to_dict(), spec.describe()
+        except ArchitectureError as exc:
+            error = str(exc)
+    return CheckpointInfo(
+        path=str(path),
+        format=ckpt.format,
+        container=ckpt.container,
+        stripped_prefix=ckpt.stripped_prefix,
+        placeholders=tuple(ckpt.placeholders),
+        architecture=arch,
+        architecture_name=name,
+        architecture_error=error,
+        tensors=len(ckpt.state_dict),
+        unique_parameters=count_state_dict_parameters(ckpt.state_dict),
+        file_bytes=Path(path).stat().st_size,
+        metadata=_jsonable(ckpt.metadata),
+    )
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """``ssc eval``: which network on which data, and how well it did."""
+
+    checkpoint: str
+    architecture: str
+    data: str
+    device: str
+    batch_size: int
+    result: Any  # evaluation.EvalResult
+    recorded_top1: float | None  # accuracy stored in the checkpoint for the same data, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        result = self.result.to_dict()
+        timing = result.pop("timing")
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.checkpoint,
+            "architecture": self.architecture,
+            "data": self.data,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            **result,
+            "recorded_top1": self.recorded_top1,
+            "timing": timing,
+        }
+
+
+def run_eval(
+    path: str | Path,
+    data_spec: str,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    model_spec: str | None = None,
+    iterations: int | None = None,
+) -> Any:
+    """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split.
+
+    ``model_spec`` ("module:callable") builds the user's own network for checkpoints of
+    architectures ssc does not know, folded or not. Task data (``maze:``, ``prefix-sums:``) and
+    ``iterations`` (a looped network run longer) give a ``task_pipeline.TaskEvalReport``.
+    """
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.data.loaders import load_data, parse_data_spec
+    from soft_share_cli.evaluation.classification import evaluate
+    from soft_share_cli.pipeline.tasks import is_task_spec, run_task_eval
+
+    if iterations is not None or is_task_spec(data_spec):
+        return run_task_eval(
+            path,
+            data_spec,
+            iterations=iterations,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            model_spec=model_spec,
+        )
+
+    parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
+    ckpt = load_checkpoint(path)
+    model, name, channels = _network(ckpt, path, model_spec)
+    data = load_data(data_spec, split="test")
+    if channels and data.in_channels != channels:
+        from soft_share_cli.errors import DataError
+
+        raise DataError(
+            f"{data_spec} has {data.in_channels} input channels but {name} expects {channels}"
+        )
+    result = evaluate(
+        model,
+        data,
+        batch_size=batch_size,
+        device=device,
+        progress=(lambda done, total: progress("evaluating", done, total)) if progress else None,
+    )
+    return EvalReport(
+        str(path), name, data_spec, device, batch_size, result, _recorded_top1(ckpt, data_spec)
+    )
+
+
+def _network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[Any, str, int]:
+    """The checkpoint's network in eval mode, its name, and its input channels (0: unknown)."""
+    from soft_share_cli.errors import InputError
+    from soft_share_cli.models.builder import rebuild_model
+
+    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
+    is_user_fold = isinstance(program, dict) and program.get("format") == "ssc-user-fold"
+    if is_user_fold and model_spec is None:
+        made_by = program.get("model") if isinstance(program, dict) else None
+        raise InputError(
+            f"{path} folds your own network; pass --model MODULE:CALLABLE"
+            + (f" (it was made with --model {made_by})" if made_by else "")
+        )
+    if model_spec is not None:
+        from soft_share_cli.folding.surgery import load_folded_user_model
+        from soft_share_cli.models.user import build_user_model
+
+        if is_user_fold:
+            return load_folded_user_model(path, model_spec), f"folded {model_spec}", 0
+        return build_user_model(model_spec, ckpt.state_dict), model_spec, 0
+    if isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
+        from soft_share_cli.folding.looped import load_looped
+
+        looped = load_looped(path)
+        return looped, looped.describe(), looped.in_channels
+    if ckpt.container == "ssc-folded":
+        from soft_share_cli.folding.swrn import load_folded
+
+        folded = load_folded(path)
+        return folded, folded.describe(), int(folded.program()["in_channels"])
+    model, spec = rebuild_model(ckpt)
+    return model, spec.describe(), int(spec.kwargs.get("in_channels", 0))
+
+
+def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
+    """The top-1 a checkpoint says it had on ``data_spec`` when it was written, if any."""
+    meta = ckpt.metadata
+
+    def part(value: Any, key: str) -> Any:  # metadata comes from the file: any shape at all
+        return value.get(key) if isinstance(value, dict) else None
+
+    if ckpt.container == "ssc-folded":
+        measured = part(part(meta, "report"), "data")
+        if part(measured, "spec") != data_spec:
+            return None
+        final = part(measured, "recalibrated") or part(measured, "folded")
+        top1 = part(final, "top1")
+    else:
+        top1 = part(meta, "test_top1") if part(meta, "data") == data_spec else None
+    # A scalar is shown as stored (a number as a percentage, anything else as is, inert).
+    return top1 if isinstance(top1, str | int | float) else None  # type: ignore[return-value]
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise InputError unless a regular file could be written at ``path`` (see
+    :func:`soft_share_cli.files.check_output`: no directory, device, FIFO, socket or dangling
+    symlink there, an existing writable directory)."""
+    from soft_share_cli.files import check_output
+
+    check_output(path)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain-JSON view of metadata (placeholders and arrays become short descriptions)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return repr(value)
+
+
+def version_info() -> dict[str, str]:
+    return {"ssc": __version__}
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """``ssc train``: what was trained, how it went, and where the checkpoint is."""
+
+    output: str
+    architecture: str
+    data: str
+    history: tuple[Any, ...]  # training.EpochRecord per epoch
+    test_top1: float | None
+    parameters: int
+    file_bytes: int
+    seconds: float
+    resumed_epochs: int = 0  # finished epochs restored from OUTPUT.partial (--resume)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        from dataclasses import asdict
+
+        history = [asdict(e) for e in self.history]
+        epoch_seconds = [record.pop("seconds") for record in history]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "output": self.output,
+            "architecture": self.architecture,
+            "data": self.data,
+            "history": history,
+            "test_top1": self.test_top1,
+            "parameters": self.parameters,
+            "file_bytes": self.file_bytes,
+            "resumed_epochs": self.resumed_epochs,
+            "timing": {"seconds": self.seconds, "epoch_seconds": epoch_seconds},
+        }
+
+
+def run_train(
+    config: Any,
+    data_spec: str,
+    output: str | Path,
+    *,
+    command: str | None = None,
+    progress: Progress | None = None,
+    resume: bool = False,
+) -> TrainReport:
+    """Train ``config`` on ``data_spec`` and write a self-describing checkpoint atomically.
+
+    The state after every epoch goes to ``OUTPUT.partial`` (see
+    :mod:`soft_share_cli.training.resume`);
+    ``resume`` continues from it. Ctrl-C raises :class:`~soft_share_cli.errors.Interrupted`
+    saying what was kept; ``output`` is then untouched. A ``task_training.TaskTrainConfig``
+    trains a task network instead (``task_pipeline.run_task_train``, resumable alike).
+    """
+    from soft_share_cli.training.tasks import TaskTrainConfig
+
+    if isinstance(config, TaskTrainConfig):
+        from soft_share_cli.pipeline.tasks import run_task_train
+
+        report = run_task_train(
+            config, data_spec, output, command=command, progress=progress, resume=resume
+        )
+        return report  # type: ignore[return-value]  # a TaskTrainReport, rendered alike
+    from soft_share_cli.pipeline.tasks import is_task_spec
+
+    if is_task_spec(data_spec):
+        from soft_share_cli.errors import InputError
+
+        raise InputError(
+            f"{config.arch} classifies whole images; {data_spec} labels every pixel: "
+            "train --arch sfcn (shared) or --arch fcn (plain) on it"
+        )
+    from soft_share_cli.analysis.params import count_parameters
+    from soft_share_cli.data.loaders import load_data, parse_data_spec
+    from soft_share_cli.models.builder import ArchSpec
+    from soft_share_cli.training.classification import TrainResult, checkpoint_metadata, train
+    from soft_share_cli.training.resume import train_resumably
+
+    parse_data_spec(data_spec)
+    check_writable(output)  # fail now, not after an hour of training
+    train_data = load_data(data_spec, split="train")
+    test_data = load_data(data_spec, split="test")
+
+    def run(on_state: Any, state: Any) -> TrainResult:
+        return train(
+            config, train_data, test_data, progress=progress, on_state=on_state, resume=state
+        )
+
+    def metadata(result: TrainResult) -> dict[str, Any]:
+        meta = checkpoint_metadata(result, config, train_data, command)
+        # The keys `ssc eval` compares against: same data spec -> same accuracy, to the sample.
+        meta["data"] = data_spec
+        meta["test_top1"] = result.test_top1
+        return meta
+
+    result, _, resumed = train_resumably(output, config, data_spec, resume, run, metadata)
+    return TrainReport(
+        output=str(output),
+        architecture=ArchSpec(result.arch, result.arch_kwargs).describe(),
+        data=data_spec,
+        history=tuple(result.history),
+        test_top1=result.test_top1,
+        parameters=count_parameters(result.model),
+        file_bytes=Path(output).stat().st_size,
+        seconds=result.seconds,
+        resumed_epochs=resumed,
+    )
+
+
+def plot_similarity(
+    path: str | Path, output: str | Path, options: Any, graph_output: str | Path | None = None
+) -> list[str]:
+    """Draw every bank's similarity heatmap (and optionally the recurrence graph); return paths."""
+    from soft_share_cli.analysis.analyze import analyze_checkpoint
+    from soft_share_cli.render.plots import (
+        HeatmapInput,
+        graph_figure,
+        save_figure,
+        similarity_figure,
+    )
+
+    analysis = analyze_checkpoint(path, options)
+    panels = [
+        HeatmapInput(
+            bank=b.bank.name,
+            layers=[layer.name for layer in b.bank.layers],
+            matrix=b.similarity.matrix,
+            clusters=b.clusters,
+        )
+        for b in analysis.banks
+    ]
+    metric = "LSM" if options.metric.value == "coefficients" else "weight similarity"
+    title = f"{Path(path).name}: {metric}"
+    save_figure(
+        similarity_figure(panels, options.threshold, title=title, signed=options.signed), output
+    )
+    written = [str(output)]
+    if graph_output is not None:
+        save_figure(
+            graph_figure(analysis.graph, title=f"{Path(path).name}: recurrence graph"), graph_output
+        )
+        written.append(str(graph_output))
+    return written

@@ -1,0 +1,455 @@
+"""``ssc fold``: plan, convert, verify and measure a fold, then write it (or refuse to).
+
+The steps, each a function of its own: rebuild the original network; cluster its banks
+(:mod:`analysis`); build the folded network with real loops (:mod:`folded`, or :mod:`surgery`
+for user networks); check function preservation on a seeded random probe (no data needed);
+measure top-1 of both networks on the same samples when data is given (optionally after
+re-estimating BatchNorm statistics); write the folded file, and the plain-conv version on request.
+Gates (``atol``, ``max_drop``) that fail are reported and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from soft_share_cli.analysis.analyze import SCHEMA_VERSION, AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.clustering import Linkage, merge_heights
+from soft_share_cli.analysis.plan import BankFold, ParameterCounts, plan_bank
+from soft_share_cli.checkpoints.load import LoadedCheckpoint, load_checkpoint
+from soft_share_cli.data.loaders import Dataset
+from soft_share_cli.errors import InputError
+from soft_share_cli.evaluation.classification import EvalResult, evaluate
+from soft_share_cli.folding.verify import (
+    Probe,
+    compare_on_probe,
+    probe_input,
+    recalibrate_batchnorm,
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class FoldOptions:
+    """Everything ``ssc fold`` can be asked for, besides the paths."""
+
+    analysis: AnalysisOptions = AnalysisOptions()
+    auto_threshold: bool = False  # search the thresholds where the clustering changes
+    data: str | None = None  # a --data spec: accuracy of both networks on its test split
+    max_drop: float | None = None  # gate: original top-1 minus folded top-1, in points
+    atol: float | None = None  # gate: max |logit difference| on the random probe
+    recalibrate_bn: int = 0  # batches of the train split to re-estimate BatchNorm statistics
+    batch_size: int = 256
+    device: str = "cpu"
+    model: str | None = None  # "module:callable" building a user network (bring your own)
+    probe_samples: int = 16  # random inputs for the function-preservation check
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """Both networks on the same samples."""
+
+    spec: str
+    original: EvalResult
+    folded: EvalResult  # before any BN recalibration
+    agreement: float  # percent of samples where both predict the same class
+    recalibrated: EvalResult | None = None
+    recalibrated_agreement: float | None = None
+
+    @property
+    def final(self) -> EvalResult:
+        """The network that is written: recalibrated when asked for."""
+        return self.recalibrated or self.folded
+
+    @property
+    def delta_top1(self) -> float:
+        """Folded minus original, in points (negative: the fold costs accuracy)."""
+        return self.final.top1 - self.original.top1
+
+    def to_dict(self) -> dict[str, Any]:
+        def acc(r: EvalResult | None) -> dict[str, Any] | None:
+            return None if r is None else {"top1": r.top1, "top5": r.top5, "loss": r.loss}
+
+        return {
+            "spec": self.spec,
+            "samples": self.original.samples,
+            "original": acc(self.original),
+            "folded": acc(self.folded),
+            "agreement": self.agreement,
+            "recalibrated": acc(self.recalibrated),
+            "recalibrated_agreement": self.recalibrated_agreement,
+            "delta_top1": self.delta_top1,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the ``--threshold auto`` trade-off table."""
+
+    threshold: float
+    distinct_weights: int
+    parameters: int
+    top1: float
+    delta_top1: float
+    within_budget: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """What ``ssc fold`` did, measured."""
+
+    checkpoint: str
+    output: str | None  # None when a gate failed and nothing was written
+    materialized: str | None
+    architecture: str
+    options: AnalysisOptions
+    params: ParameterCounts
+    banks: tuple[dict[str, Any], ...]
+    loops: tuple[str, ...]
+    probe: Probe
+    data: DataCheck | None
+    candidates: tuple[Candidate, ...] = ()
+    file_bytes: dict[str, int] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()  # gates that did not pass, in words
+    seconds: float = 0.0  # wall time of the whole fold
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall time sits under ``timing``, the rest repeats exactly run to run."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.checkpoint,
+            "output": self.output,
+            "materialized": self.materialized,
+            "architecture": self.architecture,
+            **self.options.to_dict(),
+            "params": self.params.to_dict(),
+            "banks": list(self.banks),
+            "loops": list(self.loops),
+            "probe": self.probe.to_dict(),
+            "data": None if self.data is None else self.data.to_dict(),
+            "auto": [c.to_dict() for c in self.candidates],
+            "file_bytes": self.file_bytes,
+            "passed": not self.failures,
+            "failures": list(self.failures),
+            "timing": {"seconds": self.seconds},
+        }
+
+
+@dataclass
+class _Fold:
+    """One fold at one threshold (internal)."""
+
+    options: AnalysisOptions
+    network: nn.Module
+    plans: dict[str, BankFold]
+    counts: ParameterCounts
+    loops: tuple[str, ...]
+    program: dict[str, Any] | None  # user networks: the surgery program
+
+
+class _Source:
+    """The original network and how to fold it (SWRN, or a user network via --model)."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, model_spec: str | None):
+        self.ckpt = ckpt
+        self.model_spec = model_spec
+        if model_spec is not None:
+            from soft_share_cli.models.user import build_user_model
+
+            self.model = build_user_model(model_spec, ckpt.state_dict)
+            self.architecture = f"user network {model_spec}"
+        else:
+            from soft_share_cli.models.builder import rebuild_model
+
+            self.model, spec = rebuild_model(ckpt)
+            if spec.arch not in ("swrn", "sfcn"):
+                raise InputError(
+                    f"{ckpt.path}: {spec.describe()} has no template banks, nothing to fold "
+                    "(for your own architecture pass --model module:callable)"
+                )
+            self.architecture = spec.describe()
+        self.model.eval()
+
+    @property
+    def is_sfcn(self) -> bool:
+        """An SFCN folds into a looped FCN (:mod:`soft_share_cli.folding.looped`), not an SWRN."""
+        from soft_share_cli.models.recurrent import SFCN
+
+        return self.model_spec is None and isinstance(self.model, SFCN)
+
+    def fold(self, options: AnalysisOptions) -> _Fold:
+        state = self.ckpt.state_dict
+        results, issues, counts, _ = analyze_state_dict(state, options, with_graph=False)
+        # The analysis leaves such layers out (or keeps undefined weights); a fold cannot.
+        blocking = [
+            i
+            for i in issues
+            if i.kind in ("non-finite", "k-mismatch")
+            or (i.kind == "ambiguous-bank" and i.key.endswith("coefficients"))
+        ]
+        if blocking:
+            more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
+            raise InputError(f"{self.ckpt.path}: cannot fold: {blocking[0].message}{more}")
+        loops = tuple(f"{r.bank.name}: {loop.description}" for r in results for loop in r.loops)
+        if self.is_sfcn:
+            from soft_share_cli.folding.looped import fold_sfcn
+
+            plans = {r.bank.name: r.fold for r in results}
+            assert len(plans) == 1  # an SFCN has exactly one bank
+            looped = fold_sfcn(self.model, next(iter(plans.values())))  # type: ignore[arg-type]
+            return _Fold(options, looped, plans, counts, loops, None)
+        if self.model_spec is None:
+            from soft_share_cli.folding.swrn import fold_swrn
+            from soft_share_cli.models.wrn import SWRN
+
+            assert isinstance(self.model, SWRN)
+            plans = {r.bank.name: r.fold for r in results}
+            return _Fold(options, fold_swrn(self.model, plans), plans, counts, loops, None)
+        from soft_share_cli.analysis.params import count_state_dict_parameters
+        from soft_share_cli.analysis.plan import parameter_counts
+        from soft_share_cli.analysis.similarity import Metric, gram_matrix
+        from soft_share_cli.folding.surgery import fold_user_model, user_fold_program
+
+        # Unknown network: no BatchNorm can be assumed, every scale stays an explicit gain.
+        plans = {
+            r.bank.name: plan_bank(
+                r.bank,
+                r.clusters,
+                gram=gram_matrix(r.bank.templates) if options.metric == Metric.WEIGHT else None,
+                state_dict=None,
+            )
+            for r in results
+        }
+        banks = [r.bank for r in results]
+        counts = parameter_counts(count_state_dict_parameters(state), tuple(plans.values()))
+        network = fold_user_model(self.model, plans, banks)
+        return _Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
+
+
+def _agreement(a: EvalResult, b: EvalResult) -> float:
+    assert a.predictions is not None and b.predictions is not None
+    return 100.0 * float((a.predictions == b.predictions).float().mean())
+
+
+def _evaluate(
+    model: nn.Module, data: Dataset, options: FoldOptions, stage: str, progress: Progress | None
+) -> EvalResult:
+    from soft_share_cli.evaluation.tasks import evaluate_task, is_task_data
+
+    callback = (lambda done, total: progress(stage, done, total)) if progress else None
+    if is_task_data(data):  # maze, prefix-sums: "top1" is the exact-solve rate
+        return evaluate_task(  # type: ignore[return-value]
+            model,
+            data,
+            batch_size=options.batch_size,
+            device=options.device,
+            progress=callback,
+            keep_predictions=True,
+        )
+    return evaluate(
+        model,
+        data,
+        batch_size=options.batch_size,
+        device=options.device,
+        progress=callback,
+        keep_predictions=True,
+    )
+
+
+def candidate_thresholds(ckpt: LoadedCheckpoint, options: AnalysisOptions) -> list[float]:
+    """Every threshold at which some bank's clustering changes (and 1.0), highest first."""
+    results, _, _, _ = analyze_state_dict(ckpt.state_dict, options, with_graph=False)
+    heights = {1.0}
+    for r in results:
+        matrix = abs(r.similarity.matrix)
+        if len(matrix) >= 2:
+            heights.update(round(h, 12) for h in merge_heights(matrix, Linkage(options.linkage)))
+    return sorted((h for h in heights if 0.0 <= h <= 1.0), reverse=True)
+
+
+def fold_checkpoint(
+    path: str | Path,
+    output: str | Path,
+    options: FoldOptions = FoldOptions(),
+    *,
+    materialize: str | Path | None = None,
+    progress: Progress | None = None,
+) -> FoldReport:
+    """Fold ``path`` and write the folded network to ``output`` (unless a gate fails)."""
+    import time
+    from dataclasses import replace
+
+    start = time.perf_counter()
+
+    from soft_share_cli.data.loaders import load_data
+
+    if options.auto_threshold and (options.data is None or options.max_drop is None):
+        raise InputError("--threshold auto needs --data and --max-drop to choose a threshold")
+    if materialize is not None and options.model is not None:
+        raise InputError("--materialize writes a plain WRN; it is not available with --model")
+    if options.recalibrate_bn and options.data is None:
+        raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
+    ckpt = load_checkpoint(path)
+    source = _Source(ckpt, options.model)
+    if materialize is not None and source.is_sfcn:
+        raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
+    test = load_data(options.data, "test") if options.data else None
+    original_eval = _evaluate(source.model, test, options, "original", progress) if test else None
+
+    candidates: list[Candidate] = []
+    chosen = options.analysis
+    if options.auto_threshold:
+        assert test is not None and original_eval is not None and options.max_drop is not None
+        best: tuple[int, float] | None = None
+        for t in candidate_thresholds(ckpt, options.analysis):
+            trial = source.fold(replace(options.analysis, threshold=t))
+            result = _evaluate(trial.network, test, options, f"τ = {t:.4f}", progress)
+            delta = result.top1 - original_eval.top1
+            ok = -delta <= options.max_drop
+            weights = sum(len(p.clusters) for p in trial.plans.values())
+            candidates.append(Candidate(t, weights, trial.counts.folded, result.top1, delta, ok))
+            if ok and (best is None or trial.counts.folded < best[0]):
+                best = (trial.counts.folded, t)
+        if best is not None:
+            chosen = replace(options.analysis, threshold=best[1])
+
+    fold = source.fold(chosen)
+    probe = compare_on_probe(
+        source.model,
+        fold.network,
+        probe_input(ckpt, source.model, options.probe_samples, options.seed),
+    )
+    if not math.isfinite(probe.max_abs_diff):  # e.g. coefficients too extreme to refactor
+        raise InputError(
+            f"{path}: the original or folded network gives non-finite outputs on the probe "
+            "inputs; nothing was written (ssc analyze shows the coefficients)"
+        )
+    data_check = None
+    if test is not None and original_eval is not None:
+        folded_eval = _evaluate(fold.network, test, options, "folded", progress)
+        recal = recal_agree = None
+        if options.recalibrate_bn:
+            recalibrate_batchnorm(
+                fold.network,
+                load_data(options.data or "", "train"),
+                options.recalibrate_bn,
+                options.batch_size,
+            )
+            recal = _evaluate(fold.network, test, options, "recalibrated", progress)
+            recal_agree = _agreement(original_eval, recal)
+        data_check = DataCheck(
+            options.data or "",
+            original_eval,
+            folded_eval,
+            _agreement(original_eval, folded_eval),
+            recal,
+            recal_agree,
+        )
+
+    failures = []
+    if options.atol is not None and probe.max_abs_diff > options.atol:
+        failures.append(
+            f"max logit difference {probe.max_abs_diff:.3g} exceeds --atol {options.atol:g}"
+        )
+    if (
+        options.max_drop is not None
+        and data_check is not None
+        and -data_check.delta_top1 > options.max_drop
+    ):
+        failures.append(
+            f"top-1 drops {-data_check.delta_top1:.2f} points, "
+            f"more than --max-drop {options.max_drop:g}"
+        )
+    if options.auto_threshold and not any(c.within_budget for c in candidates):
+        failures.append("no threshold keeps the drop within --max-drop")
+
+    written = materialized = None
+    sizes = {"checkpoint": Path(path).stat().st_size}
+    if not failures:
+        report_meta = {
+            "source": str(path),
+            **chosen.to_dict(),
+            "loops": list(fold.loops),
+            "data": None if data_check is None else data_check.to_dict(),
+        }
+        _save(fold, source, output, report_meta)
+        written = str(output)
+        sizes["folded"] = Path(output).stat().st_size
+        if materialize is not None:
+            _save_materialized(fold, source, materialize, report_meta)
+            materialized = str(materialize)
+            sizes["materialized"] = Path(materialize).stat().st_size
+    banks = tuple(
+        {
+            "bank": name,
+            "before": len(p.layers),
+            "after": len(p.clusters),
+            "storage": "weights" if p.stores_weights else "templates",
+            "gains": p.gains,
+            "max_residual": max((layer.residual for layer in p.layers), default=0.0),
+        }
+        for name, p in fold.plans.items()
+    )
+    return FoldReport(
+        str(path),
+        written,
+        materialized,
+        source.architecture,
+        chosen,
+        fold.counts,
+        banks,
+        fold.loops,
+        probe,
+        data_check,
+        tuple(candidates),
+        sizes,
+        tuple(failures),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _save(fold: _Fold, source: _Source, output: str | Path, report: dict[str, Any]) -> None:
+    if source.is_sfcn:
+        from soft_share_cli.folding.looped import save_looped
+
+        save_looped(fold.network, output, report=report)  # type: ignore[arg-type]
+        return
+    if fold.program is None:
+        from soft_share_cli.folding.swrn import save_folded
+
+        save_folded(fold.network, output, report=report)  # type: ignore[arg-type]
+    else:
+        from soft_share_cli.folding.surgery import save_folded_user_model
+
+        assert source.model_spec is not None
+        save_folded_user_model(fold.network, output, source.model_spec, fold.program, report)
+
+
+def _save_materialized(
+    fold: _Fold, source: _Source, path: str | Path, report: dict[str, Any]
+) -> None:
+    from soft_share_cli.checkpoints.load import save_checkpoint
+    from soft_share_cli.folding.materialize import materialize
+
+    plain = materialize(fold.network)  # type: ignore[arg-type]
+    kwargs = {
+        "depth": plain.depth,
+        "width": plain.width,
+        "num_classes": plain.num_classes,
+        "in_channels": plain.in_channels,
+    }
+    meta = {"materialized_from": report["source"], "fold": report}
+    meta.update({k: v for k, v in source.ckpt.metadata.items() if k in ("data", "preprocessing")})
+    save_checkpoint(
+        path, arch="wrn", arch_kwargs=kwargs, state_dict=plain.state_dict(), metadata=meta
+    )

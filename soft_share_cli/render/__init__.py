@@ -1,0 +1,1 @@
+"""Rendering results: tables, figures and inert terminal text."""

@@ -1,0 +1,387 @@
+"""Rich rendering of result objects: reads results, computes nothing, never used by the library."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from soft_share_cli.render.text import inert
+
+
+class InertConsole(Console):
+    """A rich console for text from files: strings are data, never markup or terminal commands.
+
+    Every string that rich turns into text (``print``, table cells, titles, captions) passes
+    through :func:`~soft_share_cli.render.text.inert` first, and markup and emoji codes are off, so
+    a
+    key such as ``[link=http://x]`` or ``\x1b]0;title\x07`` is shown as written, escaped.
+    Our own styling is built as :class:`rich.text.Text` (see :func:`_styled`), never as markup.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        """Rich's conversion of a string, on the string made inert (markup off by default)."""
+        return super().render_str(inert(text), **kwargs)
+
+
+out = InertConsole()
+err = InertConsole(stderr=True)
+
+
+def _styled(label: str, style: str, rest: str = "") -> Text:
+    """``label`` in ``style``, then ``rest`` (made inert) unstyled: markup-free styling."""
+    return Text.assemble((label, style), inert(rest))
+
+
+def print_json(payload: dict[str, Any]) -> None:
+    """The one JSON object a ``--json`` command prints on stdout, nothing else.
+
+    NaN and infinities (which JSON cannot hold, and a damaged file can put anywhere in its
+    metadata) are printed as ``null``. Strings are kept exact, and printed ASCII-only: JSON's
+    escapes (``\u001b``, ``\u202e``) keep control and bidi characters off the terminal.
+    """
+    print(json.dumps(_json_safe(payload), indent=2, allow_nan=False, ensure_ascii=True))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage on stderr."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(inert(stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        if value is not None:
+            table.add_row(key, str(value))
+    return table
+
+
+def _pct(value: Any) -> str | None:
+    """``12.34 %``; a value that is not a number (metadata is whatever a file says) as it is."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:.2f} %"
+
+
+def render_info(info: Any) -> None:
+    """``ssc info``: what the checkpoint is."""
+    meta = info.metadata
+    rows = [
+        ("file", f"{info.path} ({info.file_bytes / 1e6:.2f} MB, {info.format} format)"),
+        ("container", info.container),
+        ("prefix stripped", info.stripped_prefix),
+        ("inert placeholders", ", ".join(info.placeholders) or None),
+        ("architecture", info.architecture_name or f"unknown ({info.architecture_error})"),
+        ("source", info.architecture and info.architecture["source"]),
+        ("tensors", info.tensors),
+        ("unique parameters", f"{info.unique_parameters:,}"),
+        ("data", meta.get("data")),
+        ("test top-1 at save", _pct(meta.get("test_top1"))),
+        ("epoch", meta.get("epoch")),
+        ("best val accuracy", _pct(meta.get("best_val_accuracy"))),
+        ("made by", meta.get("command")),
+    ]
+    out.print(_kv_table("Checkpoint", rows))
+
+
+def render_eval(report: Any) -> None:
+    """``ssc eval``: one table of accuracy and speed."""
+    if hasattr(report, "trained_iterations"):  # a task_pipeline.TaskEvalReport
+        render_task_eval(report)
+        return
+    r = report.result
+    rows = [
+        ("checkpoint", report.checkpoint),
+        ("architecture", report.architecture),
+        ("data", f"{report.data} (test split, {r.samples} samples)"),
+        ("top-1", _pct(r.top1)),
+        ("top-5", _pct(r.top5)),
+        ("loss", f"{r.loss:.4f}"),
+        ("recorded top-1", _pct(report.recorded_top1)),
+        ("throughput", f"{r.throughput:,.0f} samples/s on {report.device}"),
+    ]
+    out.print(_kv_table("Evaluation", rows))
+
+
+def render_train(report: Any) -> None:
+    """``ssc train``: per-epoch history and where the checkpoint went."""
+    if hasattr(report, "steps_to"):  # a task_pipeline.TaskTrainReport
+        render_task_train(report)
+        return
+    table = Table(title=f"Training {report.architecture}", title_justify="left")
+    for name in ("epoch", "lr", "loss", "train top-1", "test top-1", "align", "s"):
+        table.add_column(name, justify="right")
+    for e in report.history:
+        table.add_row(
+            str(e.epoch),
+            f"{e.lr:.4f}",
+            f"{e.train_loss:.4f}",
+            f"{e.train_top1:.2f}",
+            "-" if e.test_top1 is None else f"{e.test_top1:.2f}",
+            f"{e.align_penalty:.3f}",
+            f"{e.seconds:.1f}",
+        )
+    out.print(table)
+    if report.resumed_epochs:
+        out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
+    out.print(
+        f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
+        f"{report.parameters:,} parameters); test top-1 {_pct(report.test_top1) or 'n/a'}"
+    )
+
+
+def render_analysis(analysis: Any) -> None:
+    """``ssc analyze``: facts, one table per bank, the loops, the parameter counts."""
+    facts = analysis.checkpoint
+    opts = analysis.options
+    rows = [
+        ("file", f"{facts['path']} ({facts['format']} format, {facts['container']})"),
+        ("prefix stripped", facts["stripped_prefix"]),
+        ("inert placeholders", ", ".join(facts["placeholders"]) or None),
+        ("architecture", facts["architecture"] or "not a known architecture (banks analysed)"),
+        (
+            "similarity",
+            f"{opts.metric.value} metric{', signed' if opts.signed else ''}; "
+            f"clusters at τ = {opts.threshold:g}, {opts.linkage.value} linkage",
+        ),
+    ]
+    out.print(_kv_table("Checkpoint", rows))
+    for result in analysis.banks:
+        bank = result.bank
+        o, i, k, _ = bank.template_shape
+        title = (
+            f"{bank.name}: {bank.num_templates} templates of {o}×{i}×{k}×{k}, "
+            f"{len(bank.layers)} layers → {len(result.clusters)} distinct weights"
+        )
+        table = Table(title=title, title_justify="left")
+        for name, justify in (
+            ("#", "right"),
+            ("layer", "left"),
+            ("cluster", "center"),
+            ("‖α‖", "right"),
+            ("nearest", "left"),
+            ("S", "right"),
+            ("scale", "right"),
+            ("residual", "right"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        letters = result.letters
+        nearest = result.similarity.nearest()
+        for n, layer in enumerate(bank.layers):
+            j, s = nearest[n]
+            fold = result.fold.layers[n]
+            table.add_row(
+                str(n),
+                layer.name,
+                letters[n],
+                f"{result.similarity.norms[n]:.3f}",
+                "-" if j is None else bank.layers[j].name,
+                "-" if j is None else f"{s:.3f}",
+                f"{fold.scale:+.3f}",
+                f"{fold.residual:.1e}",
+            )
+        out.print(table)
+    out.print(_styled("Loops", "bold"))
+    for line in analysis.loop_summary or ["none at this threshold"]:
+        out.print(f"  • {line}")
+    for issue in analysis.issues:
+        out.print(_styled("warning", "yellow", f" {issue.message}"))
+    p = analysis.params
+    table = Table(title="Parameters", title_justify="left")
+    table.add_column("network")
+    table.add_column("parameters", justify="right")
+    table.add_column("folded saves", justify="right")
+    table.add_row(
+        "checkpoint (unique, by storage)",
+        f"{p.checkpoint_unique:,}",
+        _pct(p.savings_vs_checkpoint_pct),
+    )
+    table.add_row(
+        "unshared equivalent", f"{p.unshared_equivalent:,}", _pct(p.savings_vs_unshared_pct)
+    )
+    table.add_row(f"folded at τ = {opts.threshold:g}", f"{p.folded:,}", "")
+    out.print(table)
+
+
+def render_fold(report: Any) -> None:
+    """``ssc fold``: what was written, what it saves, what it costs."""
+    rows = [
+        ("checkpoint", report.checkpoint),
+        ("architecture", report.architecture),
+        ("threshold", f"τ = {report.options.threshold:g} ({report.options.metric.value})"),
+        ("written", report.output or "nothing (a check failed)"),
+        ("materialized", report.materialized),
+    ]
+    out.print(_kv_table("Fold", rows))
+    table = Table(title="Distinct conv weights per bank", title_justify="left")
+    for name in ("bank", "before", "after", "stored as", "gains", "max residual"):
+        table.add_column(name, justify="left" if name in ("bank", "stored as") else "right")
+    for b in report.banks:
+        table.add_row(
+            b["bank"],
+            str(b["before"]),
+            str(b["after"]),
+            b["storage"],
+            str(b["gains"]),
+            f"{b['max_residual']:.1e}",
+        )
+    out.print(table)
+    out.print(_styled("Loops", "bold"))
+    for line in report.loops or ("none: every block keeps its own weights",):
+        out.print(f"  • {line}")
+    p = report.params
+    sizes = report.file_bytes
+    table = Table(title="Parameters", title_justify="left")
+    for name in ("network", "parameters", "folded saves", "file"):
+        table.add_column(name, justify="left" if name == "network" else "right")
+
+    def mb(key: str) -> str:
+        return f"{sizes[key] / 1e6:.2f} MB" if key in sizes else ""
+
+    table.add_row(
+        "checkpoint (unique)",
+        f"{p.checkpoint_unique:,}",
+        _pct(p.savings_vs_checkpoint_pct),
+        mb("checkpoint"),
+    )
+    table.add_row(
+        "unshared equivalent", f"{p.unshared_equivalent:,}", _pct(p.savings_vs_unshared_pct), ""
+    )
+    table.add_row("folded", f"{p.folded:,}", "", mb("folded"))
+    out.print(table)
+    probe = report.probe
+    out.print(
+        f"function preserved on {probe.shape[0]} random inputs {tuple(probe.shape[1:])}: "
+        f"max |Δlogit| {probe.max_abs_diff:.2e}, mean {probe.mean_abs_diff:.2e}"
+    )
+    if report.candidates:
+        table = Table(title="Thresholds tried (--threshold auto)", title_justify="left")
+        for name in ("τ", "distinct weights", "parameters", "top-1", "Δ top-1", "within budget"):
+            table.add_column(name, justify="right")
+        for c in report.candidates:
+            mark = "✓" if c.within_budget else ""
+            chosen = " ←" if c.threshold == report.options.threshold and report.output else ""
+            table.add_row(
+                f"{c.threshold:.4f}",
+                str(c.distinct_weights),
+                f"{c.parameters:,}",
+                f"{c.top1:.2f}",
+                f"{c.delta_top1:+.2f}",
+                mark + chosen,
+            )
+        out.print(table)
+    d = report.data
+    if d is not None:
+        table = Table(
+            title=f"Accuracy on {d.spec} ({d.original.samples} samples)", title_justify="left"
+        )
+        for name in ("network", "top-1", "top-5", "agreement"):
+            table.add_column(name, justify="left" if name == "network" else "right")
+        table.add_row("original", f"{d.original.top1:.2f} %", _pct(d.original.top5) or "-", "")
+        table.add_row(
+            "folded", f"{d.folded.top1:.2f} %", _pct(d.folded.top5) or "-", f"{d.agreement:.2f} %"
+        )
+        if d.recalibrated is not None:
+            table.add_row(
+                "folded, BN recalibrated",
+                f"{d.recalibrated.top1:.2f} %",
+                _pct(d.recalibrated.top5) or "-",
+                f"{d.recalibrated_agreement:.2f} %",
+            )
+        out.print(table)
+        out.print(f"Δ top-1 (folded − original): {d.delta_top1:+.2f} points")
+
+
+def render_task_eval(report: Any) -> None:
+    """``ssc eval`` on a task: exact-solve rate, per-pixel accuracy, iterations, speed."""
+    r = report.result
+    iterations = None
+    if r.iterations is not None:
+        iterations = f"{r.iterations} (trained with {report.trained_iterations})"
+    rows = [
+        ("checkpoint", report.checkpoint),
+        ("architecture", report.architecture),
+        ("data", f"{report.data}: {report.data_description} (test split, {r.samples} samples)"),
+        ("iterations", iterations),
+        ("solved exactly", _pct(r.exact)),
+        ("pixel accuracy", _pct(r.pixel_accuracy)),
+        ("loss", f"{r.loss:.4f}"),
+        ("recorded exact", _pct(report.recorded_exact)),
+        ("throughput", f"{r.throughput:,.0f} samples/s on {report.device}"),
+    ]
+    out.print(_kv_table("Evaluation", rows))
+
+
+def render_task_train(report: Any) -> None:
+    """``ssc train`` on a task: per-epoch training and test accuracy, steps, the checkpoint."""
+    table = Table(title=f"Training {report.architecture}", title_justify="left")
+    for name in ("epoch", "steps", "lr", "loss", "train pixel", "train exact", "test exact"):
+        table.add_column(name, justify="right")
+    table.add_column("align", justify="right")
+    table.add_column("s", justify="right")
+    for e in report.history:
+        table.add_row(
+            str(e.epoch),
+            str(e.steps),
+            f"{e.lr:.5f}",
+            f"{e.train_loss:.4f}",
+            f"{e.train_pixel_accuracy:.2f}",
+            f"{e.train_exact:.2f}",
+            "-" if e.test_exact is None else f"{e.test_exact:.2f}",
+            f"{e.align_penalty:.3f}",
+            f"{e.seconds:.1f}",
+        )
+    out.print(table)
+    reached = report.steps_to.get("train_exact_95")
+    out.print(
+        "steps to 95 % of training instances solved: "
+        + ("not reached" if reached is None else f"{reached:,}")
+    )
+    if report.resumed_epochs:
+        out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
+    out.print(
+        f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
+        f"{report.parameters:,} parameters); test solved exactly {_pct(report.test_exact) or 'n/a'}"
+    )
