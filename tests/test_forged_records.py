@@ -131,11 +131,16 @@ def test_storage_count_beyond_limit_refused_by_the_scan(tmp_path, monkeypatch):
     legacy, zipped = tmp_path / "legacy.pt", tmp_path / "zip.pt"
     torch.save(state, legacy, _use_new_zipfile_serialization=False)
     torch.save(state, zipped)
-    with pytest.raises(CheckpointError, match=r"more than 5 tensor storages.*MAX_KEYS"):
+    with pytest.raises(CheckpointError, match=r"storages more than 5 times.*MAX_KEYS"):
         _pickle_scan.scan_legacy(legacy)
     # The zip check reads only the central directory: 6 storages + overhead is within 5 + 16,
     # so the pickle's storage references are what refuses it here.
-    with pytest.raises(CheckpointError, match=r"more than 5 tensor storages.*MAX_KEYS"):
+    with pytest.raises(CheckpointError, match=r"storages more than 5 times.*MAX_KEYS"):
+        _pickle_scan.scan_zip(zipped)
+    # Views of ONE storage count once each (the outsider's 200k-key file had a single storage).
+    base = torch.zeros(6)
+    torch.save({f"k{i}": base[i : i + 1] for i in range(6)}, zipped)
+    with pytest.raises(CheckpointError, match=r"storages more than 5 times.*MAX_KEYS"):
         _pickle_scan.scan_zip(zipped)
     five = {f"layer{i}.weight": torch.zeros(1) for i in range(5)}
     torch.save(five, legacy, _use_new_zipfile_serialization=False)

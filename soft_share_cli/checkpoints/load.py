@@ -341,7 +341,7 @@ def _interpret(
     limits.check_keys(len(state_dict), str(path))
     limits.check_nesting(obj, f"{path}: its pickled data")  # the scan bounds it; memo tricks
     state_dict, stripped = _strip_prefixes(state_dict)
-    used = set(consumed)  # a set: a state dict's own keys are consumed, 100k of them
+    used = set(consumed)  # a set: a state dict's own keys are consumed, 50k of them
     extras = {k: v for k, v in obj.items() if k not in used}
     return LoadedCheckpoint(
         path, file_format, container, state_dict, stripped, arch, arch_kwargs, metadata,

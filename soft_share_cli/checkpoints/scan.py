@@ -178,8 +178,8 @@ _PERSISTENT_OPS = frozenset({"PERSID", "BINPERSID"})
 
 def _too_many_storages(seen: int) -> PickleTooDeep:
     return PickleTooDeep(
-        f"references more than {seen - 1} tensor storages; ssc reads at most {MAX_KEYS} "
-        "tensors (limits.MAX_KEYS)"
+        f"references tensor storages more than {seen - 1} times (once per tensor); ssc reads at "
+        f"most {MAX_KEYS} tensors (limits.MAX_KEYS)"
     )
 
 
