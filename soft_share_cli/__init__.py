@@ -19,7 +19,7 @@ _EXPORTS = {
     "WRN": "soft_share_cli.models.wrn",
     "build_model": "soft_share_cli.models.registry",
     "SscError": "soft_share_cli.errors",
-    "load_folded": "soft_share_cli.folding.swrn",
+    "load_folded": "soft_share_cli.folding.kinds",
     "FCN": "soft_share_cli.models.recurrent",
     "SFCN": "soft_share_cli.models.recurrent",
     "load_looped": "soft_share_cli.folding.looped",

@@ -11,7 +11,7 @@ from soft_share_cli.analysis.banks import Bank, BankIssue, find_banks
 from soft_share_cli.analysis.clustering import Clusters, Linkage, cluster_layers
 from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
 from soft_share_cli.analysis.loops import Loop, find_loops, layer_letters, recurrence_graph
-from soft_share_cli.analysis.params import count_parameters, count_state_dict_parameters
+from soft_share_cli.analysis.params import count_state_dict_parameters
 from soft_share_cli.analysis.plan import BankFold, ParameterCounts, parameter_counts, plan_bank
 from soft_share_cli.analysis.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
 from soft_share_cli.errors import InputError
@@ -170,34 +170,17 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOpti
     """Load ``path`` safely and analyse it; works on any network built from template banks."""
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError, CheckpointError
+    from soft_share_cli.folding.kinds import folded_view
     from soft_share_cli.models.builder import architecture_of
 
     # Without torch where the file allows: the analysis reads coefficients, not the whole file.
     ckpt = load_checkpoint(path, arrays=True)
     state_dict = ckpt.state_dict
     stored: int | None = None  # what a folded file stores, where its view differs
-    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
-    if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
-        from soft_share_cli.folding.surgery import folded_user_view
-
-        state_dict = folded_user_view(program, ckpt.state_dict)
-        stored = count_state_dict_parameters(ckpt.state_dict)
-        architecture: str | None = f"folded user network {program.get('model', '')}".strip()
-    elif isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
-        from soft_share_cli.folding.looped import load_looped, looped_state_dict_view
-
-        looped = load_looped(path)
-        state_dict = looped_state_dict_view(looped)
-        stored = count_parameters(looped)
-        architecture = f"folded {looped.describe()}"
-    elif ckpt.container == "ssc-folded":
-        from soft_share_cli.folding.swrn import folded_state_dict_view, load_folded
-
-        # A folded network, seen as soft-shared: its distinct weights are the templates.
-        folded = load_folded(path)
-        state_dict = folded_state_dict_view(folded)
-        stored = count_parameters(folded)
-        architecture = f"folded {folded.describe()}"
+    view = folded_view(ckpt)  # a folded file of any kind, seen as soft-shared
+    architecture: str | None
+    if view is not None:
+        state_dict, stored, architecture = view.state_dict, view.stored, view.architecture
     else:
         try:
             architecture = architecture_of(ckpt).describe()

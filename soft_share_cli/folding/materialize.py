@@ -310,7 +310,9 @@ def folded_state_dict_view(folded: FoldedSWRN) -> dict[str, Tensor]:
     cluster's direction (one-hot for stored weights) times its explicit gain (1 where the scale
     was absorbed); its iteration's BatchNorms appear as ``stage_<s>.<b>.bn<r>.*``, so a re-fold
     of the view sees where scales can be absorbed exactly, as the fold of the original did. Each
-    stage's first block is ``stage_<s>.0``. Gains are left out: the coefficients hold them.
+    stage's first block is ``stage_<s>.0``. Gains are left out: the coefficients hold them. Each
+    block also names its bank's templates as an SWRN does (one tensor, aliased), so the view
+    rebuilds as an SWRN: that is how a folded file is folded again.
     """
     view: dict[str, Tensor] = {}
 
@@ -328,8 +330,10 @@ def folded_state_dict_view(folded: FoldedSWRN) -> dict[str, Tensor]:
             bank = folded.bank(stage)
             if bank is None:
                 continue
-            view[f"bank_{stage}.templates"] = bank.view_templates()
+            templates = view[f"bank_{stage}.templates"] = bank.view_templates()
             for b, segment, t in shared[stage]:
+                for alias in ("bank", "conv1.bank", "conv2.bank"):  # as an SWRN's state dict
+                    view[f"stage_{stage}.{b}.{alias}.templates"] = templates
                 for conv, c in ((1, segment.conv1_cluster), (2, segment.conv2_cluster)):
                     bn = segment.bn1[t] if conv == 1 else segment.bn2[t]
                     put(f"stage_{stage}.{b}.bn{conv}", bn)

@@ -54,23 +54,14 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     from soft_share_cli.analysis.params import count_state_dict_parameters
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError
+    from soft_share_cli.folding.kinds import folded_name
     from soft_share_cli.models.builder import architecture_of
 
     ckpt = load_checkpoint(path, arrays=True)  # shapes and storages only: no torch needed
     arch: dict[str, Any] | None = None
     name = error = None
-    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
-    if isinstance(program, dict) and program.get("format") == "ssc-user-fold":
-        name = f"folded user network (rebuild with --model {program.get('model', '?')})"
-    elif isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
-        from soft_share_cli.folding.looped import load_looped
-
-        name = f"folded {load_looped(path).describe()}"
-    elif ckpt.container == "ssc-folded":
-        from soft_share_cli.folding.swrn import load_folded
-
-        name = f"folded {load_folded(path).describe()}"
-    else:
+    name = folded_name(ckpt)
+    if name is None:
         try:
             spec = architecture_of(ckpt)
             arch, name = spec.to_dict(), spec.describe()
@@ -140,6 +131,7 @@ def run_eval(
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.data.loaders import load_data, parse_data_spec
     from soft_share_cli.evaluation.classification import evaluate
+    from soft_share_cli.pipeline.network import open_network
     from soft_share_cli.pipeline.tasks import is_task_spec, run_task_eval
 
     if iterations is not None or is_task_spec(data_spec):
@@ -155,7 +147,7 @@ def run_eval(
 
     parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path)
-    model, name, channels = _network(ckpt, path, model_spec)
+    model, name, channels = open_network(ckpt, path, model_spec)
     data = load_data(data_spec, split="test")
     if channels and data.in_channels != channels:
         from soft_share_cli.errors import DataError
@@ -173,40 +165,6 @@ def run_eval(
     return EvalReport(
         str(path), name, data_spec, device, batch_size, result, _recorded_top1(ckpt, data_spec)
     )
-
-
-def _network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[Any, str, int]:
-    """The checkpoint's network in eval mode, its name, and its input channels (0: unknown)."""
-    from soft_share_cli.errors import InputError
-    from soft_share_cli.models.builder import rebuild_model
-
-    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
-    is_user_fold = isinstance(program, dict) and program.get("format") == "ssc-user-fold"
-    if is_user_fold and model_spec is None:
-        made_by = program.get("model") if isinstance(program, dict) else None
-        raise InputError(
-            f"{path} folds your own network; pass --model MODULE:CALLABLE"
-            + (f" (it was made with --model {made_by})" if made_by else "")
-        )
-    if model_spec is not None:
-        from soft_share_cli.folding.surgery import load_folded_user_model
-        from soft_share_cli.models.user import build_user_model
-
-        if is_user_fold:
-            return load_folded_user_model(path, model_spec), f"folded {model_spec}", 0
-        return build_user_model(model_spec, ckpt.state_dict), model_spec, 0
-    if isinstance(program, dict) and program.get("format") == "ssc-fcn-loops":
-        from soft_share_cli.folding.looped import load_looped
-
-        looped = load_looped(path)
-        return looped, looped.describe(), looped.in_channels
-    if ckpt.container == "ssc-folded":
-        from soft_share_cli.folding.swrn import load_folded
-
-        folded = load_folded(path)
-        return folded, folded.describe(), int(folded.program()["in_channels"])
-    model, spec = rebuild_model(ckpt)
-    return model, spec.describe(), int(spec.kwargs.get("in_channels", 0))
 
 
 def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:

@@ -161,7 +161,8 @@ class _Source:
     """The original network and how to fold it (SWRN, or a user network via --model)."""
 
     def __init__(self, ckpt: LoadedCheckpoint, model_spec: str | None):
-        self.ckpt = ckpt
+        self.stored: int | None = None  # a folded input: the parameters it already stores
+        self.ckpt = ckpt = self._refold_view(ckpt, model_spec)
         self.model_spec = model_spec
         if model_spec is not None:
             from soft_share_cli.models.user import build_user_model
@@ -180,6 +181,33 @@ class _Source:
             self.architecture = spec.describe()
         self.model.eval()
 
+    def _refold_view(self, ckpt: LoadedCheckpoint, model_spec: str | None) -> LoadedCheckpoint:
+        """A folded input is folded again as its soft-shared view (an SWRN or SFCN again)."""
+        import dataclasses
+
+        from soft_share_cli.folding.kinds import folded_view
+
+        view = folded_view(ckpt)
+        if view is None:
+            return ckpt
+        if not view.refoldable or model_spec is not None:
+            raise InputError(
+                f"{ckpt.path}: a fold of your own network cannot be folded again; fold the "
+                "original checkpoint with a lower --threshold instead"
+            )
+        self.stored = view.stored
+        return dataclasses.replace(ckpt, state_dict=view.state_dict, container="state_dict")
+
+    def nothing_saved(self, fold: _Fold) -> str | None:
+        """Why a re-fold is pointless (it stores no fewer parameters than its input), if it is."""
+        if self.stored is None or fold.counts.folded < self.stored:
+            return None
+        return (
+            f"{self.ckpt.path}: already folded at this threshold: a re-fold would store "
+            f"{fold.counts.folded:,} parameters, the file stores {self.stored:,}; nothing was "
+            "written (a lower --threshold merges more)"
+        )
+
     @property
     def is_sfcn(self) -> bool:
         """An SFCN folds into a looped FCN (:mod:`soft_share_cli.folding.looped`), not an SWRN."""
@@ -189,7 +217,9 @@ class _Source:
 
     def fold(self, options: AnalysisOptions) -> _Fold:
         state = self.ckpt.state_dict
-        results, issues, counts, _ = analyze_state_dict(state, options, with_graph=False)
+        results, issues, counts, _ = analyze_state_dict(
+            state, options, with_graph=False, stored_parameters=self.stored
+        )
         # The analysis leaves such layers out (or keeps undefined weights); a fold cannot.
         blocking = [
             i
@@ -299,8 +329,8 @@ def fold_checkpoint(
         raise InputError("--materialize writes a plain WRN; it is not available with --model")
     if options.recalibrate_bn and options.data is None:
         raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
-    ckpt = load_checkpoint(path)
-    source = _Source(ckpt, options.model)
+    source = _Source(load_checkpoint(path), options.model)
+    ckpt = source.ckpt  # a folded input: its soft-shared view
     if materialize is not None and source.is_sfcn:
         raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
     test = load_data(options.data, "test") if options.data else None
@@ -324,6 +354,9 @@ def fold_checkpoint(
             chosen = replace(options.analysis, threshold=best[1])
 
     fold = source.fold(chosen)
+    pointless = source.nothing_saved(fold)
+    if pointless is not None:
+        raise InputError(pointless)
     probe = compare_on_probe(
         source.model,
         fold.network,

@@ -83,13 +83,13 @@ def run_task_eval(
     from soft_share_cli.errors import DataError
     from soft_share_cli.evaluation.tasks import evaluate_task
     from soft_share_cli.folding.looped import LoopedFCN
-    from soft_share_cli.pipeline.classification import _network
+    from soft_share_cli.pipeline.network import open_network
 
     if iterations is not None and iterations < 1:
         raise InputError(f"--iterations must be at least 1, got {iterations}")
     parsed = parse_data_spec(data_spec)
     ckpt = load_checkpoint(path)
-    model, name, channels = _network(ckpt, path, model_spec)
+    model, name, channels = open_network(ckpt, path, model_spec)
     trained = model.trained_iterations if isinstance(model, LoopedFCN) else None
     if iterations is not None:
         if not isinstance(model, LoopedFCN):

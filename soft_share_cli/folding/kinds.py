@@ -1,0 +1,179 @@
+"""Every kind of folded file ssc writes, behind one door.
+
+A folded file is safetensors weights plus a JSON *program* in its header (container
+``ssc-folded``); the program's ``format`` says which kind it is:
+
+* ``ssc-swrn-loops``: a folded SWRN (:mod:`soft_share_cli.folding.swrn`);
+* ``ssc-fcn-loops``: a looped FCN folded from an SFCN (:mod:`soft_share_cli.folding.looped`);
+* ``ssc-user-fold``: a user network folded by module surgery
+  (:mod:`soft_share_cli.folding.surgery`),
+  rebuilt only with the same ``module:callable`` given again (a file never chooses code to run).
+
+:func:`load_folded` loads any of them, :func:`folded_view` shows any of them as a soft-shared
+state dict (what ``analyze`` and ``plot-similarity`` read, and what a re-fold folds), and
+:func:`folded_name` names one without building it where it can. Adding a kind means adding one
+:class:`FoldedKind` to :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from soft_share_cli.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from soft_share_cli.checkpoints.load import LoadedCheckpoint
+
+
+@dataclass(frozen=True)
+class FoldedView:
+    """A folded network seen as soft-shared (its distinct weights are the templates)."""
+
+    state_dict: dict[str, Tensor]
+    stored: int  # parameters the folded network really has
+    architecture: str
+    refoldable: bool  # the view rebuilds as the network it was folded from (SWRN, SFCN)
+
+
+@dataclass(frozen=True)
+class FoldedKind:
+    """One kind of folded file: how to load it, view it and name it."""
+
+    program_format: str
+    needs_model: bool
+    load: Callable[[str | os.PathLike[str], str | None], nn.Module]
+    view: Callable[[LoadedCheckpoint, dict[str, Any]], FoldedView]
+
+
+def _load_swrn(path: str | os.PathLike[str], model: str | None) -> nn.Module:
+    from soft_share_cli.folding.swrn import load_folded as load
+
+    return load(path)
+
+
+def _view_swrn(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
+    from soft_share_cli.analysis.params import count_parameters
+    from soft_share_cli.folding.materialize import folded_state_dict_view
+    from soft_share_cli.folding.swrn import load_folded as load
+
+    folded = load(ckpt.path)
+    return FoldedView(
+        folded_state_dict_view(folded), count_parameters(folded), f"folded {folded.describe()}",
+        refoldable=True,
+    )  # fmt: skip
+
+
+def _load_looped(path: str | os.PathLike[str], model: str | None) -> nn.Module:
+    from soft_share_cli.folding.looped import load_looped
+
+    return load_looped(path)
+
+
+def _view_looped(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
+    from soft_share_cli.analysis.params import count_parameters
+    from soft_share_cli.folding.looped import load_looped, looped_state_dict_view
+
+    looped = load_looped(ckpt.path)
+    return FoldedView(
+        looped_state_dict_view(looped), count_parameters(looped), f"folded {looped.describe()}",
+        refoldable=True,
+    )  # fmt: skip
+
+
+def _load_user(path: str | os.PathLike[str], model: str | None) -> nn.Module:
+    from soft_share_cli.folding.surgery import load_folded_user_model
+
+    if model is None:
+        raise InputError(f"{path} folds your own network; pass model='module:callable'")
+    return load_folded_user_model(path, model)
+
+
+def _view_user(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
+    from soft_share_cli.analysis.params import count_state_dict_parameters
+    from soft_share_cli.folding.surgery import folded_user_view
+
+    name = f"folded user network {program.get('model', '')}".strip()
+    return FoldedView(
+        folded_user_view(program, ckpt.state_dict),
+        count_state_dict_parameters(ckpt.state_dict), name, refoldable=False,
+    )  # fmt: skip
+
+
+KINDS: dict[str, FoldedKind] = {
+    kind.program_format: kind
+    for kind in (
+        FoldedKind("ssc-swrn-loops", False, _load_swrn, _view_swrn),
+        FoldedKind("ssc-fcn-loops", False, _load_looped, _view_looped),
+        FoldedKind("ssc-user-fold", True, _load_user, _view_user),
+    )
+}
+
+
+def program_of(ckpt: LoadedCheckpoint) -> dict[str, Any] | None:
+    """The loop program of a folded file, ``None`` for any other checkpoint."""
+    if ckpt.container != "ssc-folded":
+        return None
+    program = ckpt.metadata.get("program")
+    if not isinstance(program, dict):
+        raise CheckpointError(f"{ckpt.path}: a folded file without a loop program")
+    return program
+
+
+def kind_of(ckpt: LoadedCheckpoint) -> tuple[FoldedKind, dict[str, Any]] | None:
+    """The kind of a folded file and its program; ``None`` for a checkpoint that is not folded.
+
+    A folded file whose program names no kind ssc knows is refused (exit 2).
+    """
+    program = program_of(ckpt)
+    if program is None:
+        return None
+    # Older SWRN folds may not tag their program; the folded container then means SWRN loops.
+    kind = KINDS.get(program.get("format", "ssc-swrn-loops"))
+    if kind is None:
+        raise CheckpointError(
+            f"{ckpt.path}: a folded file of an unknown kind ({program.get('format')!r})"
+        )
+    return kind, program
+
+
+def load_folded(path: str | os.PathLike[str], model: str | None = None) -> nn.Module:
+    """Load any folded file ssc writes, in eval mode.
+
+    Args:
+        path: a file written by ``ssc fold`` (or the library's savers).
+        model: for folds of your own network, the ``module:callable`` (or ``path.py:callable``)
+            that builds it, as given to ``ssc fold --model``; ignored for SWRN and FCN folds.
+
+    Raises:
+        CheckpointError: the file is not a folded file, or is malformed.
+        InputError: a fold of a user network without ``model``.
+    """
+    from soft_share_cli.checkpoints.load import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    found = kind_of(ckpt)
+    if found is None:
+        raise CheckpointError(f"{path}: not a folded file (make one with `ssc fold`)")
+    return found[0].load(path, model).eval()
+
+
+def folded_view(ckpt: LoadedCheckpoint) -> FoldedView | None:
+    """A folded checkpoint seen as soft-shared; ``None`` when ``ckpt`` is not folded."""
+    found = kind_of(ckpt)
+    return None if found is None else found[0].view(ckpt, found[1])
+
+
+def folded_name(ckpt: LoadedCheckpoint) -> str | None:
+    """What ``ssc info`` calls a folded file; ``None`` when ``ckpt`` is not folded."""
+    found = kind_of(ckpt)
+    if found is None:
+        return None
+    kind, program = found
+    if kind.needs_model:
+        return f"folded user network (rebuild with --model {program.get('model', '?')})"
+    return f"folded {kind.load(ckpt.path, None).describe()}"  # type: ignore[operator]
