@@ -20,7 +20,7 @@ from torch import nn
 
 from soft_share_cli.analysis.analyze import SCHEMA_VERSION, AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.clustering import Linkage, merge_heights
-from soft_share_cli.analysis.plan import BankFold, ParameterCounts, plan_bank
+from soft_share_cli.analysis.plan import ParameterCounts
 from soft_share_cli.checkpoints.load import LoadedCheckpoint, load_checkpoint
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import InputError
@@ -31,6 +31,7 @@ from soft_share_cli.folding.verify import (
     probe_input,
     recalibrate_batchnorm,
 )
+from soft_share_cli.pipeline.fold_source import FoldSource
 
 Progress = Callable[[str, int, int], None]
 
@@ -145,127 +146,6 @@ class FoldReport:
         }
 
 
-@dataclass
-class _Fold:
-    """One fold at one threshold (internal)."""
-
-    options: AnalysisOptions
-    network: nn.Module
-    plans: dict[str, BankFold]
-    counts: ParameterCounts
-    loops: tuple[str, ...]
-    program: dict[str, Any] | None  # user networks: the surgery program
-
-
-class _Source:
-    """The original network and how to fold it (SWRN, or a user network via --model)."""
-
-    def __init__(self, ckpt: LoadedCheckpoint, model_spec: str | None):
-        self.stored: int | None = None  # a folded input: the parameters it already stores
-        self.ckpt = ckpt = self._refold_view(ckpt, model_spec)
-        self.model_spec = model_spec
-        if model_spec is not None:
-            from soft_share_cli.models.user import build_user_model
-
-            self.model = build_user_model(model_spec, ckpt.state_dict)
-            self.architecture = f"user network {model_spec}"
-        else:
-            from soft_share_cli.models.builder import rebuild_model
-
-            self.model, spec = rebuild_model(ckpt)
-            if spec.arch not in ("swrn", "sfcn"):
-                raise InputError(
-                    f"{ckpt.path}: {spec.describe()} has no template banks, nothing to fold "
-                    "(for your own architecture pass --model module:callable)"
-                )
-            self.architecture = spec.describe()
-        self.model.eval()
-
-    def _refold_view(self, ckpt: LoadedCheckpoint, model_spec: str | None) -> LoadedCheckpoint:
-        """A folded input is folded again as its soft-shared view (an SWRN or SFCN again)."""
-        import dataclasses
-
-        from soft_share_cli.folding.kinds import folded_view
-
-        view = folded_view(ckpt)
-        if view is None:
-            return ckpt
-        if not view.refoldable or model_spec is not None:
-            raise InputError(
-                f"{ckpt.path}: a fold of your own network cannot be folded again; fold the "
-                "original checkpoint with a lower --threshold instead"
-            )
-        self.stored = view.stored
-        return dataclasses.replace(ckpt, state_dict=view.state_dict, container="state_dict")
-
-    def nothing_saved(self, fold: _Fold) -> str | None:
-        """Why a re-fold is pointless (it stores no fewer parameters than its input), if it is."""
-        if self.stored is None or fold.counts.folded < self.stored:
-            return None
-        return (
-            f"{self.ckpt.path}: already folded at this threshold: a re-fold would store "
-            f"{fold.counts.folded:,} parameters, the file stores {self.stored:,}; nothing was "
-            "written (a lower --threshold merges more)"
-        )
-
-    @property
-    def is_sfcn(self) -> bool:
-        """An SFCN folds into a looped FCN (:mod:`soft_share_cli.folding.looped`), not an SWRN."""
-        from soft_share_cli.models.recurrent import SFCN
-
-        return self.model_spec is None and isinstance(self.model, SFCN)
-
-    def fold(self, options: AnalysisOptions) -> _Fold:
-        state = self.ckpt.state_dict
-        results, issues, counts, _ = analyze_state_dict(
-            state, options, with_graph=False, stored_parameters=self.stored
-        )
-        # The analysis leaves such layers out (or keeps undefined weights); a fold cannot.
-        blocking = [
-            i
-            for i in issues
-            if i.kind in ("non-finite", "k-mismatch")
-            or (i.kind == "ambiguous-bank" and i.key.endswith("coefficients"))
-        ]
-        if blocking:
-            more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
-            raise InputError(f"{self.ckpt.path}: cannot fold: {blocking[0].message}{more}")
-        loops = tuple(f"{r.bank.name}: {loop.description}" for r in results for loop in r.loops)
-        if self.is_sfcn:
-            from soft_share_cli.folding.looped import fold_sfcn
-
-            plans = {r.bank.name: r.fold for r in results}
-            assert len(plans) == 1  # an SFCN has exactly one bank
-            looped = fold_sfcn(self.model, next(iter(plans.values())))  # type: ignore[arg-type]
-            return _Fold(options, looped, plans, counts, loops, None)
-        if self.model_spec is None:
-            from soft_share_cli.folding.swrn import fold_swrn
-            from soft_share_cli.models.wrn import SWRN
-
-            assert isinstance(self.model, SWRN)
-            plans = {r.bank.name: r.fold for r in results}
-            return _Fold(options, fold_swrn(self.model, plans), plans, counts, loops, None)
-        from soft_share_cli.analysis.params import count_state_dict_parameters
-        from soft_share_cli.analysis.plan import parameter_counts
-        from soft_share_cli.analysis.similarity import Metric, gram_matrix
-        from soft_share_cli.folding.surgery import fold_user_model, user_fold_program
-
-        # Unknown network: no BatchNorm can be assumed, every scale stays an explicit gain.
-        plans = {
-            r.bank.name: plan_bank(
-                r.bank,
-                r.clusters,
-                gram=gram_matrix(r.bank.templates) if options.metric == Metric.WEIGHT else None,
-                state_dict=None,
-            )
-            for r in results
-        }
-        banks = [r.bank for r in results]
-        counts = parameter_counts(count_state_dict_parameters(state), tuple(plans.values()))
-        network = fold_user_model(self.model, plans, banks)
-        return _Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
-
-
 def _agreement(a: EvalResult, b: EvalResult) -> float:
     assert a.predictions is not None and b.predictions is not None
     return 100.0 * float((a.predictions == b.predictions).float().mean())
@@ -277,16 +157,9 @@ def _evaluate(
     from soft_share_cli.evaluation.tasks import evaluate_task, is_task_data
 
     callback = (lambda done, total: progress(stage, done, total)) if progress else None
-    if is_task_data(data):  # maze, prefix-sums: "top1" is the exact-solve rate
-        return evaluate_task(  # type: ignore[return-value]
-            model,
-            data,
-            batch_size=options.batch_size,
-            device=options.device,
-            progress=callback,
-            keep_predictions=True,
-        )
-    return evaluate(
+    # maze, prefix-sums: "top1" is the exact-solve rate
+    run: Callable[..., Any] = evaluate_task if is_task_data(data) else evaluate
+    return run(  # type: ignore[no-any-return]
         model,
         data,
         batch_size=options.batch_size,
@@ -329,7 +202,7 @@ def fold_checkpoint(
         raise InputError("--materialize writes a plain WRN; it is not available with --model")
     if options.recalibrate_bn and options.data is None:
         raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
-    source = _Source(load_checkpoint(path), options.model)
+    source = FoldSource(load_checkpoint(path), options.model)
     ckpt = source.ckpt  # a folded input: its soft-shared view
     if materialize is not None and source.is_sfcn:
         raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
@@ -415,11 +288,11 @@ def fold_checkpoint(
             "loops": list(fold.loops),
             "data": None if data_check is None else data_check.to_dict(),
         }
-        _save(fold, source, output, report_meta)
+        source.save(fold, output, report_meta)
         written = str(output)
         sizes["folded"] = Path(output).stat().st_size
         if materialize is not None:
-            _save_materialized(fold, source, materialize, report_meta)
+            source.save_materialized(fold, materialize, report_meta)
             materialized = str(materialize)
             sizes["materialized"] = Path(materialize).stat().st_size
     banks = tuple(
@@ -448,41 +321,4 @@ def fold_checkpoint(
         sizes,
         tuple(failures),
         seconds=time.perf_counter() - start,
-    )
-
-
-def _save(fold: _Fold, source: _Source, output: str | Path, report: dict[str, Any]) -> None:
-    if source.is_sfcn:
-        from soft_share_cli.folding.looped import save_looped
-
-        save_looped(fold.network, output, report=report)  # type: ignore[arg-type]
-        return
-    if fold.program is None:
-        from soft_share_cli.folding.swrn import save_folded
-
-        save_folded(fold.network, output, report=report)  # type: ignore[arg-type]
-    else:
-        from soft_share_cli.folding.surgery import save_folded_user_model
-
-        assert source.model_spec is not None
-        save_folded_user_model(fold.network, output, source.model_spec, fold.program, report)
-
-
-def _save_materialized(
-    fold: _Fold, source: _Source, path: str | Path, report: dict[str, Any]
-) -> None:
-    from soft_share_cli.checkpoints.load import save_checkpoint
-    from soft_share_cli.folding.materialize import materialize
-
-    plain = materialize(fold.network)  # type: ignore[arg-type]
-    kwargs = {
-        "depth": plain.depth,
-        "width": plain.width,
-        "num_classes": plain.num_classes,
-        "in_channels": plain.in_channels,
-    }
-    meta = {"materialized_from": report["source"], "fold": report}
-    meta.update({k: v for k, v in source.ckpt.metadata.items() if k in ("data", "preprocessing")})
-    save_checkpoint(
-        path, arch="wrn", arch_kwargs=kwargs, state_dict=plain.state_dict(), metadata=meta
     )
