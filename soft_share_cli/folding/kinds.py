@@ -56,16 +56,10 @@ def _load_swrn(path: str | os.PathLike[str], model: str | None) -> nn.Module:
     return load(path)
 
 
-def _view_swrn(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
-    from soft_share_cli.analysis.params import count_parameters
+def _swrn_view(network: nn.Module) -> dict[str, Tensor]:
     from soft_share_cli.folding.materialize import folded_state_dict_view
-    from soft_share_cli.folding.swrn import load_folded as load
 
-    folded = load(ckpt.path)
-    return FoldedView(
-        folded_state_dict_view(folded), count_parameters(folded), f"folded {folded.describe()}",
-        refoldable=True,
-    )  # fmt: skip
+    return folded_state_dict_view(network)  # type: ignore[arg-type]
 
 
 def _load_looped(path: str | os.PathLike[str], model: str | None) -> nn.Module:
@@ -74,15 +68,26 @@ def _load_looped(path: str | os.PathLike[str], model: str | None) -> nn.Module:
     return load_looped(path)
 
 
-def _view_looped(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
-    from soft_share_cli.analysis.params import count_parameters
-    from soft_share_cli.folding.looped import load_looped, looped_state_dict_view
+def _looped_view(network: nn.Module) -> dict[str, Tensor]:
+    from soft_share_cli.folding.looped import looped_state_dict_view
 
-    looped = load_looped(ckpt.path)
-    return FoldedView(
-        looped_state_dict_view(looped), count_parameters(looped), f"folded {looped.describe()}",
-        refoldable=True,
-    )  # fmt: skip
+    return looped_state_dict_view(network)  # type: ignore[arg-type]
+
+
+def _rebuilt_view(
+    load: Callable[[str | os.PathLike[str], str | None], nn.Module],
+    view_of: Callable[[nn.Module], dict[str, Tensor]],
+) -> Callable[[LoadedCheckpoint, dict[str, Any]], FoldedView]:
+    """The view of a kind that rebuilds without user code: load it, view it, count it."""
+
+    def view(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
+        from soft_share_cli.analysis.params import count_parameters
+
+        network = load(ckpt.path, None)
+        name = f"folded {network.describe()}"  # type: ignore[operator]
+        return FoldedView(view_of(network), count_parameters(network), name, refoldable=True)
+
+    return view
 
 
 def _load_user(path: str | os.PathLike[str], model: str | None) -> nn.Module:
@@ -107,8 +112,8 @@ def _view_user(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
 KINDS: dict[str, FoldedKind] = {
     kind.program_format: kind
     for kind in (
-        FoldedKind("ssc-swrn-loops", False, _load_swrn, _view_swrn),
-        FoldedKind("ssc-fcn-loops", False, _load_looped, _view_looped),
+        FoldedKind("ssc-swrn-loops", False, _load_swrn, _rebuilt_view(_load_swrn, _swrn_view)),
+        FoldedKind("ssc-fcn-loops", False, _load_looped, _rebuilt_view(_load_looped, _looped_view)),
         FoldedKind("ssc-user-fold", True, _load_user, _view_user),
     )
 }
