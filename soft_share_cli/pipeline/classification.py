@@ -97,19 +97,9 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
-        result = self.result.to_dict()
-        timing = result.pop("timing")
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "checkpoint": self.checkpoint,
-            "architecture": self.architecture,
-            "data": self.data,
-            "device": self.device,
-            "batch_size": self.batch_size,
-            **result,
-            "recorded_top1": self.recorded_top1,
-            "timing": timing,
-        }
+        from soft_share_cli.pipeline.reports import eval_json
+
+        return eval_json(self, SCHEMA_VERSION, {"recorded_top1": self.recorded_top1})
 
 
 def run_eval(
@@ -228,22 +218,9 @@ class TrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
-        from dataclasses import asdict
+        from soft_share_cli.pipeline.reports import train_json
 
-        history = [asdict(e) for e in self.history]
-        epoch_seconds = [record.pop("seconds") for record in history]
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "output": self.output,
-            "architecture": self.architecture,
-            "data": self.data,
-            "history": history,
-            "test_top1": self.test_top1,
-            "parameters": self.parameters,
-            "file_bytes": self.file_bytes,
-            "resumed_epochs": self.resumed_epochs,
-            "timing": {"seconds": self.seconds, "epoch_seconds": epoch_seconds},
-        }
+        return train_json(self, SCHEMA_VERSION, {"test_top1": self.test_top1})
 
 
 def run_train(

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,12 @@ class TaskEvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
-        result = self.result.to_dict()
-        timing = result.pop("timing")
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "checkpoint": self.checkpoint,
-            "architecture": self.architecture,
-            "data": self.data,
-            "device": self.device,
-            "batch_size": self.batch_size,
-            **result,
+        from soft_share_cli.pipeline.reports import eval_json
+
+        return eval_json(self, SCHEMA_VERSION, {
             "trained_iterations": self.trained_iterations,
             "recorded_exact": self.recorded_exact,
-            "timing": timing,
-        }
+        })
 
 
 def run_task_eval(
@@ -145,21 +137,10 @@ class TaskTrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
-        history = [asdict(e) for e in self.history]
-        epoch_seconds = [record.pop("seconds") for record in history]
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "output": self.output,
-            "architecture": self.architecture,
-            "data": self.data,
-            "history": history,
-            "steps_to": dict(self.steps_to),
-            "test_exact": self.test_exact,
-            "parameters": self.parameters,
-            "file_bytes": self.file_bytes,
-            "resumed_epochs": self.resumed_epochs,
-            "timing": {"seconds": self.seconds, "epoch_seconds": epoch_seconds},
-        }
+        from soft_share_cli.pipeline.reports import train_json
+
+        metrics = {"steps_to": dict(self.steps_to), "test_exact": self.test_exact}
+        return train_json(self, SCHEMA_VERSION, metrics)
 
 
 def run_task_train(
