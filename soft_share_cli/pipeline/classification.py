@@ -259,15 +259,12 @@ def run_train(
             "train --arch sfcn (shared) or --arch fcn (plain) on it"
         )
     from soft_share_cli.analysis.params import count_parameters
-    from soft_share_cli.data.loaders import load_data, parse_data_spec
     from soft_share_cli.models.builder import ArchSpec
+    from soft_share_cli.pipeline.reports import training_splits
     from soft_share_cli.training.classification import TrainResult, checkpoint_metadata, train
     from soft_share_cli.training.resume import train_resumably
 
-    parse_data_spec(data_spec)
-    check_writable(output)  # fail now, not after an hour of training
-    train_data = load_data(data_spec, split="train")
-    test_data = load_data(data_spec, split="test")
+    train_data, test_data = training_splits(data_spec, output)
 
     def run(on_state: Any, state: Any) -> TrainResult:
         return train(

@@ -1,4 +1,5 @@
-"""The JSON shape shared by the reports of ``ssc train`` on images and on tasks."""
+"""What ``ssc train`` and ``ssc eval`` share across task kinds (images, per-pixel tasks): the
+JSON shape of their reports and the preparation of a training run."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ def eval_json(report: Any, schema_version: int, recorded: dict[str, Any]) -> dic
         **recorded,
         "timing": timing,
     }
+
+
+def training_splits(data_spec: str, output: Any) -> tuple[Any, Any]:
+    """The train and test splits of ``data_spec``, once ``output`` is known to be writable (so a
+    run fails now, not after an hour of training)."""
+    from soft_share_cli.data.loaders import load_data, parse_data_spec
+    from soft_share_cli.files import check_output
+
+    parse_data_spec(data_spec)
+    check_output(output)
+    return load_data(data_spec, split="train"), load_data(data_spec, split="test")

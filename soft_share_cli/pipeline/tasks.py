@@ -159,9 +159,8 @@ def run_task_train(
     (:func:`~soft_share_cli.training.resume.train_resumably`).
     """
     from soft_share_cli.analysis.params import count_parameters
-    from soft_share_cli.data.loaders import load_data, parse_data_spec
     from soft_share_cli.models.builder import ArchSpec
-    from soft_share_cli.pipeline.classification import check_writable
+    from soft_share_cli.pipeline.reports import training_splits
     from soft_share_cli.training.resume import train_resumably
     from soft_share_cli.training.tasks import (
         TaskTrainResult,
@@ -174,10 +173,7 @@ def run_task_train(
             f"--arch {config.arch} trains on per-pixel tasks (maze:size=N, prefix-sums:length=N), "
             f"not {data_spec}; use --arch swrn or wrn for image classification"
         )
-    parse_data_spec(data_spec)
-    check_writable(output)
-    train_data = load_data(data_spec, split="train")
-    test_data = load_data(data_spec, split="test")
+    train_data, test_data = training_splits(data_spec, output)
 
     def run(on_state: Any, state: Any) -> TaskTrainResult:
         return train_task(
