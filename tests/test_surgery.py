@@ -18,14 +18,13 @@ from soft_share_cli.analysis.params import count_state_dict_parameters
 from soft_share_cli.analysis.plan import Absorb, parameter_counts, plan_bank
 from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
 from soft_share_cli.folding.surgery import (
-    SharedWeights,
-    TiedConv2d,
     fold_user_model,
     load_folded_user_model,
     rebuild_folded_user_model,
     save_folded_user_model,
     user_fold_program,
 )
+from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
 from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.user import build_user_model, load_factory
 
@@ -34,7 +33,8 @@ USER_CODE = textwrap.dedent(
     """
     import torch.nn.functional as F
     from torch import nn
-    from soft_share_cli.models.layers import SConv2d, TemplateBank
+    from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
     class ReadmeNet(nn.Module):
@@ -207,7 +207,8 @@ def test_templates_storage_when_it_is_smaller(user_file: Path) -> None:
 TWO_BANKS = textwrap.dedent(
     """
     from torch import nn
-    from soft_share_cli.models.layers import SConv2d, TemplateBank
+    from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
+from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
     class TwoBanks(nn.Module):
