@@ -33,8 +33,7 @@ USER_CODE = textwrap.dedent(
     """
     import torch.nn.functional as F
     from torch import nn
-    from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
-from soft_share_cli.models.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
     class ReadmeNet(nn.Module):
@@ -207,8 +206,7 @@ def test_templates_storage_when_it_is_smaller(user_file: Path) -> None:
 TWO_BANKS = textwrap.dedent(
     """
     from torch import nn
-    from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
-from soft_share_cli.models.layers import SConv2d, TemplateBank
+    from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
     class TwoBanks(nn.Module):
