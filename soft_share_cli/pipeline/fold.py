@@ -288,11 +288,11 @@ def fold_checkpoint(
             "loops": list(fold.loops),
             "data": None if data_check is None else data_check.to_dict(),
         }
-        source.save(fold, output, report_meta)
+        source.write(fold, output, report_meta)
         written = str(output)
         sizes["folded"] = Path(output).stat().st_size
         if materialize is not None:
-            source.save_materialized(fold, materialize, report_meta)
+            source.write_materialized(fold, materialize, report_meta)
             materialized = str(materialize)
             sizes["materialized"] = Path(materialize).stat().st_size
     banks = tuple(

@@ -136,7 +136,7 @@ class FoldSource:
         network = fold_user_model(self.model, plans, banks)
         return Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
 
-    def save(self, fold: Fold, output: str | Path, report: dict[str, Any]) -> None:
+    def write(self, fold: Fold, output: str | Path, report: dict[str, Any]) -> None:
         """Write ``fold`` in its kind's format (atomically), ``report`` in its header."""
         if self.is_sfcn:
             from soft_share_cli.folding.looped import save_looped
@@ -152,7 +152,7 @@ class FoldSource:
             assert self.model_spec is not None
             save_folded_user_model(fold.network, output, self.model_spec, fold.program, report)
 
-    def save_materialized(self, fold: Fold, path: str | Path, report: dict[str, Any]) -> None:
+    def write_materialized(self, fold: Fold, path: str | Path, report: dict[str, Any]) -> None:
         """Write ``fold`` as a plain WRN checkpoint (every loop unrolled into convs)."""
         from soft_share_cli.checkpoints.load import save_checkpoint
         from soft_share_cli.folding.materialize import materialize

@@ -542,8 +542,10 @@ def run_children(jobs: list[list[str]], timeout: float) -> list[dict[str, object
 
     from soft_share_cli.cli import main
 
-    for module in ("analysis", "pipeline", "checkpoint", "_mapped", "infer", "params", "render",
-                   "similarity", "clustering", "banks"):  # what info and analyze import lazily
+    for module in ("analysis.analyze", "pipeline.classification", "pipeline.network",
+                   "checkpoints.load", "checkpoints.mapped", "models.builder", "analysis.params",
+                   "render.tables", "analysis.similarity", "analysis.clustering",
+                   "analysis.banks", "folding.kinds"):  # what info and analyze import lazily
         importlib.import_module(f"soft_share_cli.{module}")  # fmt: skip
 
     results: list[dict[str, object]] = []
