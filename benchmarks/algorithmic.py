@@ -139,7 +139,7 @@ class Job:
 
 def matched_width(setup: Setup, task: TaskBench) -> int:
     """The FCN width whose parameter count is closest to the shared network's."""
-    from soft_share_cli.analysis.params import count_parameters
+    from soft_share_cli.models.params import count_parameters
     from soft_share_cli.models.registry import build_model
 
     common = {"blocks": setup.blocks, "num_classes": 2, "in_channels": task.in_channels}

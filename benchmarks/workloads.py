@@ -250,7 +250,7 @@ def scaling(
 
     SWRN d-1-K checkpoints in ssc's format; the K sweep is at depth ``k_depth``.
     """
-    from soft_share_cli.analysis.analyze import analyze_checkpoint
+    from soft_share_cli.pipeline.analyze import analyze_checkpoint
     from soft_share_cli.pipeline.fold import fold_checkpoint
 
     def timed(work: Any) -> float:

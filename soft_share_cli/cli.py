@@ -403,8 +403,8 @@ def analyze_command(
     as_json: bool,
 ) -> None:
     """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
-    from soft_share_cli.analysis.analyze import analyze_checkpoint
     from soft_share_cli.analysis.loops import export_graph, graph_format
+    from soft_share_cli.pipeline.analyze import analyze_checkpoint
     from soft_share_cli.render import tables as render
 
     if graph_path is not None:  # refuse a bad output before the work, not after
@@ -442,7 +442,7 @@ def plot_similarity_command(
     graph_plot: str | None,
 ) -> None:
     """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
-    from soft_share_cli.pipeline.classification import plot_similarity
+    from soft_share_cli.pipeline.analyze import plot_similarity
     from soft_share_cli.render import tables as render
     from soft_share_cli.render.plots import figure_format
 

@@ -154,7 +154,7 @@ def test_unreadable_file_through_the_cli(ssc, tmp_path: Path, monkeypatch) -> No
 def clean_analysis(corpus) -> dict[str, Any]:
     import json
 
-    from soft_share_cli.analysis.analyze import analyze_checkpoint
+    from soft_share_cli.pipeline.analyze import analyze_checkpoint
 
     clean = corpus["root"] / "clean.pt"
     torch.save(torch.load(ALIGNED, weights_only=True)["state_dict"], clean)

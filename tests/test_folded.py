@@ -18,7 +18,6 @@ from torch import Tensor, nn
 import soft_share_cli.folding.materialize as mat
 from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.banks import find_banks
-from soft_share_cli.analysis.params import count_parameters, count_state_dict_parameters
 from soft_share_cli.analysis.plan import Absorb, BankFold, LayerFold, parameter_counts
 from soft_share_cli.analysis.similarity import Metric, bank_similarity
 from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
@@ -35,6 +34,7 @@ from soft_share_cli.folding.swrn import (
     save_folded,
 )
 from soft_share_cli.models.layers import SConv2d
+from soft_share_cli.models.params import count_parameters, count_state_dict_parameters
 from soft_share_cli.models.wrn import SWRN, WRN
 
 K = 4

@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_checkpoint
+from soft_share_cli.analysis.analyze import AnalysisOptions
 from soft_share_cli.analysis.clustering import Linkage
-from soft_share_cli.analysis.params import count_state_dict_parameters
 from soft_share_cli.analysis.similarity import Metric
 from soft_share_cli.checkpoints.arrays import StoredArray
 from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 from soft_share_cli.errors import CheckpointError, UnsafeCheckpointError
+from soft_share_cli.models.params import count_state_dict_parameters
 from soft_share_cli.models.wrn import SWRN
+from soft_share_cli.pipeline.analyze import analyze_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_checkpoints"

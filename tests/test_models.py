@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soft_share_cli.analysis.params import count_parameters, count_state_dict_parameters
 from soft_share_cli.models.layers import SConv2d, TemplateBank
+from soft_share_cli.models.params import count_parameters, count_state_dict_parameters
 from soft_share_cli.models.registry import build_model
 from soft_share_cli.models.wrn import SWRN, WRN
 

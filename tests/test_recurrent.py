@@ -8,7 +8,6 @@ from torch.testing import assert_close
 
 from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.banks import find_banks
-from soft_share_cli.analysis.params import count_parameters
 from soft_share_cli.checkpoints.load import save_checkpoint
 from soft_share_cli.errors import CheckpointError
 from soft_share_cli.folding.looped import (
@@ -20,6 +19,7 @@ from soft_share_cli.folding.looped import (
     save_looped,
 )
 from soft_share_cli.models.builder import rebuild_model
+from soft_share_cli.models.params import count_parameters
 from soft_share_cli.models.recurrent import FCN, SFCN
 from soft_share_cli.models.registry import build_model
 

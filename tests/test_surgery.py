@@ -14,7 +14,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
-from soft_share_cli.analysis.params import count_state_dict_parameters
 from soft_share_cli.analysis.plan import Absorb, parameter_counts, plan_bank
 from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
 from soft_share_cli.folding.surgery import (
@@ -26,6 +25,7 @@ from soft_share_cli.folding.surgery import (
 )
 from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
 from soft_share_cli.models.layers import SConv2d, TemplateBank
+from soft_share_cli.models.params import count_state_dict_parameters
 from soft_share_cli.models.user import build_user_model, load_factory
 
 # The authors' README network (conv1, one bank, three shared convs), with a small head.

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soft_share_cli.analysis.banks import Bank, BankIssue, find_banks
 from soft_share_cli.analysis.clustering import Clusters, Linkage, cluster_layers
 from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
 from soft_share_cli.analysis.loops import Loop, find_loops, layer_letters, recurrence_graph
-from soft_share_cli.analysis.params import count_state_dict_parameters
 from soft_share_cli.analysis.plan import BankFold, ParameterCounts, parameter_counts, plan_bank
 from soft_share_cli.analysis.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
 from soft_share_cli.errors import InputError
+from soft_share_cli.models.params import count_state_dict_parameters
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -164,46 +163,3 @@ def analyze_state_dict(
     if stored_parameters is not None:
         counts = replace(counts, checkpoint_unique=stored_parameters)
     return tuple(results), discovery.issues, counts, graph
-
-
-def analyze_checkpoint(path: str | Path, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
-    """Load ``path`` safely and analyse it; works on any network built from template banks."""
-    from soft_share_cli.checkpoints.load import load_checkpoint
-    from soft_share_cli.errors import ArchitectureError, CheckpointError
-    from soft_share_cli.folding.kinds import folded_view
-    from soft_share_cli.models.builder import architecture_of
-
-    # Without torch where the file allows: the analysis reads coefficients, not the whole file.
-    ckpt = load_checkpoint(path, arrays=True)
-    state_dict = ckpt.state_dict
-    stored: int | None = None  # what a folded file stores, where its view differs
-    view = folded_view(ckpt)  # a folded file of any kind, seen as soft-shared
-    architecture: str | None
-    if view is not None:
-        state_dict, stored, architecture = view.state_dict, view.stored, view.architecture
-    else:
-        try:
-            architecture = architecture_of(ckpt).describe()
-        except ArchitectureError:
-            architecture = None  # analysis needs no architecture
-    try:
-        banks, issues, counts, graph = analyze_state_dict(
-            state_dict, options, stored_parameters=stored
-        )
-    except CheckpointError as exc:  # a limit of soft_share_cli.limits: name the file
-        raise CheckpointError(f"{path}: {exc}") from None
-    assert graph is not None
-    if not banks:
-        raise InputError(
-            f"{path}: no template banks found (no 5-d '...templates' tensors); "
-            "is this a soft-shared network?"
-        )
-    facts = {
-        "path": str(path),
-        "format": ckpt.format,
-        "container": ckpt.container,
-        "stripped_prefix": ckpt.stripped_prefix,
-        "placeholders": list(ckpt.placeholders),
-        "architecture": architecture,
-    }
-    return Analysis(facts, options, banks, issues, counts, graph)

@@ -81,7 +81,7 @@ def _rebuilt_view(
     """The view of a kind that rebuilds without user code: load it, view it, count it."""
 
     def view(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
-        from soft_share_cli.analysis.params import count_parameters
+        from soft_share_cli.models.params import count_parameters
 
         network = load(ckpt.path, None)
         name = f"folded {network.describe()}"  # type: ignore[operator]
@@ -99,8 +99,8 @@ def _load_user(path: str | os.PathLike[str], model: str | None) -> nn.Module:
 
 
 def _view_user(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
-    from soft_share_cli.analysis.params import count_state_dict_parameters
     from soft_share_cli.folding.surgery import folded_user_view
+    from soft_share_cli.models.params import count_state_dict_parameters
 
     name = f"folded user network {program.get('model', '')}".strip()
     return FoldedView(

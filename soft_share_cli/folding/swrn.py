@@ -442,9 +442,9 @@ def build_checked(
     Raises:
         CheckpointError: the program is malformed, exceeds a limit, or does not fit the weights.
     """
-    from soft_share_cli.analysis.params import count_state_dict_parameters
     from soft_share_cli.limits import check_built_size
     from soft_share_cli.models.builder import check_state_dict_fits, load_state_dict_checked
+    from soft_share_cli.models.params import count_state_dict_parameters
 
     try:
         with torch.device("meta"):

@@ -220,8 +220,8 @@ def minimum_parameters(arch: str, kwargs: Mapping[str, Any]) -> int:
 
 
 def _check_estimated_size(spec: ArchSpec, state_dict: Mapping[str, Tensor], where: str) -> None:
-    from soft_share_cli.analysis.params import count_state_dict_parameters
     from soft_share_cli.limits import check_built_size
+    from soft_share_cli.models.params import count_state_dict_parameters
 
     try:
         needed = minimum_parameters(spec.arch, spec.kwargs)
@@ -304,8 +304,8 @@ def rebuild_model(checkpoint: LoadedCheckpoint) -> tuple[nn.Module, ArchSpec]:
 
 def _check_fits(skeleton: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
     """Keys and shapes of ``skeleton`` (meta) against the file's, and its size against theirs."""
-    from soft_share_cli.analysis.params import count_state_dict_parameters
     from soft_share_cli.limits import check_built_size
+    from soft_share_cli.models.params import count_state_dict_parameters
 
     check_state_dict_fits(skeleton, state_dict, what)
     built = sum(p.numel() for p in skeleton.parameters())

@@ -51,11 +51,11 @@ class CheckpointInfo:
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     """Load a checkpoint safely and describe it; an unknown architecture is reported, not raised."""
-    from soft_share_cli.analysis.params import count_state_dict_parameters
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError
     from soft_share_cli.folding.kinds import folded_name
     from soft_share_cli.models.builder import architecture_of
+    from soft_share_cli.models.params import count_state_dict_parameters
 
     ckpt = load_checkpoint(path, arrays=True)  # shapes and storages only: no torch needed
     arch: dict[str, Any] | None = None
@@ -176,15 +176,6 @@ def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
     return top1 if isinstance(top1, str | int | float) else None  # type: ignore[return-value]
 
 
-def check_writable(path: str | Path) -> None:
-    """Raise InputError unless a regular file could be written at ``path`` (see
-    :func:`soft_share_cli.files.check_output`: no directory, device, FIFO, socket or dangling
-    symlink there, an existing writable directory)."""
-    from soft_share_cli.files import check_output
-
-    check_output(path)
-
-
 def _jsonable(value: Any) -> Any:
     """Plain-JSON view of metadata (placeholders and arrays become short descriptions)."""
     if isinstance(value, dict):
@@ -258,8 +249,8 @@ def run_train(
             f"{config.arch} classifies whole images; {data_spec} labels every pixel: "
             "train --arch sfcn (shared) or --arch fcn (plain) on it"
         )
-    from soft_share_cli.analysis.params import count_parameters
     from soft_share_cli.models.builder import ArchSpec
+    from soft_share_cli.models.params import count_parameters
     from soft_share_cli.pipeline.reports import training_splits
     from soft_share_cli.training.classification import TrainResult, checkpoint_metadata, train
     from soft_share_cli.training.resume import train_resumably
@@ -290,39 +281,3 @@ def run_train(
         seconds=result.seconds,
         resumed_epochs=resumed,
     )
-
-
-def plot_similarity(
-    path: str | Path, output: str | Path, options: Any, graph_output: str | Path | None = None
-) -> list[str]:
-    """Draw every bank's similarity heatmap (and optionally the recurrence graph); return paths."""
-    from soft_share_cli.analysis.analyze import analyze_checkpoint
-    from soft_share_cli.render.plots import (
-        HeatmapInput,
-        graph_figure,
-        save_figure,
-        similarity_figure,
-    )
-
-    analysis = analyze_checkpoint(path, options)
-    panels = [
-        HeatmapInput(
-            bank=b.bank.name,
-            layers=[layer.name for layer in b.bank.layers],
-            matrix=b.similarity.matrix,
-            clusters=b.clusters,
-        )
-        for b in analysis.banks
-    ]
-    metric = "LSM" if options.metric.value == "coefficients" else "weight similarity"
-    title = f"{Path(path).name}: {metric}"
-    save_figure(
-        similarity_figure(panels, options.threshold, title=title, signed=options.signed), output
-    )
-    written = [str(output)]
-    if graph_output is not None:
-        save_figure(
-            graph_figure(analysis.graph, title=f"{Path(path).name}: recurrence graph"), graph_output
-        )
-        written.append(str(graph_output))
-    return written

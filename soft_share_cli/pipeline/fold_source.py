@@ -116,10 +116,10 @@ class FoldSource:
             assert isinstance(self.model, SWRN)
             plans = {r.bank.name: r.fold for r in results}
             return Fold(options, fold_swrn(self.model, plans), plans, counts, loops, None)
-        from soft_share_cli.analysis.params import count_state_dict_parameters
         from soft_share_cli.analysis.plan import parameter_counts
         from soft_share_cli.analysis.similarity import Metric, gram_matrix
         from soft_share_cli.folding.surgery import fold_user_model, user_fold_program
+        from soft_share_cli.models.params import count_state_dict_parameters
 
         # Unknown network: no BatchNorm can be assumed, every scale stays an explicit gain.
         plans = {

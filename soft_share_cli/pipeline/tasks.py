@@ -158,8 +158,8 @@ def run_task_train(
     ``OUTPUT.partial`` and ``resume`` continues from it
     (:func:`~soft_share_cli.training.resume.train_resumably`).
     """
-    from soft_share_cli.analysis.params import count_parameters
     from soft_share_cli.models.builder import ArchSpec
+    from soft_share_cli.models.params import count_parameters
     from soft_share_cli.pipeline.reports import training_splits
     from soft_share_cli.training.resume import train_resumably
     from soft_share_cli.training.tasks import (

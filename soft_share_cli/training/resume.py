@@ -226,10 +226,10 @@ def train_resumably(
     """
     from soft_share_cli.checkpoints.load import save_checkpoint
     from soft_share_cli.errors import Interrupted
-    from soft_share_cli.pipeline.classification import check_writable
+    from soft_share_cli.files import check_output
 
     partial = partial_path(output)
-    check_writable(partial)
+    check_output(partial)
     state = starting_state(output, config, data_spec, resume)
     try:
         result = train(lambda new: save_state(partial, new, config, data_spec), state)
