@@ -14,9 +14,9 @@ from matplotlib.patches import FancyArrowPatch
 
 from soft_share_cli.analysis.loops import cluster_letters
 from soft_share_cli.errors import InputError
+from soft_share_cli.render.graph_plot import graph_figure
 from soft_share_cli.render.plots import (
     HeatmapInput,
-    graph_figure,
     save_figure,
     short_layer_name,
     similarity_figure,

@@ -62,9 +62,9 @@ def plot_similarity(
     path: str | Path, output: str | Path, options: Any, graph_output: str | Path | None = None
 ) -> list[str]:
     """Draw every bank's similarity heatmap (and optionally the recurrence graph); return paths."""
+    from soft_share_cli.render.graph_plot import graph_figure
     from soft_share_cli.render.plots import (
         HeatmapInput,
-        graph_figure,
         save_figure,
         similarity_figure,
     )

@@ -1,8 +1,9 @@
-"""Figures of Layer Similarity Matrices and recurrence graphs.
+"""Figures of Layer Similarity Matrices, and what every figure shares (colours, labels, saving).
 
 Everything is built on :class:`matplotlib.figure.Figure` (never pyplot), so the library holds no
 global plotting state and works headless; the caller decides where a figure goes
-(:func:`save_figure`). A cluster letter has one colour in both figures, heatmap and graph.
+(:func:`save_figure`). A cluster letter has one colour in both figures, heatmap and graph
+(:mod:`soft_share_cli.render.graph_plot`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 from matplotlib import colormaps, rc_context
 from matplotlib.axes import Axes
@@ -22,7 +22,6 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
-from matplotlib.patches import Circle, FancyArrowPatch
 from matplotlib.path import Path as MplPath
 
 from soft_share_cli.analysis.loops import cluster_letters
@@ -34,12 +33,8 @@ SAVE_FORMATS = ("png", "svg", "pdf")
 _PALETTE = ("#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#17becf")
 _ANNOTATE_MAX = 12  # beyond this a cell is too small for a two-digit number
 _OUTLINE_MAX = 60  # past this, cells are too small to outline without hiding them
-_NODE_GAP = 2.2  # graph: data units between neighbouring nodes of a row
-_ARC_HEIGHT = 2.1  # graph: how high edges that skip nodes rise over their row
 _MAX_TICKS = 40  # more tick labels than this overlap at any sensible figure size
-_CENTRE: dict[str, Any] = {"ha": "center", "va": "center"}
-# Self-loop as a cubic Bezier in node radii: leaves the circle top-left, re-enters top-right.
-_LOOP = ((-0.45, 0.9), (-1.6, 3.0), (1.6, 3.0), (0.45, 0.9))
+CENTRE: dict[str, Any] = {"ha": "center", "va": "center"}
 _SHORTEN = (
     (re.compile(r"^(module|_orig_mod)\."), ""),
     (re.compile(r"stage_?(\d+)"), r"\1"),
@@ -69,7 +64,7 @@ def short_layer_name(name: str) -> str:
     return name
 
 
-def _label(name: object) -> str:
+def label_text(name: object) -> str:
     """A name from a file as figure text: control characters escaped, ``$`` never mathtext.
 
     Matplotlib reads ``$...$`` as TeX (a malformed one fails the whole figure) and cannot draw
@@ -78,7 +73,7 @@ def _label(name: object) -> str:
     return inert(name).replace("$", r"\$")
 
 
-def _letter_color(letter: str, fallback: int = 0) -> str:
+def letter_color(letter: str, fallback: int = 0) -> str:
     # Colour by the letter itself (not the position in a list) so both figures agree.
     if re.fullmatch(r"[A-Z]+", letter):
         index = 0
@@ -88,7 +83,7 @@ def _letter_color(letter: str, fallback: int = 0) -> str:
     return _PALETTE[fallback % len(_PALETTE)]
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
@@ -142,7 +137,7 @@ def _outline_clusters(
         verts = segments[owners == cid].reshape(-1, 2)
         codes = np.tile([MplPath.MOVETO, MplPath.LINETO], len(verts) // 2)
         paths.append(MplPath(verts, codes.astype(MplPath.code_type)))
-    colours = [_letter_color(letters[c], c) for c in ids]
+    colours = [letter_color(letters[c], c) for c in ids]
     width = 2.0 if n <= _ANNOTATE_MAX else 2.0 * math.sqrt(_ANNOTATE_MAX / n)
     strokes = (("white", width * 2.6), ("black", width * 1.8), (colours, width))
     for colour, lw in strokes:
@@ -157,10 +152,10 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
     matrix, letters = _check(bank)
     n = len(bank.layers)
     multi = sum(len(c) >= 2 for c in bank.clusters)
-    counts = f"{_plural(n, 'layer')}, {_plural(len(bank.clusters), 'cluster')}"
-    ax.set_title(f"{_label(bank.bank)} — {counts} at τ={threshold:g}", fontsize=10)
+    counts = f"{plural(n, 'layer')}, {plural(len(bank.clusters), 'cluster')}"
+    ax.set_title(f"{label_text(bank.bank)} — {counts} at τ={threshold:g}", fontsize=10)
     if n == 0:
-        ax.text(0.5, 0.5, "no layers", **_CENTRE, transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no layers", **CENTRE, transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
         return None
@@ -178,7 +173,7 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
         strip = np.ones((n, 1, 4))
         for cid, members in enumerate(bank.clusters):
             if len(members) >= 2:
-                strip[list(members), 0] = to_rgba(_letter_color(letters[cid], cid))
+                strip[list(members), 0] = to_rgba(letter_color(letters[cid], cid))
         side = ax.inset_axes((1.015, 0.0, 0.03, 1.0))
         side.imshow(strip, aspect="auto", interpolation="nearest")
         side.set_xticks([])
@@ -194,7 +189,7 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
         for i in range(n):
             for j in range(n):
                 colour = "black" if luma[i, j] > 0.5 else "white"
-                text = ax.text(j, i, f"{matrix[i, j]:.2f}", **_CENTRE, size=8, color=colour)
+                text = ax.text(j, i, f"{matrix[i, j]:.2f}", **CENTRE, size=8, color=colour)
                 text.set_gid("cell-value")
 
     step = max(1, math.ceil(n / _MAX_TICKS))
@@ -203,13 +198,13 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
     labels = []
     for i in ticks:
         tag = f" [{letters[owner[i]]}]" if owner[i] >= 0 else ""
-        labels.append(_label(short_layer_name(bank.layers[i])) + tag)
+        labels.append(label_text(short_layer_name(bank.layers[i])) + tag)
     ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
     ax.set_yticks(ticks, labels, fontsize=size)
     for axis_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         for label, i in zip(axis_labels, ticks, strict=True):
             if owner[i] >= 0 and len(bank.clusters[owner[i]]) >= 2:
-                label.set_color(_letter_color(letters[owner[i]], owner[i]))
+                label.set_color(letter_color(letters[owner[i]], owner[i]))
                 label.set_fontweight("bold")
     # The letter sequence in execution order is how loops read: "A B A B A B" = (A B) x 3.
     order = " ".join(letters[o] if o >= 0 else "·" for o in owner)
@@ -250,129 +245,9 @@ def similarity_figure(
         bar = fig.colorbar(shown[0], ax=axes, shrink=min(0.9, 0.5 + 0.2 * nrows), aspect=30)
         bar.set_label("signed cosine of coefficients" if signed else "layer similarity (LSM)")
     if not banks:
-        fig.text(0.5, 0.5, "no banks", **_CENTRE)
+        fig.text(0.5, 0.5, "no banks", **CENTRE)
     if title:
-        fig.suptitle(_label(title))
-    return fig
-
-
-def _skips(rows: dict[str, list[object]], u: object, v: object) -> bool:
-    """Whether edge u -> v runs along one row past at least one other node."""
-    for nodes in rows.values():
-        if u in nodes and v in nodes:
-            return abs(nodes.index(u) - nodes.index(v)) > 1
-    return False
-
-
-def _graph_layout(
-    graph: nx.DiGraph,
-) -> tuple[dict[str, list[object]], dict[object, tuple[float, float]], list[float]]:
-    """Rows of nodes per bank (first-use order) and node centres; each row gets the headroom
-    its own drawings need (arcs over skipped nodes > self-loops > nothing)."""
-    rows: dict[str, list[object]] = {}
-    for node, data in graph.nodes(data=True):
-        rows.setdefault(str(data.get("bank", str(node).split(":")[0])), []).append(node)
-    pos: dict[object, tuple[float, float]] = {}
-    row_y: list[float] = []
-    y = 0.0
-    for nodes in rows.values():
-        edges = [(u, v) for u, v in graph.edges if u in nodes and v in nodes]
-        arcs = any(_skips(rows, u, v) for u, v in edges)
-        loops = any(u == v for u, v in edges)
-        y -= _ARC_HEIGHT + 0.5 if arcs else 1.9 if loops else 0.8
-        row_y.append(y)
-        pos.update({node: (c * _NODE_GAP, y) for c, node in enumerate(nodes)})
-        y -= 1.6  # captions under the nodes
-    return rows, pos, row_y
-
-
-def graph_figure(graph: nx.DiGraph, *, title: str | None = None) -> Figure:
-    """Draw a recurrence graph: one row per bank, clusters in first-use order, edges with counts.
-
-    Nodes (``"<bank>:<letter>"`` with ``bank``, ``letter``, ``layers``, ``size``) are circles
-    whose area grows with ``size``, captioned with their layers; a self-loop (a repeated
-    cluster) is a loop above its node, the two directions of an ``A -> B -> A`` cycle are
-    curved apart so both show, and an edge that jumps past other nodes arcs over the row.
-    Every edge carries its ``count``.
-    """
-    rows, pos, row_y = _graph_layout(graph)
-    xs = [p[0] for p in pos.values()] or [0.0]
-    ys = [p[1] for p in pos.values()] or [0.0]
-    xlim, ylim = (min(xs) - 2.4, max(xs) + 1.2), (min(ys) - 1.7, 0.1)
-    # Equal aspect (arc3 bends in display space, so our label maths needs it): size the figure
-    # from the data extent so little of it is blank.
-    inch = 0.62
-    width = min(18.0, max(4.0, (xlim[1] - xlim[0]) * inch))
-    height = min(14.0, max(2.5, (ylim[1] - ylim[0]) * inch + (0.4 if title else 0.0)))
-    fig = Figure(figsize=(width, height), layout="constrained")
-    ax = fig.add_subplot()
-    ax.set_aspect("equal")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(_label(title))
-    if not rows:
-        ax.text(0.5, 0.5, "empty graph", **_CENTRE, transform=ax.transAxes)
-        return fig
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-
-    circles: dict[object, Circle] = {}
-    for (bank, nodes), y in zip(rows.items(), row_y, strict=True):
-        ax.text(-0.9, y, _label(bank), ha="right", va="center", fontsize=10, fontweight="bold")
-        for c, node in enumerate(nodes):
-            data = graph.nodes[node]
-            size = int(data.get("size", 1) or 1)
-            letter = str(data.get("letter", node))
-            r = min(0.62, 0.26 + 0.09 * math.sqrt(size))
-            colour = _letter_color(letter, c)
-            circles[node] = Circle(pos[node], r, fc=colour, ec="0.15", lw=1.2, zorder=3)
-            ax.add_patch(circles[node])
-            ax.text(*pos[node], letter, **_CENTRE, color="w", size=12, weight="bold", zorder=4)
-            layers = str(data.get("layers", "")).split(",")
-            names = [_label(short_layer_name(s)) for s in layers if s]
-            shown = names if len(names) <= 6 else [*names[:5], "…"]
-            lines = [_plural(size, "layer")]
-            lines += [", ".join(shown[k : k + 3]) for k in range(0, len(shown), 3)]
-            caption = "\n".join(lines)
-            ax.text(pos[node][0], y - r - 0.12, caption, ha="center", va="top", size=7, c="0.25")
-
-    def edge_label(x: float, y: float, count: object, va: str = "center") -> None:
-        box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "0.6", "lw": 0.6}
-        text = ax.text(x, y, f"{count}×", ha="center", va=va, fontsize=9, zorder=5, bbox=box)
-        text.set_gid("edge-count")
-
-    arrow: dict[str, Any] = dict(arrowstyle="-|>", mutation_scale=14, color="0.2", linewidth=1.4)
-    for u, v, data in graph.edges(data=True):
-        count = data.get("count", "")
-        (x1, y1), (x2, y2) = pos[u], pos[v]
-        if u == v:
-            # networkx draws self-loops poorly (or not at all) across versions: draw our own.
-            r = circles[u].radius
-            pts = [(x1 + dx * r, y1 + dy * r) for dx, dy in _LOOP]
-            codes = [MplPath.MOVETO, MplPath.CURVE4, MplPath.CURVE4, MplPath.CURVE4]
-            ax.add_patch(FancyArrowPatch(path=MplPath(pts, codes), gid="self-loop", **arrow))
-            edge_label(x1, y1 + 2.45 * r, count, va="bottom")
-            continue
-        skips = _skips(rows, u, v)
-        if graph.has_edge(v, u):
-            # One sign for both directions bends them to opposite sides: both stay visible.
-            rad = 2 * _ARC_HEIGHT / abs(x2 - x1) if skips else 0.2
-        elif skips:
-            # An edge past other nodes (often the jump back that closes a loop) arcs over the
-            # row, above the self-loops, and never through the captions below the nodes.
-            rad = math.copysign(2 * _ARC_HEIGHT / abs(x2 - x1), x1 - x2)
-        else:
-            rad = 0.0
-        style = f"arc3,rad={rad}"
-        ends: dict[str, Any] = {"patchA": circles[u], "patchB": circles[v]}  # clip at circles
-        ax.add_patch(
-            FancyArrowPatch(pos[u], pos[v], connectionstyle=style, gid="edge", **ends, **arrow)
-        )
-        # Midpoint of matplotlib's arc3 quadratic Bezier: chord midpoint + rad/2 * (dy, -dx).
-        edge_label((x1 + x2) / 2 + rad / 2 * (y2 - y1), (y1 + y2) / 2 - rad / 2 * (x2 - x1), count)
-
-    legend = "arrow: next cluster in execution order; label: times it happens"
-    ax.text(0.0, 0.0, legend, transform=ax.transAxes, size=7, c="0.4", va="bottom")
+        fig.suptitle(label_text(title))
     return fig
 
 
