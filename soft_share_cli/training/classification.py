@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +21,11 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.models.registry import build_model
-from soft_share_cli.training.fit import TrainState, decay_groups, fit
+from soft_share_cli.training.fit import FitHooks, decay_groups, provenance, train_new
 from soft_share_cli.training.regularizers import AlignMode
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 TRAINABLE_ARCHITECTURES = ("swrn", "wrn")
 
@@ -298,11 +298,7 @@ def train(
     config: TrainConfig,
     train_data: Dataset,
     test_data: Dataset | None = None,
-    *,
-    progress: Callable[[str, int, int], None] | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    on_state: Callable[[TrainState], None] | None = None,
-    resume: TrainState | None = None,
+    **hooks: Unpack[FitHooks],
 ) -> TrainResult:
     """Train ``config.arch`` from scratch on ``train_data``.
 
@@ -324,25 +320,16 @@ def train(
     A ``KeyboardInterrupt`` propagates unchanged, so callers never save a half-trained model
     by accident.
     """
-    # Imported at call time so that importing training never risks a cycle through evaluation.
-    from soft_share_cli.evaluation.classification import resolve_device
-
     _check(config, train_data, test_data)
     kwargs = arch_kwargs(config, train_data)
-    device = resolve_device(config.device)  # InputError for an unknown or absent device
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, **kwargs).to(device)
-    history, seconds = fit(
+    model, history, seconds = train_new(
         _ClassifierRecipe(config, test_data),
-        model,
-        make_optimizer(model, config),
-        train_data.x.to(device=device, dtype=torch.float32),
-        train_data.y.to(device=device, dtype=torch.long),
-        seed=config.seed,
-        progress=progress,
-        on_epoch=on_epoch,
-        on_state=on_state,
-        resume=resume,
+        config,
+        kwargs,
+        make_optimizer,
+        train_data.x,
+        train_data.y,
+        **hooks,
     )
     return TrainResult(
         model=model,
@@ -363,18 +350,11 @@ def checkpoint_metadata(
     preprocessing (evaluation must apply the same), the test accuracy at save time, the history,
     the config, the command line, versions, and the UTC creation time.
     """
-    from soft_share_cli._version import __version__
-
     return {
         "data": train_data.name,
         "preprocessing": dict(train_data.preprocessing),
         "num_classes": train_data.num_classes,
         "test_top1": result.test_top1,
         "history": [asdict(record) for record in result.history],
-        "train_seconds": result.seconds,
-        "config": config.to_dict(),
-        "command": command,
-        "ssc_version": __version__,
-        "torch_version": str(torch.__version__),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(config, command, result.seconds),
     }

@@ -16,12 +16,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from soft_share_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 from soft_share_cli.training.regularizers import (
     AlignMode,
     alignment_penalty,
@@ -46,6 +50,15 @@ class TrainState:
     rng: Tensor = field(repr=False)  # torch's global CPU generator (unused after init; kept)
     history: tuple[Any, ...]  # the recipe's epoch records
     seconds: float  # training time spent so far
+
+
+class FitHooks(TypedDict, total=False):
+    """What a caller may hand a trainer (and :func:`fit`) to watch or continue a run."""
+
+    progress: Callable[[str, int, int], None] | None  # each batch: ("epoch 3/30", done, total)
+    on_epoch: Callable[[Any], None] | None  # each epoch's record, as soon as it is known
+    on_state: Callable[[TrainState], None] | None  # after every epoch: the state to save
+    resume: TrainState | None  # an interrupted run of the same config and data, to go on from
 
 
 class Tally(Protocol):
@@ -271,3 +284,53 @@ def flush_denormal_enabled() -> bool:
     """
     tiny = torch.full((1,), 1e-39, dtype=torch.float32)  # below float32's smallest normal
     return float(tiny * 1.0) == 0.0
+
+
+def train_new(
+    recipe: Recipe,
+    config: Any,
+    arch_kwargs: dict[str, Any],
+    make_optimizer: Callable[[nn.Module, Any], torch.optim.Optimizer],
+    x: Tensor,
+    y: Tensor,
+    **hooks: Unpack[FitHooks],
+) -> tuple[nn.Module, list[Any], float]:
+    """Build ``config.arch`` from ``config.seed`` on ``config.device`` and :func:`fit` it.
+
+    What both trainers do once their config and data are checked: ``x`` goes to the device as
+    float32, ``y`` as int64; ``hooks`` go to :func:`fit`. Returns the model, the epoch
+    records and the seconds spent.
+    """
+    # Imported at call time so that importing training never risks a cycle through evaluation.
+    from soft_share_cli.evaluation.classification import resolve_device
+    from soft_share_cli.models.registry import build_model
+
+    device = resolve_device(config.device)  # InputError for an unknown or absent device
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, **arch_kwargs).to(device)
+    history, seconds = fit(
+        recipe,
+        model,
+        make_optimizer(model, config),
+        x.to(device=device, dtype=torch.float32),
+        y.to(device=device, dtype=torch.long),
+        seed=config.seed,
+        **hooks,
+    )
+    return model, history, seconds
+
+
+def provenance(config: Any, command: str | None, seconds: float) -> dict[str, Any]:
+    """The part of a trained checkpoint's metadata that says how and when it was made."""
+    from datetime import datetime, timezone
+
+    from soft_share_cli._version import __version__
+
+    return {
+        "train_seconds": seconds,
+        "config": config.to_dict(),
+        "command": command,
+        "ssc_version": __version__,
+        "torch_version": str(torch.__version__),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -17,10 +17,8 @@ as steps to a training accuracy (:func:`steps_to`), not asserted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +26,11 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.models.registry import build_model
-from soft_share_cli.training.fit import TrainState, decay_groups, fit
+from soft_share_cli.training.fit import FitHooks, decay_groups, provenance, train_new
 from soft_share_cli.training.regularizers import AlignMode
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 TASK_ARCHITECTURES = ("sfcn", "fcn")
 
@@ -239,11 +239,7 @@ def train_task(
     config: TaskTrainConfig,
     train_data: Dataset,
     test_data: Dataset | None = None,
-    *,
-    progress: Callable[[str, int, int], None] | None = None,
-    on_epoch: Callable[[TaskEpochRecord], None] | None = None,
-    on_state: Callable[[TrainState], None] | None = None,
-    resume: TrainState | None = None,
+    **hooks: Unpack[FitHooks],
 ) -> TaskTrainResult:
     """Train ``config.arch`` from scratch on a per-pixel task; deterministic on the CPU.
 
@@ -254,24 +250,16 @@ def train_task(
     Raises:
         InputError: a config or data set that cannot be trained, or a diverged loss.
     """
-    from soft_share_cli.evaluation.classification import resolve_device
-
     _check(config, train_data)
     kwargs = task_arch_kwargs(config, train_data)
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, **kwargs).to(device)
-    history, seconds = fit(
+    model, history, seconds = train_new(
         _TaskRecipe(config, test_data),
-        model,
-        make_task_optimizer(model, config),
-        train_data.x.to(device),
-        train_data.y.to(device),
-        seed=config.seed,
-        progress=progress,
-        on_epoch=on_epoch,
-        on_state=on_state,
-        resume=resume,
+        config,
+        kwargs,
+        make_task_optimizer,
+        train_data.x,
+        train_data.y,
+        **hooks,
     )
     return TaskTrainResult(model, config.arch, kwargs, history, seconds)
 
@@ -308,8 +296,6 @@ def task_checkpoint_metadata(
     command: str | None,
 ) -> dict[str, Any]:
     """Plain-python metadata stored next to the weights of a trained task network."""
-    from soft_share_cli._version import __version__
-
     history = [asdict(record) for record in result.history]
     last = result.history[-1]
     return {
@@ -324,10 +310,5 @@ def task_checkpoint_metadata(
             "train_exact_95": steps_to(history, "train_exact", 95.0),
             "train_pixel_accuracy_95": steps_to(history, "train_pixel_accuracy", 95.0),
         },
-        "train_seconds": result.seconds,
-        "config": config.to_dict(),
-        "command": command,
-        "ssc_version": __version__,
-        "torch_version": str(torch.__version__),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(config, command, result.seconds),
     }
