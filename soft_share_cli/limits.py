@@ -169,10 +169,10 @@ def finite_number(value: Any, what: str) -> float:
 
 
 # --- data sets (``--data``) ----------------------------------------------------------------------
-# Checked by soft_share_cli.data.loaders (and tasks) against what a data file *declares* (npz
-# headers,
-# CIFAR arrays, image headers) before anything is allocated; beyond one, a DataError (exit 2)
-# names the file and the limit. MAX_CLASSES and MAX_CHANNELS above bound labels and channels.
+# Checked by soft_share_cli.data (npz, cifar, folder, tasks) against what a data file
+# *declares* (npz headers, CIFAR arrays, image headers) before anything is allocated; beyond one,
+# a DataError (exit 2) names the file and the limit. MAX_CLASSES and MAX_CHANNELS above bound
+# labels and channels.
 
 #: Samples in one split (npz arrays, CIFAR batches together, folder images, generated tasks'
 #: ``count``). CIFAR has 60,000; a million bounds label lists and per-sample work.

@@ -25,15 +25,12 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
-from soft_share_cli.checkpoints import scan
-from soft_share_cli.checkpoints.load import (
-    WRAPPER_KEYS,
-    atomic_write,
-    load_checkpoint,
-    save_checkpoint,
-)
+from soft_share_cli.checkpoints import policy, scan
+from soft_share_cli.checkpoints.containers import WRAPPER_KEYS
+from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 from soft_share_cli.checkpoints.testing import UTILS_SOURCE
 from soft_share_cli.errors import CheckpointError, InputError, UnsafeCheckpointError
+from soft_share_cli.files import atomic_write
 from soft_share_cli.models.wrn import SWRN
 
 LEGACY = {"_use_new_zipfile_serialization": False}
@@ -201,7 +198,7 @@ def test_authors_training_checkpoint(tmp_path: Path, save_kwargs: dict[str, Any]
     assert loaded.metadata == {"epoch": 2, "best_val_accuracy": 72.25}
     assert_same_tensors(loaded.state_dict, expected)
     recorder = loaded.extras["recorder"]
-    assert isinstance(recorder, scan.InertObject)
+    assert isinstance(recorder, policy.InertObject)
     assert type(recorder).__module__ == "utils" and type(recorder).__qualname__ == "RecorderMeter"
     assert recorder.epoch_losses.dtype == np.float32 and recorder.total_epoch == 4
     assert set(loaded.extras["optimizer"]) == {"state", "param_groups"}
@@ -295,13 +292,13 @@ def test_scan_follows_memo_mark_and_dup() -> None:
     assert scan.scan_pickle(io.BytesIO(via_memo + stop)).globals == {"os.system"}
     assert scan.scan_pickle(io.BytesIO(via_mark + stop)).globals == {"nt.system"}
     assert scan.scan_pickle(io.BytesIO(via_dup + stop)).globals == {"posix.system"}
-    assert scan.classify(scan.scan_pickle(io.BytesIO(computed + stop)).globals).refused
+    assert policy.classify(scan.scan_pickle(io.BytesIO(computed + stop)).globals).refused
     with pytest.raises(scan.PickleScanError):
         scan.scan_pickle(io.BytesIO(via_memo))  # no STOP: truncated
 
 
 def test_classification() -> None:
-    verdict = scan.classify(
+    verdict = policy.classify(
         [
             "torch._utils._rebuild_tensor_v2",
             "collections.OrderedDict",

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from soft_share_cli.data.loaders import (
-    CIFAR_STATS,
-    DIGITS_MEAN,
-    DIGITS_STD,
-    DataKind,
-    digits_split,
-    load_data,
-    parse_data_spec,
-)
+from soft_share_cli.data.cifar import CIFAR_STATS
+from soft_share_cli.data.loaders import DIGITS_MEAN, DIGITS_STD, digits_split, load_data
+from soft_share_cli.data.spec import DATA_HELP, SPEC_FORMS, DataKind, parse_data_spec
 from soft_share_cli.errors import DataError
 
 # ---------------------------------------------------------------- digits
@@ -85,6 +81,36 @@ def test_spec_parsing_and_limit(tmp_path: Path) -> None:
     assert len(load_data("digits?limit=50")) == 50
     with pytest.raises(DataError, match="split"):
         load_data("digits", "validation")
+
+
+def test_a_parsed_spec_loads_as_its_text() -> None:
+    """load_data takes the DataSpec a command parsed once; the data set keeps the spec's text."""
+    parsed = parse_data_spec(" digits?limit=5")
+    data = load_data(parsed, "train")
+    assert (data.name, len(data)) == (" digits?limit=5", 5)
+    torch.testing.assert_close(data.x, load_data(" digits?limit=5", "train").x)
+
+
+def test_spec_forms_and_help_come_from_the_kinds() -> None:
+    assert SPEC_FORMS == (
+        "digits, npz:FILE, cifar10:DIR, cifar100:DIR, folder:DIR, maze:size=N, "
+        "prefix-sums:length=N (optionally ?limit=N)"
+    )
+    assert DATA_HELP == (
+        "Data to use: digits | npz:FILE | cifar10:DIR | cifar100:DIR | folder:DIR | "
+        "maze:size=N[,count=M,seed=S] | prefix-sums:length=N[,...] (see README, 'Data specs')."
+    )
+    assert all(kind.form in SPEC_FORMS and kind.summary for kind in DataKind)
+
+
+def test_the_spec_grammar_loads_neither_numpy_nor_torch() -> None:
+    code = (
+        "import sys\nfrom soft_share_cli.data.spec import parse_data_spec\n"
+        "parse_data_spec('digits?limit=3')\n"
+        "print(sorted({'numpy', 'torch'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------- npz

@@ -20,6 +20,7 @@ from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.banks import find_banks
 from soft_share_cli.analysis.plan import Absorb, BankFold, LayerFold, parameter_counts
 from soft_share_cli.analysis.similarity import Metric, bank_similarity
+from soft_share_cli.checkpoints.folded_header import is_folded_file
 from soft_share_cli.checkpoints.load import load_checkpoint, save_checkpoint
 from soft_share_cli.errors import CheckpointError
 from soft_share_cli.folding.swrn import (
@@ -28,7 +29,6 @@ from soft_share_cli.folding.swrn import (
     LoopedBlock,
     fold_swrn,
     folded_state_dict_view,
-    is_folded_file,
     load_folded,
     materialize,
     save_folded,

@@ -401,9 +401,9 @@ def test_forged_train_state_and_folded_header(ssc, tmp_path: Path) -> None:
     run = ssc("train", "--data", "digits", "-o", str(output), "--resume", "--epochs", "1")
     one_error_line(run, 2)
 
-    from soft_share_cli.folding import swrn as folded
+    from soft_share_cli.checkpoints import folded_header
 
-    header = {"format": folded.FORMAT_NAME, "format_version": EVIL}
+    header = {"format": folded_header.FORMAT_NAME, "format_version": EVIL}
     forged = tmp_path / "forged.safetensors"
     save_file({"w": torch.ones(1)}, str(forged), metadata=header)
     for command in (("info",), ("eval", "--data", "digits"), ("analyze",)):

@@ -205,11 +205,11 @@ def test_ssc_analyze_never_imports_torch_or_scikit_learn() -> None:
 
 def test_the_reader_models_only_what_torchs_loader_allows() -> None:
     # So a verdict reached without torch is the verdict torch's list would give.
-    from soft_share_cli.checkpoints import scan
-    from soft_share_cli.checkpoints.mapped import MODELLED_GLOBALS
+    from soft_share_cli.checkpoints import policy
+    from soft_share_cli.checkpoints.tensor_records import MODELLED_GLOBALS
 
-    numpy_names = {name for _, name in scan.numpy_safe_globals()}
-    assert MODELLED_GLOBALS.issubset(scan.torch_allowed_names() | numpy_names)
+    numpy_names = {name for _, name in policy.numpy_safe_globals()}
+    assert MODELLED_GLOBALS.issubset(policy.torch_allowed_names() | numpy_names)
 
 
 @pytest.mark.parametrize("protocol", [1, 4])
@@ -230,8 +230,9 @@ def test_a_pickle_cannot_edit_the_readers_functions(tmp_path: Path) -> None:
     # BUILD on a global the reader hands out must fail (and leave the file to torch's loader),
     # never change that global for the next file.
     from soft_share_cli.checkpoints import mapped as _mapped
+    from soft_share_cli.checkpoints import tensor_records
 
-    before = _mapped._rebuild_tensor_v2.__defaults__
+    before = tensor_records._rebuild_tensor_v2.__defaults__
     # GLOBAL torch._utils._rebuild_tensor_v2, then BUILD it with a (dict, slots) state.
     body = (
         b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nq\x00N}q\x01X\x0c\x00\x00\x00__defaults__"
@@ -242,6 +243,6 @@ def test_a_pickle_cannot_edit_the_readers_functions(tmp_path: Path) -> None:
         archive.writestr("edit/data.pkl", body)
         archive.writestr("edit/byteorder", "little")
     assert _mapped.read_arrays(path, "zip", ()) is None
-    assert _mapped._rebuild_tensor_v2.__defaults__ == before
+    assert tensor_records._rebuild_tensor_v2.__defaults__ == before
     with pytest.raises((CheckpointError, UnsafeCheckpointError)):
         load_checkpoint(path, arrays=True)

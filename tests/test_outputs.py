@@ -104,7 +104,7 @@ def test_the_static_check_sees_a_plain_write(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import torch
-            from soft_share_cli.checkpoints.load import atomic_write
+            from soft_share_cli.files import atomic_write
 
             def fine(path, obj):
                 atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -79,7 +79,7 @@ INJECTIONS = [
     ),
     (
         ("analyze", str(ALIGNED), "--json"),
-        "soft_share_cli.analysis.analyze.analyze_state_dict",
+        "soft_share_cli.pipeline.analyze.analyze_state_dict",
         IndexError("injected"),
     ),
 ]

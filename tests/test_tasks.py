@@ -7,7 +7,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from soft_share_cli.data.loaders import load_data, parse_data_spec
+from soft_share_cli.data.loaders import load_data
+from soft_share_cli.data.spec import parse_data_spec
 from soft_share_cli.data.tasks import (
     Task,
     TaskSpec,

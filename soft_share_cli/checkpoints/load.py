@@ -7,20 +7,22 @@ legacy pre-1.6 torch format and ``.safetensors``, and unwraps the containers met
   "arch_kwargs", "state_dict", "metadata"}`` (see :func:`save_checkpoint`);
 * ``"authors-training"``: the authors' ``{"epoch", "arch", "state_dict", "recorder",
   "optimizer"}``, whose ``recorder`` is a pickled ``utils.RecorderMeter``;
-* ``"ssc-folded"``: a folded network (safetensors; see :mod:`soft_share_cli.folding.swrn`);
+* ``"ssc-folded"``: a folded network (safetensors; see
+  :mod:`soft_share_cli.checkpoints.folded_header`);
 * ``"state_dict"``: a bare dict of tensors;
-* ``"wrapped:<key>"``: a dict holding one under the first of :data:`WRAPPER_KEYS` that does.
+* ``"wrapped:<key>"``: a dict holding one under the first of
+  :data:`~soft_share_cli.checkpoints.containers.WRAPPER_KEYS` that does.
 
 Safety comes in two gates. First the pickle is scanned without being run
-(:mod:`soft_share_cli.checkpoints.scan`) and refused if it names the standard library, unlisted
-torch/numpy globals or code-running packages; user classes such as ``utils.RecorderMeter`` are
-swapped for inert placeholders. Then ``torch.load(weights_only=True)`` does the loading, so even a
-global the scan missed is never imported.
+(:mod:`soft_share_cli.checkpoints.scan`) and refused (:mod:`soft_share_cli.checkpoints.policy`)
+if it names the standard library, unlisted torch/numpy globals or code-running packages; user
+classes such as ``utils.RecorderMeter`` are swapped for inert placeholders. Then
+``torch.load(weights_only=True)`` does the loading, so even a global the scan missed is never
+imported.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import warnings
@@ -29,13 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from soft_share_cli import limits
-from soft_share_cli.checkpoints import scan
-from soft_share_cli.checkpoints.arrays import is_tensor
+from soft_share_cli.checkpoints.containers import (
+    WRAPPER_KEYS,
+    as_state_dict,
+    best_val_accuracy,
+    check_plain,
+    no_state_dict,
+    strip_prefixes,
+    typed_header,
+)
+from soft_share_cli.checkpoints.folded_header import FORMAT_NAME as FOLDED_FORMAT
+from soft_share_cli.checkpoints.folded_header import folded_metadata
+from soft_share_cli.checkpoints.policy import classify, make_placeholders
+from soft_share_cli.checkpoints.scan import one_line, scan_legacy, scan_zip
 from soft_share_cli.errors import CheckpointError, UnsafeCheckpointError
-from soft_share_cli.files import atomic_write as atomic_write  # re-exported: moved to files
 from soft_share_cli.files import require_regular_file, save_torch
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: analysis can do without it
@@ -43,10 +53,6 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: analysis can do w
 
 FORMAT_NAME = "ssc-checkpoint"
 FORMAT_VERSION = 1
-#: Keys under which a wrapped state dict is looked for, in this order (timm's order, plus ``net``).
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
-#: Prefixes added by DataParallel/DDP and torch.compile; stripped only when every key has one.
-STRIPPABLE_PREFIXES = ("module.", "_orig_mod.")
 
 _OURS_KEYS = ("format", "format_version", "arch", "arch_kwargs", "state_dict", "metadata")
 _AUTHORS_KEYS = ("epoch", "arch", "state_dict")
@@ -112,16 +118,17 @@ def load_checkpoint(
     head, size = _read_head(path)
     opcodes: set[str] = set()  # what the scan saw, so the reader need not walk them again
     if head.startswith(_ZIP_MAGIC):
-        file_format, names = "zip", scan.scan_zip(path, opcodes)
+        file_format, names = "zip", scan_zip(path, opcodes)
     elif path.suffix == ".safetensors" or _looks_like_safetensors(head, size):
         return _load_safetensors(path)
     else:
-        file_format, names = "legacy", scan.scan_legacy(path, opcodes)
-    from soft_share_cli.checkpoints.mapped import MODELLED_GLOBALS, read_arrays
+        file_format, names = "legacy", scan_legacy(path, opcodes)
+    from soft_share_cli.checkpoints.mapped import read_arrays
+    from soft_share_cli.checkpoints.tensor_records import MODELLED_GLOBALS
 
     # Judged without importing torch when the file names only what the reader models.
-    modelled = scan.classify(names, allowed=MODELLED_GLOBALS)
-    verdict = modelled if not modelled.refused else scan.classify(names)
+    modelled = classify(names, allowed=MODELLED_GLOBALS)
+    verdict = modelled if not modelled.refused else classify(names)
     if verdict.refused:
         raise UnsafeCheckpointError(_refusal(path, verdict.refused))
     if not modelled.refused:
@@ -131,11 +138,11 @@ def load_checkpoint(
         obj = read_arrays(path, file_format, verdict.placeholders, frozenset(opcodes))
         if arrays and obj is not None:
             return _interpret(path, file_format, obj, verdict.placeholders)
-    from soft_share_cli.checkpoints.mapped import (
+    from soft_share_cli.checkpoints.numpy_records import (
         safe_numpy_globals,  # checking numpy reconstructors
     )
 
-    safe = [*safe_numpy_globals(), *scan.make_placeholders(verdict.placeholders)]
+    safe = [*safe_numpy_globals(), *make_placeholders(verdict.placeholders)]
     obj = _torch_load(path, safe, mmap=mmap and file_format == "zip")
     return _interpret(path, file_format, obj, verdict.placeholders)
 
@@ -158,8 +165,8 @@ def save_checkpoint(
 
     if not isinstance(arch, str) or not arch:
         raise TypeError(f"arch must be a non-empty string, got {arch!r}")
-    _check_plain(dict(arch_kwargs), "arch_kwargs")
-    _check_plain(dict(metadata), "metadata")
+    check_plain(dict(arch_kwargs), "arch_kwargs")
+    check_plain(dict(metadata), "metadata")
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise TypeError(f"state_dict entries must map str to Tensor; offending keys: {bad[:5]}")
@@ -237,7 +244,7 @@ def _torch_load(path: Path, safe_globals: list[Any], *, mmap: bool) -> Any:
     except MemoryError:
         raise CheckpointError(f"{path}: too large to load into memory") from None
     except Exception as exc:  # RuntimeError, EOFError, KeyError, ... from a damaged file
-        raise CheckpointError(f"{path}: unreadable checkpoint ({scan.one_line(exc)})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
 
 
 def _weights_only_detail(text: str) -> str:
@@ -260,7 +267,7 @@ def _load_safetensors(path: Path) -> LoadedCheckpoint:
         raise
     except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({scan.one_line(exc)})"
+            f"{path}: not a readable safetensors file ({one_line(exc)})"
         ) from None
     if not state_dict:
         raise CheckpointError(f"{path}: the safetensors file holds no tensors")
@@ -275,32 +282,15 @@ def _load_safetensors(path: Path) -> LoadedCheckpoint:
             raise CheckpointError(f"{path}: its 'ssc' metadata is not valid JSON") from None
         if not isinstance(info, dict):
             raise CheckpointError(f"{path}: its 'ssc' metadata is not a JSON object")
-        arch, arch_kwargs, metadata = _typed_header(path, info)
+        arch, arch_kwargs, metadata = typed_header(path, info)
         container = "ssc"
-    elif header.get("format") == "ssc-folded":
-        from soft_share_cli.folding.swrn import (
-            folded_metadata,  # lazy: folded.py builds on this module
-        )
-
-        container, metadata = "ssc-folded", folded_metadata(path, header)  # program and report
-    state_dict, stripped = _strip_prefixes(state_dict)
+    elif header.get("format") == FOLDED_FORMAT:
+        container, metadata = FOLDED_FORMAT, folded_metadata(path, header)  # program and report
+    state_dict, stripped = strip_prefixes(state_dict)
     return LoadedCheckpoint(
         path, "safetensors", container, state_dict, stripped, arch, arch_kwargs, metadata, (),
         dict(header),
     )  # fmt: skip
-
-
-def _typed_header(
-    path: Path, info: Mapping[str, Any]
-) -> tuple[str | None, dict[str, Any] | None, dict[str, Any]]:
-    arch, arch_kwargs, metadata = info.get("arch"), info.get("arch_kwargs"), info.get("metadata")
-    if arch is not None and not isinstance(arch, str):
-        raise CheckpointError(f"{path}: 'arch' should be a string, got {type(arch).__name__}")
-    for name, value in (("arch_kwargs", arch_kwargs), ("metadata", metadata)):
-        if value is not None and not isinstance(value, dict):
-            raise CheckpointError(f"{path}: '{name}' should be a dict, got {type(value).__name__}")
-        limits.check_nesting(value, f"{path}: its '{name}'")
-    return arch, arch_kwargs, metadata or {}
 
 
 def _interpret(
@@ -318,100 +308,32 @@ def _interpret(
                 f"{path}: ssc checkpoint format version {obj.get('format_version')!r}; "
                 f"this ssc reads version {FORMAT_VERSION}"
             )
-        container, consumed, state_dict = "ssc", _OURS_KEYS, _as_state_dict(obj.get("state_dict"))
+        container, consumed, state_dict = "ssc", _OURS_KEYS, as_state_dict(obj.get("state_dict"))
         if state_dict is None:
             raise CheckpointError(f"{path}: an ssc checkpoint without a tensor state_dict")
-        arch, arch_kwargs, metadata = _typed_header(path, obj)
-    elif all(k in obj for k in _AUTHORS_KEYS) and _as_state_dict(obj["state_dict"]) is not None:
+        arch, arch_kwargs, metadata = typed_header(path, obj)
+    elif all(k in obj for k in _AUTHORS_KEYS) and as_state_dict(obj["state_dict"]) is not None:
         container, consumed = "authors-training", _AUTHORS_KEYS
-        state_dict = _as_state_dict(obj["state_dict"])
+        state_dict = as_state_dict(obj["state_dict"])
         arch = obj["arch"] if isinstance(obj["arch"], str) else None
         metadata = {"epoch": obj["epoch"]}
-        best = _best_val_accuracy(obj.get("recorder"))
+        best = best_val_accuracy(obj.get("recorder"))
         if best is not None:
             metadata["best_val_accuracy"] = best
-    elif (state_dict := _as_state_dict(obj)) is not None:
+    elif (state_dict := as_state_dict(obj)) is not None:
         container, consumed = "state_dict", tuple(obj)
     else:
-        key = next((k for k in WRAPPER_KEYS if _as_state_dict(obj.get(k)) is not None), None)
+        key = next((k for k in WRAPPER_KEYS if as_state_dict(obj.get(k)) is not None), None)
         if key is None:
-            raise CheckpointError(_no_state_dict(path, obj))
-        container, consumed, state_dict = f"wrapped:{key}", (key,), _as_state_dict(obj[key])
+            raise CheckpointError(no_state_dict(path, obj))
+        container, consumed, state_dict = f"wrapped:{key}", (key,), as_state_dict(obj[key])
     assert state_dict is not None
     limits.check_keys(len(state_dict), str(path))
     limits.check_nesting(obj, f"{path}: its pickled data")  # the scan bounds it; memo tricks
-    state_dict, stripped = _strip_prefixes(state_dict)
+    state_dict, stripped = strip_prefixes(state_dict)
     used = set(consumed)  # a set: a state dict's own keys are consumed, 50k of them
     extras = {k: v for k, v in obj.items() if k not in used}
     return LoadedCheckpoint(
         path, file_format, container, state_dict, stripped, arch, arch_kwargs, metadata,
         placeholders, extras,
     )  # fmt: skip
-
-
-def _as_state_dict(value: Any) -> dict[str, Tensor] | None:
-    """``value`` as a plain dict when it is a non-empty str -> Tensor mapping, else None.
-
-    Tensors are torch tensors, or :class:`~soft_share_cli.checkpoints.arrays.StoredArray` for files
-    read
-    with ``arrays=True`` (plain numpy arrays are not tensors).
-    """
-    if not isinstance(value, Mapping) or not value:
-        return None
-    if all(isinstance(k, str) and is_tensor(v) for k, v in value.items()):
-        return dict(value)  # same tensor objects: no copies, shared storage kept
-    return None
-
-
-def _no_state_dict(path: Path, obj: Mapping[Any, Any]) -> str:
-    keys = [repr(k) for k in list(obj)[:10]] + (["..."] if len(obj) > 10 else [])
-    return (
-        f"{path}: no tensor state dict found; top-level keys: {', '.join(keys) or '(none)'}. "
-        f"ssc looks for a dict of tensors, or one under {', '.join(map(repr, WRAPPER_KEYS))}"
-    )
-
-
-def _strip_prefixes(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], str | None]:
-    stripped = ""
-    changed = True
-    while changed:  # repeatedly, for stacks such as "_orig_mod.module."
-        changed = False
-        for prefix in STRIPPABLE_PREFIXES:
-            if all(k.startswith(prefix) and len(k) > len(prefix) for k in state_dict):
-                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
-                stripped += prefix
-                changed = True
-    return state_dict, stripped or None
-
-
-def _best_val_accuracy(recorder: Any) -> float | None:
-    """Best validation accuracy in the authors' RecorderMeter placeholder, when it has one."""
-    if not isinstance(recorder, scan.InertObject):
-        return None
-    accuracy, epochs = vars(recorder).get("epoch_accuracy"), vars(recorder).get("current_epoch")
-    if not isinstance(accuracy, np.ndarray) or accuracy.ndim != 2 or accuracy.shape[1] < 2:
-        return None
-    if not isinstance(epochs, int | np.integer) or epochs <= 0:
-        return None
-    best = float(accuracy[: int(epochs), 1].max())  # column 1 holds validation accuracy
-    return best if math.isfinite(best) else None
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Raise TypeError unless ``value`` is built from plain Python values only."""
-    # Exact types: numpy scalars subclass float/int but would need numpy globals to load.
-    if value is None or type(value) in (str, int, float, bool):
-        return
-    if type(value) in (list, tuple):
-        for index, item in enumerate(value):
-            _check_plain(item, f"{where}[{index}]")
-    elif type(value) is dict:
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where} has a non-string key {key!r}")
-            _check_plain(item, f"{where}[{key!r}]")
-    else:
-        raise TypeError(
-            f"{where} is a {type(value).__module__}.{type(value).__qualname__}; checkpoints store "
-            "only str, int, float, bool, None, lists and dicts"
-        )

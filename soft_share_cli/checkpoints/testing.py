@@ -42,7 +42,7 @@ UTILS_SOURCE = textwrap.dedent(
 
 def write_utils_module(directory: Path) -> Path:
     """Write our stand-in as ``directory/utils.py``, for code that must import it to unpickle."""
-    from soft_share_cli.checkpoints.load import atomic_write
+    from soft_share_cli.files import atomic_write
 
     def write(tmp: Path) -> None:
         tmp.write_text(UTILS_SOURCE)
@@ -95,7 +95,7 @@ def save_authors_checkpoint(
     import numpy as np
     import torch
 
-    from soft_share_cli.checkpoints.load import atomic_write
+    from soft_share_cli.files import atomic_write
 
     generator = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())

@@ -1,14 +1,12 @@
 """Evaluate a classifier on an in-memory :class:`~soft_share_cli.data.loaders.Dataset`.
 
-The loop is kept as close as possible to a bare ``for xb in x.split(bs): model(xb)`` loop:
-batches are slices of the already preprocessed tensors (no DataLoader), and every statistic is
-accumulated on the device, so the host waits for the device once, at the end.
+Top-1, top-5 and mean cross-entropy, scored batch by batch in the loop of
+:mod:`soft_share_cli.evaluation.loop`.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +17,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.evaluation.loop import run_pass, timing
 
 TOP5_MIN_CLASSES = 10  # top-5 says little with fewer classes, so it is reported only from 10 on
 
@@ -46,25 +45,17 @@ class EvalResult:
             "top1": self.top1,
             "top5": self.top5,
             "loss": self.loss,
-            # throughput is infinite when the clock saw no time pass; JSON cannot say that
-            "timing": {
-                "seconds": self.seconds,
-                "throughput": self.throughput if math.isfinite(self.throughput) else None,
-            },
+            "timing": timing(self.seconds, self.throughput),
         }
 
+    @property
+    def headline(self) -> float:
+        """The accuracy a gate compares (``--max-drop``): top-1, in percent."""
+        return self.top1
 
-def resolve_device(device: str) -> torch.device:
-    """Turn ``device`` into a :class:`torch.device`, refusing accelerators that are absent."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"unknown device {device!r} ({exc}); use cpu or cuda") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA requested but not available; use --device cpu")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("MPS requested but not available; use --device cpu")
-    return resolved
+    def summary(self) -> dict[str, Any]:
+        """The figures a fold's data check reports for this network."""
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss}
 
 
 def evaluate(
@@ -82,51 +73,16 @@ def evaluate(
     train/eval mode is restored afterwards. ``progress(done, total)`` is called after each batch.
     Raises :class:`DataError` when the model predicts fewer classes than the data has.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    total = len(data)
-    if total == 0:
-        raise DataError(f"{data.name}: no samples to evaluate")
-    target = resolve_device(device)
-    # Per module, not model.train(was): a caller may have frozen some parts in eval mode.
-    modes = {module: module.training for module in model.modules()}
-    model.to(target)
-    model.eval()
-    # Labels are small: one copy up front; inputs go batch by batch to bound device memory.
-    labels = data.y.to(target, non_blocking=True)
-    loss_sums: list[Tensor] = []
-    correct1: list[Tensor] = []
-    correct5: list[Tensor] = []
-    predictions: list[Tensor] = []
-    want_top5 = data.num_classes >= TOP5_MIN_CLASSES
-    done = 0
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            for xb, yb in zip(data.x.split(batch_size), labels.split(batch_size), strict=True):
-                logits = model(xb.to(target, non_blocking=True))
-                if done == 0:  # shapes are known without a device sync
-                    _check_output(logits, data)
-                # float(): a half-precision model would otherwise sum its loss in half precision
-                loss_sums.append(F.cross_entropy(logits.float(), yb, reduction="sum"))
-                pred = logits.argmax(dim=1)
-                correct1.append((pred == yb).sum())
-                if want_top5:
-                    top5 = logits.topk(5, dim=1).indices
-                    correct5.append((top5 == yb.unsqueeze(1)).any(dim=1).sum())
-                if keep_predictions:
-                    predictions.append(pred)
-                done += len(yb)
-                if progress is not None:
-                    progress(done, total)
-        # The single host-device sync of the whole pass (float64 on the host: MPS lacks it).
-        loss = float(torch.stack(loss_sums).cpu().double().sum())
-        hits1 = int(torch.stack(correct1).sum())
-        hits5 = int(torch.stack(correct5).sum()) if want_top5 else None
-        seconds = time.perf_counter() - start
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    passed, figures = run_pass(
+        model,
+        data,
+        _Top1Scorer(data),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        keep_predictions=keep_predictions,
+    )
+    total, loss, hits5 = passed.samples, figures["loss"], figures["hits5"]
     if not math.isfinite(loss):  # accuracy of NaN logits means nothing; JSON cannot hold NaN
         raise InputError(
             f"the network's outputs on {data.name} are not finite (loss {loss}); its weights "
@@ -134,14 +90,45 @@ def evaluate(
         )
     return EvalResult(
         samples=total,
-        top1=100.0 * hits1 / total,
+        top1=100.0 * figures["hits1"] / total,
         top5=None if hits5 is None else 100.0 * hits5 / total,
         loss=loss / total,
-        seconds=seconds,
-        throughput=total / seconds if seconds > 0 else float("inf"),
-        # Outside inference mode, cat gives an ordinary tensor the caller may modify.
-        predictions=torch.cat(predictions).cpu() if keep_predictions else None,
+        seconds=passed.seconds,
+        throughput=passed.throughput,
+        predictions=passed.predictions,
     )
+
+
+class _Top1Scorer:
+    """Loss, top-1 and (from TOP5_MIN_CLASSES classes on) top-5 hits, summed on the device."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+        self.want_top5 = data.num_classes >= TOP5_MIN_CLASSES
+        self.loss_sums: list[Tensor] = []
+        self.correct1: list[Tensor] = []
+        self.correct5: list[Tensor] = []
+
+    def check(self, logits: Tensor, labels: Tensor) -> None:
+        _check_output(logits, self.data)
+
+    def add(self, logits: Tensor, labels: Tensor) -> Tensor:
+        # float(): a half-precision model would otherwise sum its loss in half precision
+        self.loss_sums.append(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        pred = logits.argmax(dim=1)
+        self.correct1.append((pred == labels).sum())
+        if self.want_top5:
+            top5 = logits.topk(5, dim=1).indices
+            self.correct5.append((top5 == labels.unsqueeze(1)).any(dim=1).sum())
+        return pred
+
+    def finish(self) -> dict[str, Any]:
+        # The single host-device sync of the whole pass (float64 on the host: MPS lacks it).
+        return {
+            "loss": float(torch.stack(self.loss_sums).cpu().double().sum()),
+            "hits1": int(torch.stack(self.correct1).sum()),
+            "hits5": int(torch.stack(self.correct5).sum()) if self.want_top5 else None,
+        }
 
 
 def _check_output(logits: Tensor, data: Dataset) -> None:

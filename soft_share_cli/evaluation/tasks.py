@@ -1,15 +1,12 @@
 """Evaluate per-pixel task networks: exact-solve rate, per-pixel accuracy, loss, speed.
 
 A task instance counts as *solved* only when every pixel is right (the metric of Schwarzschild et
-al.); per-pixel accuracy is reported next to it. Like
-:func:`soft_share_cli.evaluation.classification.evaluate`,
-batches are slices of in-memory tensors and statistics stay on the device until the end.
+al.); per-pixel accuracy is reported next to it. Scored batch by batch in the loop of
+:mod:`soft_share_cli.evaluation.loop`, like classifiers.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +17,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.evaluation.loop import run_pass, timing
 
 
 def is_task_data(data: Dataset) -> bool:
@@ -42,14 +40,14 @@ class TaskEvalResult:
     predictions: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
-    def top1(self) -> float:
-        """The headline accuracy, for code written for classifiers: the exact-solve rate."""
+    def headline(self) -> float:
+        """The accuracy a gate compares (``--max-drop``): the exact-solve rate, in percent."""
         return self.exact
 
-    @property
-    def top5(self) -> None:
-        """Not defined for per-pixel tasks."""
-        return None
+    def summary(self) -> dict[str, Any]:
+        """The figures a fold's data check reports for this network: its JSON keeps the
+        classifier's keys, ``top1`` holding the exact-solve rate (there is no top-5)."""
+        return {"top1": self.exact, "top5": None, "loss": self.loss}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
@@ -62,11 +60,7 @@ class TaskEvalResult:
             "pixel_accuracy": self.pixel_accuracy,
             "loss": self.loss,
             "iterations": self.iterations,
-            # throughput is infinite when the clock saw no time pass; JSON cannot say that
-            "timing": {
-                "seconds": self.seconds,
-                "throughput": self.throughput if math.isfinite(self.throughput) else None,
-            },
+            "timing": timing(self.seconds, self.throughput),
         }
 
 
@@ -91,58 +85,56 @@ def evaluate_task(
     Raises:
         DataError: ``data`` is not per-pixel, or the network's output does not fit it.
     """
-    from soft_share_cli.evaluation.classification import resolve_device
-
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not is_task_data(data):
         raise DataError(f"{data.name} has one label per image; task metrics need one per pixel")
-    total = len(data)
-    target = resolve_device(device)
-    modes = {module: module.training for module in model.modules()}
-    model.to(target)
-    model.eval()
-    loss_sums: list[Tensor] = []
-    pixel_hits: list[Tensor] = []
-    solved: list[Tensor] = []
-    predictions: list[Tensor] = []
-    done = 0
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size), strict=True):
-                xb, yb = xb.to(target), yb.to(target)
-                logits = model(xb)
-                if done == 0:
-                    _check_output(logits, yb, data)
-                loss_sums.append(F.cross_entropy(logits.float(), yb, reduction="sum"))
-                pred = logits.argmax(dim=1)
-                right = pred == yb
-                pixel_hits.append(right.sum())
-                solved.append(right.flatten(1).all(dim=1).sum())
-                if keep_predictions:
-                    predictions.append(pred)
-                done += len(yb)
-                if progress is not None:
-                    progress(done, total)
-        pixels = data.y.numel()
-        loss = float(torch.stack(loss_sums).cpu().double().sum()) / pixels
-        pixel_accuracy = 100.0 * int(torch.stack(pixel_hits).sum()) / pixels
-        exact = 100.0 * int(torch.stack(solved).sum()) / total
-        seconds = time.perf_counter() - start
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-    return TaskEvalResult(
-        samples=total,
-        exact=exact,
-        pixel_accuracy=pixel_accuracy,
-        loss=loss,
-        seconds=seconds,
-        throughput=total / seconds if seconds > 0 else float("inf"),
-        iterations=loop_iterations(model),
-        predictions=torch.cat(predictions).cpu() if keep_predictions else None,
+    passed, figures = run_pass(
+        model,
+        data,
+        _PixelScorer(data),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        keep_predictions=keep_predictions,
     )
+    pixels = data.y.numel()
+    return TaskEvalResult(
+        samples=passed.samples,
+        exact=100.0 * figures["solved"] / passed.samples,
+        pixel_accuracy=100.0 * figures["pixel_hits"] / pixels,
+        loss=figures["loss"] / pixels,
+        seconds=passed.seconds,
+        throughput=passed.throughput,
+        iterations=loop_iterations(model),
+        predictions=passed.predictions,
+    )
+
+
+class _PixelScorer:
+    """Loss, right pixels and instances solved exactly, summed on the device."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+        self.loss_sums: list[Tensor] = []
+        self.pixel_hits: list[Tensor] = []
+        self.solved: list[Tensor] = []
+
+    def check(self, logits: Tensor, labels: Tensor) -> None:
+        _check_output(logits, labels, self.data)
+
+    def add(self, logits: Tensor, labels: Tensor) -> Tensor:
+        self.loss_sums.append(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        pred = logits.argmax(dim=1)
+        right = pred == labels
+        self.pixel_hits.append(right.sum())
+        self.solved.append(right.flatten(1).all(dim=1).sum())
+        return pred
+
+    def finish(self) -> dict[str, Any]:
+        return {
+            "loss": float(torch.stack(self.loss_sums).cpu().double().sum()),
+            "pixel_hits": int(torch.stack(self.pixel_hits).sum()),
+            "solved": int(torch.stack(self.solved).sum()),
+        }
 
 
 def _check_output(logits: Tensor, labels: Tensor, data: Dataset) -> None:

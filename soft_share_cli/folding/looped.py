@@ -293,8 +293,8 @@ def save_looped(
     looped: LoopedFCN, path: str | os.PathLike[str], *, report: Mapping[str, Any] | None = None
 ) -> None:
     """Write ``looped`` as ``ssc-folded`` safetensors with its program in the header, atomically."""
+    from soft_share_cli.checkpoints.folded_header import FORMAT_NAME, FORMAT_VERSION
     from soft_share_cli.files import save_safetensors
-    from soft_share_cli.folding.swrn import FORMAT_NAME, FORMAT_VERSION
 
     tensors = {k: v.detach().contiguous() for k, v in looped.state_dict().items()}
     metadata = {
@@ -313,7 +313,7 @@ def load_looped(path: str | os.PathLike[str]) -> LoopedFCN:
         CheckpointError: not a looped FCN file, or its weights do not fit its program.
     """
     from soft_share_cli.checkpoints.load import load_checkpoint
-    from soft_share_cli.folding.swrn import build_checked
+    from soft_share_cli.models.builder import build_checked
 
     ckpt = load_checkpoint(path)
     program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None

@@ -319,8 +319,8 @@ def save_folded_user_model(
     ``ssc-user-fold``) also records the factory ``spec``, for information only: loading always
     needs the spec given again, so that a file never chooses code to run.
     """
+    from soft_share_cli.checkpoints.folded_header import FORMAT_NAME, FORMAT_VERSION
     from soft_share_cli.files import save_safetensors
-    from soft_share_cli.folding.swrn import FORMAT_NAME, FORMAT_VERSION
 
     tensors: dict[str, Tensor] = {}
     storages: set[int] = set()

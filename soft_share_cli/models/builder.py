@@ -8,12 +8,13 @@ of blocks n (depth = 6n + 4), the classifier gives the classes and the width.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from soft_share_cli.errors import ArchitectureError, InputError
+from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
 
 if TYPE_CHECKING:  # torch is imported by what builds networks; inference needs only shapes
     from torch import Tensor, nn
@@ -212,9 +213,11 @@ def minimum_parameters(arch: str, kwargs: Mapping[str, Any]) -> int:
         return max(0, total)
     if arch in ("sfcn", "fcn"):
         blocks, width, classes = k.get("blocks", 1), k.get("width", 1), k.get("num_classes", 2)
-        body = blocks * 2 * k["num_templates"] + k["num_templates"] * width * width * 9 if (
-            arch == "sfcn"
-        ) else blocks * 2 * width * width * 9
+        body = (
+            blocks * 2 * k["num_templates"] + k["num_templates"] * width * width * 9
+            if (arch == "sfcn")
+            else blocks * 2 * width * width * 9
+        )
         return max(0, body + width * width * 9 + width * classes)
     return 0
 
@@ -340,3 +343,38 @@ def check_finite(state_dict: Mapping[str, Tensor], what: str) -> None:
             f"{what}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); the network's "
             "outputs would be undefined (ssc analyze reports what is still usable)"
         )
+
+
+def build_checked(
+    path: str | os.PathLike[str],
+    build: Callable[[Any], nn.Module],
+    program: Any,
+    state_dict: Mapping[str, Tensor],
+) -> Any:
+    """``build(program)`` with ``state_dict`` loaded, checked before any weight is allocated.
+
+    The program is validated (every count an int within :mod:`soft_share_cli.limits`), the
+    network is built as a storage-less skeleton on the meta device, and its keys and shapes are
+    compared with the tensors the file holds; only then is the network allocated and loaded, so
+    a program that declares more than the file stores costs nothing.
+
+    Raises:
+        CheckpointError: the program is malformed, exceeds a limit, or does not fit the weights.
+    """
+    import torch
+
+    from soft_share_cli.limits import check_built_size
+    from soft_share_cli.models.layers import allocate
+    from soft_share_cli.models.params import count_state_dict_parameters
+
+    try:
+        with torch.device("meta"):
+            skeleton = build(program)
+        check_state_dict_fits(skeleton, state_dict, "its loop program")
+        built = sum(p.numel() for p in skeleton.parameters())
+        check_built_size(built, count_state_dict_parameters(state_dict), "its loop program")
+        network = allocate(skeleton, "cpu")
+        load_state_dict_checked(network, state_dict, "its loop program")
+    except (ValueError, CheckpointError, ArchitectureError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return network.eval()

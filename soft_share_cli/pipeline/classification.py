@@ -119,7 +119,8 @@ def run_eval(
     ``iterations`` (a looped network run longer) give a ``task_pipeline.TaskEvalReport``.
     """
     from soft_share_cli.checkpoints.load import load_checkpoint
-    from soft_share_cli.data.loaders import load_data, parse_data_spec
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.data.spec import parse_data_spec
     from soft_share_cli.evaluation.classification import evaluate
     from soft_share_cli.pipeline.network import open_network
     from soft_share_cli.pipeline.tasks import is_task_spec, run_task_eval
@@ -135,10 +136,10 @@ def run_eval(
             model_spec=model_spec,
         )
 
-    parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
+    parsed = parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path)
     model, name, channels = open_network(ckpt, path, model_spec)
-    data = load_data(data_spec, split="test")
+    data = load_data(parsed, split="test")
     if channels and data.in_channels != channels:
         from soft_share_cli.errors import DataError
 

@@ -25,6 +25,7 @@ from soft_share_cli.checkpoints.load import LoadedCheckpoint, load_checkpoint
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import InputError
 from soft_share_cli.evaluation.classification import EvalResult, evaluate
+from soft_share_cli.evaluation.tasks import TaskEvalResult, evaluate_task, is_task_data
 from soft_share_cli.folding.verify import (
     Probe,
     compare_on_probe,
@@ -32,6 +33,8 @@ from soft_share_cli.folding.verify import (
     recalibrate_batchnorm,
 )
 from soft_share_cli.pipeline.fold_source import FoldSource
+
+Scores = EvalResult | TaskEvalResult  # what an evaluation of either kind of data gives
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,25 +61,25 @@ class DataCheck:
     """Both networks on the same samples."""
 
     spec: str
-    original: EvalResult
-    folded: EvalResult  # before any BN recalibration
+    original: Scores
+    folded: Scores  # before any BN recalibration
     agreement: float  # percent of samples where both predict the same class
-    recalibrated: EvalResult | None = None
+    recalibrated: Scores | None = None
     recalibrated_agreement: float | None = None
 
     @property
-    def final(self) -> EvalResult:
+    def final(self) -> Scores:
         """The network that is written: recalibrated when asked for."""
         return self.recalibrated or self.folded
 
     @property
     def delta_top1(self) -> float:
         """Folded minus original, in points (negative: the fold costs accuracy)."""
-        return self.final.top1 - self.original.top1
+        return self.final.headline - self.original.headline
 
     def to_dict(self) -> dict[str, Any]:
-        def acc(r: EvalResult | None) -> dict[str, Any] | None:
-            return None if r is None else {"top1": r.top1, "top5": r.top5, "loss": r.loss}
+        def acc(r: Scores | None) -> dict[str, Any] | None:
+            return None if r is None else r.summary()
 
         return {
             "spec": self.spec,
@@ -146,18 +149,15 @@ class FoldReport:
         }
 
 
-def _agreement(a: EvalResult, b: EvalResult) -> float:
+def _agreement(a: Scores, b: Scores) -> float:
     assert a.predictions is not None and b.predictions is not None
     return 100.0 * float((a.predictions == b.predictions).float().mean())
 
 
 def _evaluate(
     model: nn.Module, data: Dataset, options: FoldOptions, stage: str, progress: Progress | None
-) -> EvalResult:
-    from soft_share_cli.evaluation.tasks import evaluate_task, is_task_data
-
+) -> Scores:
     callback = (lambda done, total: progress(stage, done, total)) if progress else None
-    # maze, prefix-sums: "top1" is the exact-solve rate
     run: Callable[..., Any] = evaluate_task if is_task_data(data) else evaluate
     return run(  # type: ignore[no-any-return]
         model,
@@ -195,6 +195,7 @@ def fold_checkpoint(
     start = time.perf_counter()
 
     from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.data.spec import parse_data_spec
 
     if options.auto_threshold and (options.data is None or options.max_drop is None):
         raise InputError("--threshold auto needs --data and --max-drop to choose a threshold")
@@ -206,7 +207,8 @@ def fold_checkpoint(
     ckpt = source.ckpt  # a folded input: its soft-shared view
     if materialize is not None and source.is_sfcn:
         raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
-    test = load_data(options.data, "test") if options.data else None
+    data_spec = parse_data_spec(options.data) if options.data else None
+    test = load_data(data_spec, "test") if data_spec else None
     original_eval = _evaluate(source.model, test, options, "original", progress) if test else None
 
     candidates: list[Candidate] = []
@@ -217,10 +219,11 @@ def fold_checkpoint(
         for t in candidate_thresholds(ckpt, options.analysis):
             trial = source.fold(replace(options.analysis, threshold=t))
             result = _evaluate(trial.network, test, options, f"τ = {t:.4f}", progress)
-            delta = result.top1 - original_eval.top1
+            delta = result.headline - original_eval.headline
             ok = -delta <= options.max_drop
             weights = sum(len(p.clusters) for p in trial.plans.values())
-            candidates.append(Candidate(t, weights, trial.counts.folded, result.top1, delta, ok))
+            folded = trial.counts.folded
+            candidates.append(Candidate(t, weights, folded, result.headline, delta, ok))
             if ok and (best is None or trial.counts.folded < best[0]):
                 best = (trial.counts.folded, t)
         if best is not None:
@@ -247,7 +250,7 @@ def fold_checkpoint(
         if options.recalibrate_bn:
             recalibrate_batchnorm(
                 fold.network,
-                load_data(options.data or "", "train"),
+                load_data(data_spec or "", "train"),
                 options.recalibrate_bn,
                 options.batch_size,
             )

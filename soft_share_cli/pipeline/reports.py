@@ -47,9 +47,10 @@ def eval_json(report: Any, schema_version: int, recorded: dict[str, Any]) -> dic
 def training_splits(data_spec: str, output: Any) -> tuple[Any, Any]:
     """The train and test splits of ``data_spec``, once ``output`` is known to be writable (so a
     run fails now, not after an hour of training)."""
-    from soft_share_cli.data.loaders import load_data, parse_data_spec
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.data.spec import parse_data_spec
     from soft_share_cli.files import check_output
 
-    parse_data_spec(data_spec)
+    parsed = parse_data_spec(data_spec)
     check_output(output)
-    return load_data(data_spec, split="train"), load_data(data_spec, split="test")
+    return load_data(parsed, split="train"), load_data(parsed, split="test")

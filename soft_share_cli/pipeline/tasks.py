@@ -21,7 +21,7 @@ Progress = Callable[[str, int, int], None]
 
 def is_task_spec(data_spec: str) -> bool:
     """Whether ``data_spec`` names a generated task (checked by its kind, before parsing)."""
-    from soft_share_cli.data.loaders import TASK_KINDS
+    from soft_share_cli.data.spec import TASK_KINDS
 
     kind = data_spec.strip().partition(":")[0].lower()
     return kind in {k.value for k in TASK_KINDS}
@@ -70,7 +70,8 @@ def run_task_eval(
             data that is not a task; a network whose output is not per pixel.
     """
     from soft_share_cli.checkpoints.load import load_checkpoint
-    from soft_share_cli.data.loaders import load_data, parse_data_spec
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.data.spec import parse_data_spec
     from soft_share_cli.data.tasks import Task, TaskSpec, describe_task
     from soft_share_cli.errors import DataError
     from soft_share_cli.evaluation.tasks import evaluate_task
@@ -96,7 +97,7 @@ def run_task_eval(
             f"--iterations reports exact-solve rates; {data_spec} is not a task "
             "(use maze:size=N or prefix-sums:length=N)"
         )
-    data = load_data(data_spec, split="test")
+    data = load_data(parsed, split="test")
     if channels and data.in_channels != channels:
         raise DataError(
             f"{data_spec} has {data.in_channels} input channels but {name} expects {channels}"

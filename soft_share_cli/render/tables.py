@@ -319,17 +319,13 @@ def render_fold(report: Any) -> None:
         )
         for name in ("network", "top-1", "top-5", "agreement"):
             table.add_column(name, justify="left" if name == "network" else "right")
-        table.add_row("original", f"{d.original.top1:.2f} %", _pct(d.original.top5) or "-", "")
-        table.add_row(
-            "folded", f"{d.folded.top1:.2f} %", _pct(d.folded.top5) or "-", f"{d.agreement:.2f} %"
-        )
+        rows = [("original", d.original, ""), ("folded", d.folded, f"{d.agreement:.2f} %")]
         if d.recalibrated is not None:
-            table.add_row(
-                "folded, BN recalibrated",
-                f"{d.recalibrated.top1:.2f} %",
-                _pct(d.recalibrated.top5) or "-",
-                f"{d.recalibrated_agreement:.2f} %",
-            )
+            agreement = f"{d.recalibrated_agreement:.2f} %"
+            rows.append(("folded, BN recalibrated", d.recalibrated, agreement))
+        for name, result, agreement in rows:
+            scores = result.summary()
+            table.add_row(name, f"{scores['top1']:.2f} %", _pct(scores["top5"]) or "-", agreement)
         out.print(table)
         out.print(f"Δ top-1 (folded − original): {d.delta_top1:+.2f} points")
 

@@ -302,7 +302,7 @@ def train_new(
     records and the seconds spent.
     """
     # Imported at call time so that importing training never risks a cycle through evaluation.
-    from soft_share_cli.evaluation.classification import resolve_device
+    from soft_share_cli.evaluation.loop import resolve_device
     from soft_share_cli.models.registry import build_model
 
     device = resolve_device(config.device)  # InputError for an unknown or absent device

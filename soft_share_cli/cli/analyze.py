@@ -1,0 +1,82 @@
+"""``ssc analyze`` and ``ssc plot-similarity``: a checkpoint's banks, similarity and loops."""
+
+from __future__ import annotations
+
+import click
+
+from soft_share_cli.cli.common import _check_io, _options, analysis_options, common
+
+
+@click.command("analyze")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@analysis_options()
+@click.option(
+    "--graph",
+    "graph_path",
+    type=click.Path(path_type=str),
+    help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def analyze_command(
+    checkpoint: str,
+    threshold: float,
+    metric: str,
+    linkage: str,
+    signed: bool,
+    graph_path: str | None,
+    as_json: bool,
+) -> None:
+    """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
+    from soft_share_cli.analysis.loops import export_graph, graph_format
+    from soft_share_cli.pipeline.analyze import analyze_checkpoint
+    from soft_share_cli.render import tables as render
+
+    if graph_path is not None:  # refuse a bad output before the work, not after
+        graph_format(graph_path)
+    _check_io({"--graph": graph_path}, checkpoint)
+    result = analyze_checkpoint(checkpoint, _options(threshold, metric, linkage, signed))
+    if graph_path is not None:
+        export_graph(result.graph, graph_path)
+    render.print_json(result.to_dict()) if as_json else render.render_analysis(result)
+
+
+@click.command("plot-similarity")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Heatmap file (.png, .svg, .pdf).",
+)
+@analysis_options()
+@click.option(
+    "--graph-plot",
+    type=click.Path(path_type=str),
+    help="Also draw the recurrence graph to this file (.png, .svg, .pdf).",
+)
+@common
+def plot_similarity_command(
+    checkpoint: str,
+    output: str,
+    threshold: float,
+    metric: str,
+    linkage: str,
+    signed: bool,
+    graph_plot: str | None,
+) -> None:
+    """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
+    from soft_share_cli.pipeline.analyze import plot_similarity
+    from soft_share_cli.render import tables as render
+    from soft_share_cli.render.plots import figure_format
+
+    for path in (output, graph_plot):
+        if path is not None:  # refuse a bad output before the work, not after
+            figure_format(path)
+    _check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint)
+    written = plot_similarity(
+        checkpoint, output, _options(threshold, metric, linkage, signed), graph_plot
+    )
+    for path in written:
+        render.err.print(f"wrote {path}")

@@ -1,0 +1,112 @@
+"""``ssc fold``: rewrite a checkpoint with real loops, and check what the fold costs."""
+
+from __future__ import annotations
+
+import click
+
+from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
+from soft_share_cli.cli.common import _check_io, _options, analysis_options, common
+from soft_share_cli.data.spec import DATA_HELP
+
+
+@click.command("fold")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Folded network (.safetensors: weights plus the loop program).",
+)
+@analysis_options(allow_auto=True)
+@click.option("--data", "data_spec", help=DATA_HELP + " Measures both networks on it.")
+@click.option(
+    "--max-drop", type=click.FloatRange(min=0), help="Exit 1 if top-1 drops more (points)."
+)
+@click.option(
+    "--atol", type=click.FloatRange(min=0), help="Exit 1 if any probe logit differs more."
+)
+@click.option(
+    "--recalibrate-bn",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Re-estimate BatchNorm statistics on N batches of the data's train split.",
+)
+@click.option(
+    "--materialize",
+    type=click.Path(path_type=str),
+    help="Also write the folded network as a plain WRN checkpoint (ordinary Conv2d layers).",
+)
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="MODULE:CALLABLE",
+    help="Build your own network (imports YOUR code) whose state dict CHECKPOINT holds.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=str),
+    help="With --threshold auto: draw parameters against accuracy (.png/.svg/.pdf).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def fold_command(
+    checkpoint: str,
+    output: str,
+    threshold: float | str,
+    metric: str,
+    linkage: str,
+    signed: bool,
+    data_spec: str | None,
+    max_drop: float | None,
+    atol: float | None,
+    recalibrate_bn: int,
+    materialize: str | None,
+    model_spec: str | None,
+    plot: str | None,
+    batch_size: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Rewrite CHECKPOINT with real loops; report savings and what the fold costs."""
+    from soft_share_cli.errors import CheckFailed
+    from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
+    from soft_share_cli.render import tables as render
+
+    auto = threshold == "auto"
+    outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
+    _check_io(outputs, checkpoint, data_spec, model_spec)
+    if plot is not None:
+        from soft_share_cli.render.plots import figure_format
+
+        figure_format(plot)
+    options = FoldOptions(
+        analysis=_options(DEFAULT_THRESHOLD if auto else float(threshold), metric, linkage, signed),
+        auto_threshold=auto,
+        data=data_spec,
+        max_drop=max_drop,
+        atol=atol,
+        recalibrate_bn=recalibrate_bn,
+        batch_size=batch_size,
+        device=device,
+        model=model_spec,
+    )
+    with render.progress_bar() as progress:
+        report = fold_checkpoint(
+            checkpoint, output, options, materialize=materialize, progress=progress
+        )
+    if plot is not None and report.candidates and report.data is not None:
+        from soft_share_cli.analysis.tradeoff import tradeoff_figure
+        from soft_share_cli.render.plots import save_figure
+
+        chosen = report.options.threshold if report.output else None
+        figure = tradeoff_figure(
+            report.candidates, report.data.original.headline, chosen, max_drop or 0.0
+        )
+        save_figure(figure, plot)
+    render.print_json(report.to_dict()) if as_json else render.render_fold(report)
+    if report.failures:
+        raise CheckFailed("; ".join(report.failures) + " (nothing was written)")

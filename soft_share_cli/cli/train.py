@@ -1,0 +1,110 @@
+"""``ssc train``: train a network and write a self-describing checkpoint.
+
+Which architecture takes which option, and the defaults per architecture, are
+:mod:`soft_share_cli.pipeline.train_options`; this module parses the options and calls it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from soft_share_cli.cli.common import _check_io, common
+from soft_share_cli.data.spec import DATA_HELP
+from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_config
+
+
+@click.command("train")
+@click.option("--data", "data_spec", required=True, help=DATA_HELP)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str))
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default="swrn",
+    show_default=True,
+    help="swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
+)
+@click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 10, 16, 22, 28, ...")
+@click.option("--width", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--templates",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="K (swrn, sfcn only).",
+)
+@click.option(
+    "--blocks",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Residual blocks (fcn, sfcn only).",
+)
+@click.option(
+    "--channels", type=click.IntRange(min=1), default=32, show_default=True, help="fcn, sfcn only."
+)
+@click.option(
+    "--supervise",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="fcn, sfcn: score the read-outs of the last N blocks (1: the output only).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help=f"Peak learning rate [default: {DEFAULT_LR['classifier']} (swrn/wrn, SGD); "
+    f"{DEFAULT_LR['task']} (sfcn/fcn, Adam)].",
+)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option(
+    "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
+)
+@click.option(
+    "--align",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Weight of the coefficient-alignment regulariser (grows networks that fold well).",
+)
+@click.option(
+    "--align-mode",
+    type=click.Choice(["recurrent", "signed", "nearest"]),
+    default="recurrent",
+    show_default=True,
+    help="recurrent: same-role layers of consecutive blocks align (loops); signed: the same, "
+    "sign included (networks without BatchNorm: sfcn); nearest: any pair.",
+)
+@click.option("--augment/--no-augment", default=False, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run kept in OUTPUT.partial (same options); see README.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common
+def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **options: Any) -> None:
+    """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT.
+
+    The state after each epoch is kept in OUTPUT.partial until the run completes, so an
+    interrupted run can be continued with --resume.
+    """
+    from soft_share_cli.pipeline.classification import run_train
+    from soft_share_cli.render import tables as render
+    from soft_share_cli.training.resume import partial_path
+
+    config = train_config(**options)  # every option but the data, the output and the mode
+    _check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
+    command = "ssc " + shlex.join(sys.argv[1:])
+    with render.progress_bar() as progress:
+        report = run_train(
+            config, data_spec, output, command=command, progress=progress, resume=resume
+        )
+    render.print_json(report.to_dict()) if as_json else render.render_train(report)
