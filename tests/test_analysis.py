@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from soft_share_cli.analysis.loops import load_graph
 from soft_share_cli.checkpoints.load import load_checkpoint
 from soft_share_cli.models.builder import rebuild_model
 from soft_share_cli.models.params import count_parameters
 from soft_share_cli.models.wrn import WRN
+from soft_share_cli.render.graph_files import load_graph
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 GOLDEN = Path(__file__).resolve().parent / "golden"

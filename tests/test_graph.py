@@ -8,17 +8,15 @@ import networkx as nx
 import pytest
 
 from soft_share_cli.analysis.loops import (
-    GRAPH_FORMATS,
     Loop,
     cluster_letters,
-    export_graph,
     find_loops,
     layer_letters,
-    load_graph,
     recurrence_graph,
     summarize_loops,
 )
 from soft_share_cli.errors import InputError
+from soft_share_cli.render.graph_files import GRAPH_FORMATS, export_graph, load_graph
 
 # bank_3 of an SWRN 28-w-K: blocks 1..3 of stage_3, conv1 and conv2 each.
 SWRN = [f"stage_3.{block}.conv{conv}" for block in (1, 2, 3) for conv in (1, 2)]

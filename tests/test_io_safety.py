@@ -149,7 +149,7 @@ def test_train_resume_refuses_a_partial_state_that_is_not_a_regular_file(
 def test_a_graph_file_that_is_not_regular_is_refused(
     short_dir: Path, fifo_watchdog: Callable[[Path], None]
 ) -> None:
-    from soft_share_cli.analysis.loops import load_graph
+    from soft_share_cli.render.graph_files import load_graph
 
     os.mkfifo(short_dir / "g.json")
     fifo_watchdog(short_dir / "g.json")

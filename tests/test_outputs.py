@@ -37,9 +37,9 @@ def _temp_file_writers() -> set[tuple[str, str]]:
     """Writers that take a path from their caller and are only ever handed atomic_write's
     temporary file: graph.export_graph picks them from graph._WRITERS inside its lambda (and
     the graph cases of test_a_broken_write_keeps_the_previous_file check that it does)."""
-    from soft_share_cli.analysis import loops as graph
+    from soft_share_cli.render import graph_files as graph
 
-    return {("loops.py", writer.__name__) for writer in graph._WRITERS.values()}
+    return {("graph_files.py", writer.__name__) for writer in graph._WRITERS.values()}
 
 
 def _writes(call: ast.Call) -> bool:
@@ -135,7 +135,7 @@ def _break(monkeypatch: pytest.MonkeyPatch, target: str, error: BaseException) -
     import matplotlib.figure
     import safetensors.torch
 
-    from soft_share_cli.analysis import loops as graph
+    from soft_share_cli.render import graph_files as graph
 
     seen: list[str] = []
 

@@ -28,9 +28,9 @@ def analyze_command(
     as_json: bool,
 ) -> None:
     """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
-    from soft_share_cli.analysis.loops import export_graph, graph_format
     from soft_share_cli.pipeline.analyze import analyze_checkpoint
     from soft_share_cli.render import tables as render
+    from soft_share_cli.render.graph_files import export_graph, graph_format
 
     if graph_path is not None:  # refuse a bad output before the work, not after
         graph_format(graph_path)
