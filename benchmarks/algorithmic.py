@@ -183,15 +183,16 @@ def run_job(job: Job, work: str) -> dict[str, Any]:
     from soft_share_cli.data.loaders import load_data
     from soft_share_cli.evaluation.tasks import iteration_sweep
     from soft_share_cli.folding.looped import load_looped
+    from soft_share_cli.pipeline.eval import run_eval
     from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
-    from soft_share_cli.pipeline.tasks import run_task_eval, run_task_train
+    from soft_share_cli.pipeline.train import run_train
 
     start = time.perf_counter()
     s, task = job.setup, job.task
     config = _config(job)
     stem = Path(work) / f"{task.kind}_{job.seed}_{job.network}"
     path = stem.with_suffix(".pt")
-    report = run_task_train(config, task.spec(task.train_size, s.train_count, job.seed), path)
+    report = run_train(config, task.spec(task.train_size, s.train_count, job.seed), path)
     result: dict[str, Any] = {
         "task": task.kind,
         "seed": job.seed,
@@ -208,7 +209,7 @@ def run_job(job: Job, work: str) -> dict[str, Any]:
         "train_seconds": report.seconds,
     }
     specs = [task.spec(size, s.test_count, job.seed) for size in task.sizes]
-    result["exact"] = [run_task_eval(path, spec).result.exact for spec in specs]
+    result["exact"] = [run_eval(path, spec).result.exact for spec in specs]
     if job.network == "aligned":
         folded_path = stem.with_suffix(".safetensors")
         fold = fold_checkpoint(

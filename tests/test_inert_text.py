@@ -432,7 +432,7 @@ def test_usage_errors_quote_values_escaped(ssc, files) -> None:
 
 def test_error_and_warning_lines_from_the_library(ssc, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the library says about a file reaches the terminal inert: errors and warnings."""
-    import soft_share_cli.pipeline.classification as pipeline
+    import soft_share_cli.pipeline.info as pipeline
     from soft_share_cli.errors import InputError
 
     def failing(path: str) -> None:

@@ -64,7 +64,7 @@ def _assert_debug_traceback(run, exc_type: str, injected: str) -> None:
 INJECTIONS = [
     (
         ("info", str(ALIGNED)),
-        "soft_share_cli.pipeline.classification.inspect_checkpoint",
+        "soft_share_cli.pipeline.info.inspect_checkpoint",
         RuntimeError("injected: two\nlines"),
     ),
     (
@@ -103,7 +103,7 @@ def test_a_json_report_that_fails_to_serialise_prints_nothing(
     ssc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in the middle of the JSON (an unserialisable value after good ones): no half object."""
-    from soft_share_cli.pipeline import classification as pipeline
+    from soft_share_cli.pipeline import info as pipeline
 
     real = pipeline.CheckpointInfo.to_dict
 

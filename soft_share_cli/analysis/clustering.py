@@ -14,10 +14,11 @@ wrong.
 
 from __future__ import annotations
 
-import enum
 import math
 
 import numpy as np
+
+from soft_share_cli.analysis.defaults import Linkage
 
 # Similarities within this of the threshold count as meeting it. Cosines of exactly parallel
 # vectors come out as 1 +- a few ulps (~1e-16); 1e-12 absorbs that with a wide margin while
@@ -26,19 +27,6 @@ TOLERANCE = 1e-12
 
 
 Clusters = tuple[tuple[int, ...], ...]
-
-
-class Linkage(str, enum.Enum):
-    """How the similarity between two groups of layers is measured when merging them.
-
-    ``COMPLETE`` (the default) uses the least similar pair, so every pair in a cluster meets the
-    threshold, which is what folding needs; ``AVERAGE`` the mean over pairs; ``SINGLE`` the most
-    similar pair, which chains (A~B, B~C puts A with C however far apart they are).
-    """
-
-    COMPLETE = "complete"
-    AVERAGE = "average"
-    SINGLE = "single"
 
 
 def _as_similarity(similarity: np.ndarray) -> np.ndarray:

@@ -11,13 +11,13 @@ Both are vectorised matrix products, so L in the hundreds and K in the hundreds 
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from soft_share_cli.analysis.banks import Bank
+from soft_share_cli.analysis.defaults import Metric
 from soft_share_cli.checkpoints import arrays
 
 if TYPE_CHECKING:
@@ -26,13 +26,6 @@ from soft_share_cli.errors import InputError
 
 #: float64 numbers per Gram chunk (32 MiB): large banks are never copied to float64 whole.
 _CHUNK_ELEMENTS = 1 << 22
-
-
-class Metric(str, enum.Enum):
-    """What two layers of a bank are compared by."""
-
-    COEFFICIENTS = "coefficients"  # the paper's LSM: cosine of the coefficient vectors
-    WEIGHT = "weight"  # cosine of the generated weights, through the templates' Gram matrix
 
 
 def gram_matrix(templates: Tensor | np.ndarray) -> np.ndarray:

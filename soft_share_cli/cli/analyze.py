@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import click
 
-from soft_share_cli.cli.common import _check_io, _options, analysis_options, common
+from soft_share_cli.cli.common import (
+    _check_io,
+    _options,
+    analysis_options,
+    checkpoint_argument,
+    common,
+    json_option,
+    output_option,
+)
 
 
 @click.command("analyze")
-@click.argument("checkpoint", type=click.Path(path_type=str))
+@checkpoint_argument
 @analysis_options()
 @click.option(
     "--graph",
@@ -16,7 +24,7 @@ from soft_share_cli.cli.common import _check_io, _options, analysis_options, com
     type=click.Path(path_type=str),
     help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @common
 def analyze_command(
     checkpoint: str,
@@ -42,14 +50,8 @@ def analyze_command(
 
 
 @click.command("plot-similarity")
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=str),
-    help="Heatmap file (.png, .svg, .pdf).",
-)
+@checkpoint_argument
+@output_option("Heatmap file (.png, .svg, .pdf).")
 @analysis_options()
 @click.option(
     "--graph-plot",

@@ -6,12 +6,13 @@ Plain click: importing this module loads neither numpy nor torch (``ssc --help``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
+from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD, Linkage, Metric
+from soft_share_cli.data.spec import DATA_HELP
 
 _state = {"debug": False}  # set by --debug; read when a failure is reported
 
@@ -79,37 +80,42 @@ class ThresholdType(click.ParamType):
         return number
 
 
-class _EnumChoice(click.Choice[str]):
-    """A ``click.Choice`` of an enum's values, read from the enum only when click needs them.
-
-    The enums (:class:`~soft_share_cli.analysis.similarity.Metric`,
-    :class:`~soft_share_cli.analysis.clustering.Linkage`) live in modules that import numpy,
-    which ``ssc --help`` must not load; a command's own help and parsing read them.
-    """
-
-    def __init__(self, values: Callable[[], Iterable[str]]) -> None:
-        self._values = values
-        self.case_sensitive = True
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        return tuple(self._values())
-
-    @choices.setter
-    def choices(self, value: tuple[str, ...]) -> None:
-        raise AttributeError("the choices are the enum's values")
+def choices(enum_type: Any) -> click.Choice[str]:
+    """A ``click.Choice`` of an enum's values (the enums live in a module without numpy)."""
+    return click.Choice([member.value for member in enum_type])
 
 
-def _metrics() -> list[str]:
-    from soft_share_cli.analysis.similarity import Metric
+def count_option(name: str, default: int | None = None, help: str | None = None) -> Any:
+    """An option that takes a whole number >= 1 (batch sizes, epochs, block counts, ...)."""
+    shown = default is not None
+    return click.option(
+        name, type=click.IntRange(min=1), default=default, show_default=shown, help=help
+    )
 
-    return [m.value for m in Metric]
+
+def output_option(help: str | None = None) -> Any:
+    """The required ``-o/--output`` file."""
+    return click.option("-o", "--output", required=True, type=click.Path(path_type=str), help=help)
 
 
-def _linkages() -> list[str]:
-    from soft_share_cli.analysis.clustering import Linkage
+def data_option(help: str | None = None, required: bool = False) -> Any:
+    """``--data SPEC`` (the spec forms of :mod:`soft_share_cli.data.spec`, then ``help``)."""
+    text = DATA_HELP if help is None else f"{DATA_HELP} {help}"
+    return click.option("--data", "data_spec", required=required, help=text)
 
-    return [m.value for m in Linkage]
+
+def model_option(help: str) -> Any:
+    """``--model MODULE:CALLABLE``: build the user's own network (imports the user's code)."""
+    return click.option("--model", "model_spec", metavar="MODULE:CALLABLE", help=help)
+
+
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout."
+)
+checkpoint_argument = click.argument("checkpoint", type=click.Path(path_type=str))
 
 
 def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]], Any]:
@@ -127,14 +133,14 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
         ),
         click.option(
             "--metric",
-            type=_EnumChoice(_metrics),
+            type=choices(Metric),
             default="coefficients",
             show_default=True,
             help="coefficients: the paper's LSM; weight: cosine of the generated weights.",
         ),
         click.option(
             "--linkage",
-            type=_EnumChoice(_linkages),
+            type=choices(Linkage),
             default="complete",
             show_default=True,
             help="complete: every pair in a cluster meets the threshold.",
@@ -153,7 +159,5 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
 def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
     """The library's :class:`~soft_share_cli.analysis.analyze.AnalysisOptions` of the options."""
     from soft_share_cli.analysis.analyze import AnalysisOptions
-    from soft_share_cli.analysis.clustering import Linkage
-    from soft_share_cli.analysis.similarity import Metric
 
     return AnalysisOptions(threshold, Metric(metric), Linkage(linkage), signed)

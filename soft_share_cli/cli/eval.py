@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import click
 
-from soft_share_cli.cli.common import common
-from soft_share_cli.data.spec import DATA_HELP
+from soft_share_cli.cli.common import (
+    checkpoint_argument,
+    common,
+    count_option,
+    data_option,
+    device_option,
+    json_option,
+    model_option,
+)
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option("--data", "data_spec", required=True, help=DATA_HELP)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option(
-    "--model",
-    "model_spec",
-    metavar="MODULE:CALLABLE",
-    help="Build your own network (imports YOUR code) for a checkpoint of it, folded or not.",
-)
-@click.option(
+@checkpoint_argument
+@data_option(required=True)
+@device_option
+@count_option("--batch-size", 256)
+@model_option("Build your own network (imports YOUR code) for a checkpoint of it, folded or not.")
+@count_option(
     "--iterations",
-    type=click.IntRange(min=1),
     help="Run a folded looped network's loop this many times instead of the trained count.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @common
 def eval_command(
     checkpoint: str,
@@ -39,7 +40,7 @@ def eval_command(
 
     On a task (maze:..., prefix-sums:...) the exact-solve rate and per-pixel accuracy instead.
     """
-    from soft_share_cli.pipeline.classification import run_eval
+    from soft_share_cli.pipeline.eval import run_eval
     from soft_share_cli.render import tables as render
 
     with render.progress_bar() as progress:

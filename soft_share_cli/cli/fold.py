@@ -5,21 +5,26 @@ from __future__ import annotations
 import click
 
 from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
-from soft_share_cli.cli.common import _check_io, _options, analysis_options, common
-from soft_share_cli.data.spec import DATA_HELP
+from soft_share_cli.cli.common import (
+    _check_io,
+    _options,
+    analysis_options,
+    checkpoint_argument,
+    common,
+    count_option,
+    data_option,
+    device_option,
+    json_option,
+    model_option,
+    output_option,
+)
 
 
 @click.command("fold")
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=str),
-    help="Folded network (.safetensors: weights plus the loop program).",
-)
+@checkpoint_argument
+@output_option("Folded network (.safetensors: weights plus the loop program).")
 @analysis_options(allow_auto=True)
-@click.option("--data", "data_spec", help=DATA_HELP + " Measures both networks on it.")
+@data_option("Measures both networks on it.")
 @click.option(
     "--max-drop", type=click.FloatRange(min=0), help="Exit 1 if top-1 drops more (points)."
 )
@@ -38,20 +43,15 @@ from soft_share_cli.data.spec import DATA_HELP
     type=click.Path(path_type=str),
     help="Also write the folded network as a plain WRN checkpoint (ordinary Conv2d layers).",
 )
-@click.option(
-    "--model",
-    "model_spec",
-    metavar="MODULE:CALLABLE",
-    help="Build your own network (imports YOUR code) whose state dict CHECKPOINT holds.",
-)
+@model_option("Build your own network (imports YOUR code) whose state dict CHECKPOINT holds.")
 @click.option(
     "--plot",
     type=click.Path(path_type=str),
     help="With --threshold auto: draw parameters against accuracy (.png/.svg/.pdf).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@count_option("--batch-size", 256)
+@device_option
+@json_option
 @common
 def fold_command(
     checkpoint: str,

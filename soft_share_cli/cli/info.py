@@ -13,7 +13,7 @@ from soft_share_cli.cli.common import common
 @common
 def info_command(checkpoint: str, as_json: bool) -> None:
     """Show what CHECKPOINT is: format, wrapping, architecture, parameters, provenance."""
-    from soft_share_cli.pipeline.classification import inspect_checkpoint
+    from soft_share_cli.pipeline.info import inspect_checkpoint
     from soft_share_cli.render import tables as render
 
     result = inspect_checkpoint(checkpoint)

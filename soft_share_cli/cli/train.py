@@ -12,14 +12,21 @@ from typing import Any
 
 import click
 
-from soft_share_cli.cli.common import _check_io, common
-from soft_share_cli.data.spec import DATA_HELP
+from soft_share_cli.cli.common import (
+    _check_io,
+    common,
+    count_option,
+    data_option,
+    device_option,
+    json_option,
+    output_option,
+)
 from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_config
 
 
 @click.command("train")
-@click.option("--data", "data_spec", required=True, help=DATA_HELP)
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str))
+@data_option(required=True)
+@output_option()
 @click.option(
     "--arch",
     type=click.Choice(ARCHS),
@@ -28,33 +35,15 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_confi
     help="swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
 )
 @click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 10, 16, 22, 28, ...")
-@click.option("--width", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--templates",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="K (swrn, sfcn only).",
+@count_option("--width", 1)
+@count_option("--templates", 3, "K (swrn, sfcn only).")
+@count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")
+@count_option("--channels", 32, "fcn, sfcn only.")
+@count_option(
+    "--supervise", 1, "fcn, sfcn: score the read-outs of the last N blocks (1: the output only)."
 )
-@click.option(
-    "--blocks",
-    type=click.IntRange(min=1),
-    default=12,
-    show_default=True,
-    help="Residual blocks (fcn, sfcn only).",
-)
-@click.option(
-    "--channels", type=click.IntRange(min=1), default=32, show_default=True, help="fcn, sfcn only."
-)
-@click.option(
-    "--supervise",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="fcn, sfcn: score the read-outs of the last N blocks (1: the output only).",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@count_option("--epochs", 30)
+@count_option("--batch-size", 64)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -82,13 +71,13 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_confi
 )
 @click.option("--augment/--no-augment", default=False, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option
 @click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run kept in OUTPUT.partial (same options); see README.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @common
 def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **options: Any) -> None:
     """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT.
@@ -96,7 +85,7 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
     The state after each epoch is kept in OUTPUT.partial until the run completes, so an
     interrupted run can be continued with --resume.
     """
-    from soft_share_cli.pipeline.classification import run_train
+    from soft_share_cli.pipeline.train import run_train
     from soft_share_cli.render import tables as render
     from soft_share_cli.training.resume import partial_path
 

@@ -49,43 +49,28 @@ def train_config(
     """
     from soft_share_cli.training.regularizers import AlignMode
 
-    num_templates = templates if arch in SHARED_ARCHS else None
+    common = {
+        "arch": arch,
+        "num_templates": templates if arch in SHARED_ARCHS else None,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "align": align,
+        "align_mode": AlignMode(align_mode),
+        "seed": seed,
+        "device": device,
+    }
     if arch in TASK_ARCHS:
         from soft_share_cli.errors import InputError
         from soft_share_cli.training.tasks import TaskTrainConfig
 
         if augment or schedule != "cosine":
             raise InputError("task training takes no --augment and only the cosine schedule")
-        return TaskTrainConfig(
-            arch=arch,
-            blocks=blocks,
-            width=channels,
-            num_templates=num_templates,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=DEFAULT_LR["task"] if lr is None else lr,
-            weight_decay=weight_decay,
-            supervise=supervise,
-            align=align,
-            align_mode=AlignMode(align_mode),
-            seed=seed,
-            device=device,
-        )
+        lr = DEFAULT_LR["task"] if lr is None else lr
+        return TaskTrainConfig(blocks=blocks, width=channels, lr=lr, supervise=supervise, **common)
     from soft_share_cli.training.classification import Schedule, TrainConfig
 
+    lr = DEFAULT_LR["classifier"] if lr is None else lr
     return TrainConfig(
-        arch=arch,
-        depth=depth,
-        width=width,
-        num_templates=num_templates,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=DEFAULT_LR["classifier"] if lr is None else lr,
-        weight_decay=weight_decay,
-        schedule=Schedule(schedule),
-        align=align,
-        align_mode=AlignMode(align_mode),
-        augment=augment,
-        seed=seed,
-        device=device,
+        depth=depth, width=width, lr=lr, schedule=Schedule(schedule), augment=augment, **common
     )

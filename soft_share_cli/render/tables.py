@@ -128,7 +128,7 @@ def render_info(info: Any) -> None:
 
 def render_eval(report: Any) -> None:
     """``ssc eval``: one table of accuracy and speed."""
-    if hasattr(report, "trained_iterations"):  # a task_pipeline.TaskEvalReport
+    if report.kind == "task":  # a pipeline.eval.TaskEvalReport
         render_task_eval(report)
         return
     r = report.result
@@ -147,7 +147,7 @@ def render_eval(report: Any) -> None:
 
 def render_train(report: Any) -> None:
     """``ssc train``: per-epoch history and where the checkpoint went."""
-    if hasattr(report, "steps_to"):  # a task_pipeline.TaskTrainReport
+    if report.kind == "task":  # a pipeline.train.TaskTrainReport
         render_task_train(report)
         return
     table = Table(title=f"Training {report.architecture}", title_justify="left")

@@ -542,7 +542,7 @@ def run_children(jobs: list[list[str]], timeout: float) -> list[dict[str, object
 
     from soft_share_cli.cli import main
 
-    for module in ("analysis.analyze", "pipeline.classification", "pipeline.network",
+    for module in ("analysis.analyze", "pipeline.info", "pipeline.network",
                    "checkpoints.load", "checkpoints.mapped", "models.builder", "models.params",
                    "render.tables", "analysis.similarity", "analysis.clustering",
                    "analysis.banks", "folding.kinds"):  # what info and analyze import lazily

@@ -1,0 +1,181 @@
+"""``ssc eval``: a network's accuracy on a data set, for every kind of file and of data.
+
+One :func:`run_eval` for classifiers (top-1, top-5: :class:`EvalReport`) and per-pixel tasks
+(exact solves, pixel accuracy: :class:`TaskEvalReport`); the network comes from
+:func:`soft_share_cli.pipeline.network.open_network`, whatever kind of file holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from soft_share_cli.data.spec import TASK_KINDS
+from soft_share_cli.errors import DataError, InputError
+
+SCHEMA_VERSION = 1
+
+Progress = Callable[[str, int, int], None]
+
+
+def is_task_spec(data_spec: str) -> bool:
+    """Whether ``data_spec`` names a generated task (checked by its kind, before parsing)."""
+    kind = data_spec.strip().partition(":")[0].lower()
+    return kind in {k.value for k in TASK_KINDS}
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """``ssc eval`` of a classifier: which network on which data, and how well it did."""
+
+    kind: ClassVar[str] = "classification"
+
+    checkpoint: str
+    architecture: str
+    data: str
+    device: str
+    batch_size: int
+    result: Any  # evaluation.classification.EvalResult
+    recorded_top1: float | None  # accuracy stored in the checkpoint for the same data, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        from soft_share_cli.pipeline.reports import eval_json
+
+        return eval_json(self, SCHEMA_VERSION, {"recorded_top1": self.recorded_top1})
+
+
+@dataclass(frozen=True)
+class TaskEvalReport:
+    """``ssc eval`` on a task: which network, which data, how many solved."""
+
+    kind: ClassVar[str] = "task"
+
+    checkpoint: str
+    architecture: str
+    data: str
+    data_description: str
+    device: str
+    batch_size: int
+    result: Any  # evaluation.tasks.TaskEvalResult
+    trained_iterations: int | None  # a looped network's trained count, None for others
+    recorded_exact: float | None  # exact-solve rate stored at save time for the same spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; wall times sit under ``timing``, the rest repeats exactly run to run."""
+        from soft_share_cli.pipeline.reports import eval_json
+
+        return eval_json(
+            self,
+            SCHEMA_VERSION,
+            {
+                "trained_iterations": self.trained_iterations,
+                "recorded_exact": self.recorded_exact,
+            },
+        )
+
+
+def run_eval(
+    path: str | Path,
+    data_spec: str,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    model_spec: str | None = None,
+    iterations: int | None = None,
+) -> EvalReport | TaskEvalReport:
+    """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split.
+
+    ``model_spec`` ("module:callable") builds the user's own network for checkpoints of
+    architectures ssc does not know, folded or not. Task data (``maze:``, ``prefix-sums:``) and
+    ``iterations`` (a looped network's body run that many times instead of the trained count)
+    give a :class:`TaskEvalReport`.
+
+    Raises:
+        InputError: ``iterations`` for a network without a loop that can run longer, or < 1.
+        DataError: ``iterations`` on data that is not a task; data the network does not fit.
+    """
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.data.spec import parse_data_spec
+    from soft_share_cli.pipeline.network import open_network
+
+    task = iterations is not None or is_task_spec(data_spec)
+    if iterations is not None and iterations < 1:
+        raise InputError(f"--iterations must be at least 1, got {iterations}")
+    parsed = parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
+    ckpt = load_checkpoint(path)
+    model, name, channels = open_network(ckpt, path, model_spec)
+    trained = None
+    if task:
+        model, name, trained = _looped(model, name, path, iterations)
+        if not is_task_spec(data_spec):
+            raise DataError(
+                f"--iterations reports exact-solve rates; {data_spec} is not a task "
+                "(use maze:size=N or prefix-sums:length=N)"
+            )
+    data = load_data(parsed, split="test")
+    if channels and data.in_channels != channels:
+        raise DataError(
+            f"{data_spec} has {data.in_channels} input channels but {name} expects {channels}"
+        )
+    callback = (lambda done, total: progress("evaluating", done, total)) if progress else None
+    options = {"batch_size": batch_size, "device": device, "progress": callback}
+    if not task:
+        from soft_share_cli.evaluation.classification import evaluate
+
+        result = evaluate(model, data, **options)  # type: ignore[arg-type]
+        recorded_top1 = _recorded_top1(ckpt, data_spec)
+        return EvalReport(str(path), name, data_spec, device, batch_size, result, recorded_top1)
+    from soft_share_cli.data.tasks import Task, TaskSpec, describe_task
+    from soft_share_cli.evaluation.tasks import evaluate_task
+
+    o = parsed.options
+    description = describe_task(TaskSpec(Task(parsed.kind.value), o["size"], o["count"]))
+    task_result = evaluate_task(model, data, **options)  # type: ignore[arg-type]
+    meta = ckpt.metadata
+    recorded = meta.get("test_exact") if meta.get("data") == data_spec and not iterations else None
+    return TaskEvalReport(
+        str(path), name, data_spec, description, device, batch_size, task_result, trained, recorded
+    )
+
+
+def _looped(
+    model: Any, name: str, path: str | Path, iterations: int | None
+) -> tuple[Any, str, Any]:
+    """``model`` set to run ``iterations`` times (a looped network only), its name, and the
+    iterations it was trained with (None for a network without a loop)."""
+    from soft_share_cli.folding.looped import LoopedFCN
+
+    trained = model.trained_iterations if isinstance(model, LoopedFCN) else None
+    if iterations is not None:
+        if not isinstance(model, LoopedFCN):
+            raise InputError(
+                f"{path}: {name} has no loop that can run longer; --iterations needs a looped "
+                "network: fold an SFCN with `ssc fold CKPT -o FILE.safetensors`"
+            )
+        model.iterations = iterations
+        name = model.describe()
+    return model, name, trained
+
+
+def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
+    """The top-1 a checkpoint says it had on ``data_spec`` when it was written, if any."""
+    meta = ckpt.metadata
+
+    def part(value: Any, key: str) -> Any:  # metadata comes from the file: any shape at all
+        return value.get(key) if isinstance(value, dict) else None
+
+    if ckpt.container == "ssc-folded":
+        measured = part(part(meta, "report"), "data")
+        if part(measured, "spec") != data_spec:
+            return None
+        final = part(measured, "recalibrated") or part(measured, "folded")
+        top1 = part(final, "top1")
+    else:
+        top1 = part(meta, "test_top1") if part(meta, "data") == data_spec else None
+    # A scalar is shown as stored (a number as a percentage, anything else as is, inert).
+    return top1 if isinstance(top1, str | int | float) else None  # type: ignore[return-value]
