@@ -17,8 +17,9 @@ from typing import Any
 import click
 
 from soft_share_cli._version import __version__
+from soft_share_cli.cli import common as opts
 from soft_share_cli.cli.analyze import analyze_command, plot_similarity_command
-from soft_share_cli.cli.common import _state, common
+from soft_share_cli.cli.common import _state
 from soft_share_cli.cli.eval import eval_command
 from soft_share_cli.cli.fold import fold_command
 from soft_share_cli.cli.info import info_command
@@ -48,7 +49,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 @click.version_option(__version__, "-V", "--version", prog_name="ssc")
-@common
+@opts.common
 def cli() -> None:
     """Analyse, fold and evaluate CNNs trained with soft parameter sharing."""
 

@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import click
 
-from soft_share_cli.cli.common import (
-    _check_io,
-    _options,
-    analysis_options,
-    checkpoint_argument,
-    common,
-    json_option,
-    output_option,
-)
+from soft_share_cli.cli import common as opts
 
 
 @click.command("analyze")
-@checkpoint_argument
-@analysis_options()
+@opts.checkpoint_argument
+@opts.analysis_options()
 @click.option(
     "--graph",
     "graph_path",
     type=click.Path(path_type=str),
     help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
 )
-@json_option
-@common
+@opts.json_option
+@opts.common
 def analyze_command(
     checkpoint: str,
     threshold: float,
@@ -42,23 +34,25 @@ def analyze_command(
 
     if graph_path is not None:  # refuse a bad output before the work, not after
         graph_format(graph_path)
-    _check_io({"--graph": graph_path}, checkpoint)
-    result = analyze_checkpoint(checkpoint, _options(threshold, metric, linkage, signed))
+    opts.check_io({"--graph": graph_path}, checkpoint)
+    result = analyze_checkpoint(
+        checkpoint, opts.analysis_options_of(threshold, metric, linkage, signed)
+    )
     if graph_path is not None:
         export_graph(result.graph, graph_path)
     render.print_json(result.to_dict()) if as_json else render.render_analysis(result)
 
 
 @click.command("plot-similarity")
-@checkpoint_argument
-@output_option("Heatmap file (.png, .svg, .pdf).")
-@analysis_options()
+@opts.checkpoint_argument
+@opts.output_option("Heatmap file (.png, .svg, .pdf).")
+@opts.analysis_options()
 @click.option(
     "--graph-plot",
     type=click.Path(path_type=str),
     help="Also draw the recurrence graph to this file (.png, .svg, .pdf).",
 )
-@common
+@opts.common
 def plot_similarity_command(
     checkpoint: str,
     output: str,
@@ -76,9 +70,9 @@ def plot_similarity_command(
     for path in (output, graph_plot):
         if path is not None:  # refuse a bad output before the work, not after
             figure_format(path)
-    _check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint)
+    opts.check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint)
     written = plot_similarity(
-        checkpoint, output, _options(threshold, metric, linkage, signed), graph_plot
+        checkpoint, output, opts.analysis_options_of(threshold, metric, linkage, signed), graph_plot
     )
     for path in written:
         render.err.print(f"wrote {path}")

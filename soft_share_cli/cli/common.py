@@ -34,7 +34,7 @@ def common(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _check_io(
+def check_io(
     outputs: dict[str, str | None],
     checkpoint: str | None = None,
     data_spec: str | None = None,
@@ -80,9 +80,20 @@ class ThresholdType(click.ParamType):
         return number
 
 
-def choices(enum_type: Any) -> click.Choice[str]:
-    """A ``click.Choice`` of an enum's values (the enums live in a module without numpy)."""
-    return click.Choice([member.value for member in enum_type])
+def choice_option(name: str, values: Any, default: str, help: str | None = None) -> Any:
+    """An option that takes one of ``values`` (strings, or an enum's values)."""
+    names = [getattr(value, "value", value) for value in values]
+    return click.option(
+        name, type=click.Choice(names), default=default, show_default=True, help=help
+    )
+
+
+def amount_option(name: str, default: float | None = None, help: str | None = None) -> Any:
+    """An option that takes a number >= 0 (weights of a loss, tolerances, budgets)."""
+    shown = default is not None
+    return click.option(
+        name, type=click.FloatRange(min=0), default=default, show_default=shown, help=help
+    )
 
 
 def count_option(name: str, default: int | None = None, help: str | None = None) -> Any:
@@ -109,9 +120,7 @@ def model_option(help: str) -> Any:
     return click.option("--model", "model_spec", metavar="MODULE:CALLABLE", help=help)
 
 
-device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True
-)
+device_option = choice_option("--device", ["cpu", "cuda"], "cpu")
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout."
 )
@@ -131,19 +140,17 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
             show_default=True,
             help=threshold_help + ".",
         ),
-        click.option(
+        choice_option(
             "--metric",
-            type=choices(Metric),
-            default="coefficients",
-            show_default=True,
-            help="coefficients: the paper's LSM; weight: cosine of the generated weights.",
+            Metric,
+            "coefficients",
+            "coefficients: the paper's LSM; weight: cosine of the generated weights.",
         ),
-        click.option(
+        choice_option(
             "--linkage",
-            type=choices(Linkage),
-            default="complete",
-            show_default=True,
-            help="complete: every pair in a cluster meets the threshold.",
+            Linkage,
+            "complete",
+            "complete: every pair in a cluster meets the threshold.",
         ),
         click.option("--signed", is_flag=True, help="Keep the sign of the cosine in the LSM."),
     ]
@@ -156,7 +163,7 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
     return decorate
 
 
-def _options(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
+def analysis_options_of(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
     """The library's :class:`~soft_share_cli.analysis.analyze.AnalysisOptions` of the options."""
     from soft_share_cli.analysis.analyze import AnalysisOptions
 

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import click
 
-from soft_share_cli.cli.common import (
-    checkpoint_argument,
-    common,
-    count_option,
-    data_option,
-    device_option,
-    json_option,
-    model_option,
-)
+from soft_share_cli.cli import common as opts
 
 
 @click.command("eval")
-@checkpoint_argument
-@data_option(required=True)
-@device_option
-@count_option("--batch-size", 256)
-@model_option("Build your own network (imports YOUR code) for a checkpoint of it, folded or not.")
-@count_option(
+@opts.checkpoint_argument
+@opts.data_option(required=True)
+@opts.device_option
+@opts.count_option("--batch-size", 256)
+@opts.model_option(
+    "Build your own network (imports YOUR code) for a checkpoint of it, folded or not."
+)
+@opts.count_option(
     "--iterations",
     help="Run a folded looped network's loop this many times instead of the trained count.",
 )
-@json_option
-@common
+@opts.json_option
+@opts.common
 def eval_command(
     checkpoint: str,
     data_spec: str,

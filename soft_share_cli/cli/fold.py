@@ -5,32 +5,16 @@ from __future__ import annotations
 import click
 
 from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
-from soft_share_cli.cli.common import (
-    _check_io,
-    _options,
-    analysis_options,
-    checkpoint_argument,
-    common,
-    count_option,
-    data_option,
-    device_option,
-    json_option,
-    model_option,
-    output_option,
-)
+from soft_share_cli.cli import common as opts
 
 
 @click.command("fold")
-@checkpoint_argument
-@output_option("Folded network (.safetensors: weights plus the loop program).")
-@analysis_options(allow_auto=True)
-@data_option("Measures both networks on it.")
-@click.option(
-    "--max-drop", type=click.FloatRange(min=0), help="Exit 1 if top-1 drops more (points)."
-)
-@click.option(
-    "--atol", type=click.FloatRange(min=0), help="Exit 1 if any probe logit differs more."
-)
+@opts.checkpoint_argument
+@opts.output_option("Folded network (.safetensors: weights plus the loop program).")
+@opts.analysis_options(allow_auto=True)
+@opts.data_option("Measures both networks on it.")
+@opts.amount_option("--max-drop", help="Exit 1 if top-1 drops more (points).")
+@opts.amount_option("--atol", help="Exit 1 if any probe logit differs more.")
 @click.option(
     "--recalibrate-bn",
     type=click.IntRange(min=0),
@@ -43,16 +27,16 @@ from soft_share_cli.cli.common import (
     type=click.Path(path_type=str),
     help="Also write the folded network as a plain WRN checkpoint (ordinary Conv2d layers).",
 )
-@model_option("Build your own network (imports YOUR code) whose state dict CHECKPOINT holds.")
+@opts.model_option("Build your own network (imports YOUR code) whose state dict CHECKPOINT holds.")
 @click.option(
     "--plot",
     type=click.Path(path_type=str),
     help="With --threshold auto: draw parameters against accuracy (.png/.svg/.pdf).",
 )
-@count_option("--batch-size", 256)
-@device_option
-@json_option
-@common
+@opts.count_option("--batch-size", 256)
+@opts.device_option
+@opts.json_option
+@opts.common
 def fold_command(
     checkpoint: str,
     output: str,
@@ -78,13 +62,15 @@ def fold_command(
 
     auto = threshold == "auto"
     outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
-    _check_io(outputs, checkpoint, data_spec, model_spec)
+    opts.check_io(outputs, checkpoint, data_spec, model_spec)
     if plot is not None:
         from soft_share_cli.render.plots import figure_format
 
         figure_format(plot)
     options = FoldOptions(
-        analysis=_options(DEFAULT_THRESHOLD if auto else float(threshold), metric, linkage, signed),
+        analysis=opts.analysis_options_of(
+            DEFAULT_THRESHOLD if auto else float(threshold), metric, linkage, signed
+        ),
         auto_threshold=auto,
         data=data_spec,
         max_drop=max_drop,

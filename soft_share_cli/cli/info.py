@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from soft_share_cli.cli.common import common
+from soft_share_cli.cli import common as opts
 
 
 @click.command("info")
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@common
+@opts.checkpoint_argument
+@opts.json_option
+@opts.common
 def info_command(checkpoint: str, as_json: bool) -> None:
     """Show what CHECKPOINT is: format, wrapping, architecture, parameters, provenance."""
     from soft_share_cli.pipeline.info import inspect_checkpoint

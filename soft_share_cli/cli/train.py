@@ -12,73 +12,59 @@ from typing import Any
 
 import click
 
-from soft_share_cli.cli.common import (
-    _check_io,
-    common,
-    count_option,
-    data_option,
-    device_option,
-    json_option,
-    output_option,
-)
+from soft_share_cli.cli import common as opts
 from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_config
 
 
 @click.command("train")
-@data_option(required=True)
-@output_option()
-@click.option(
+@opts.data_option(required=True)
+@opts.output_option()
+@opts.choice_option(
     "--arch",
-    type=click.Choice(ARCHS),
-    default="swrn",
-    show_default=True,
-    help="swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
+    ARCHS,
+    "swrn",
+    "swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
 )
 @click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 10, 16, 22, 28, ...")
-@count_option("--width", 1)
-@count_option("--templates", 3, "K (swrn, sfcn only).")
-@count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")
-@count_option("--channels", 32, "fcn, sfcn only.")
-@count_option(
+@opts.count_option("--width", 1)
+@opts.count_option("--templates", 3, "K (swrn, sfcn only).")
+@opts.count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")
+@opts.count_option("--channels", 32, "fcn, sfcn only.")
+@opts.count_option(
     "--supervise", 1, "fcn, sfcn: score the read-outs of the last N blocks (1: the output only)."
 )
-@count_option("--epochs", 30)
-@count_option("--batch-size", 64)
+@opts.count_option("--epochs", 30)
+@opts.count_option("--batch-size", 64)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
     help=f"Peak learning rate [default: {DEFAULT_LR['classifier']} (swrn/wrn, SGD); "
     f"{DEFAULT_LR['task']} (sfcn/fcn, Adam)].",
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
-@click.option(
-    "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
-)
-@click.option(
+@opts.amount_option("--weight-decay", 5e-4)
+@opts.choice_option("--schedule", ["cosine", "step"], "cosine")
+@opts.amount_option(
     "--align",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Weight of the coefficient-alignment regulariser (grows networks that fold well).",
+    0.0,
+    "Weight of the coefficient-alignment regulariser (grows networks that fold well).",
 )
-@click.option(
+@opts.choice_option(
     "--align-mode",
-    type=click.Choice(["recurrent", "signed", "nearest"]),
-    default="recurrent",
-    show_default=True,
-    help="recurrent: same-role layers of consecutive blocks align (loops); signed: the same, "
+    ["recurrent", "signed", "nearest"],
+    "recurrent",
+    "recurrent: same-role layers of consecutive blocks align (loops); signed: the same, "
     "sign included (networks without BatchNorm: sfcn); nearest: any pair.",
 )
 @click.option("--augment/--no-augment", default=False, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@device_option
+@opts.device_option
 @click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run kept in OUTPUT.partial (same options); see README.",
 )
-@json_option
-@common
+@opts.json_option
+@opts.common
 def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **options: Any) -> None:
     """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT.
 
@@ -90,7 +76,7 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
     from soft_share_cli.training.resume import partial_path
 
     config = train_config(**options)  # every option but the data, the output and the mode
-    _check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
+    opts.check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
     command = "ssc " + shlex.join(sys.argv[1:])
     with render.progress_bar() as progress:
         report = run_train(

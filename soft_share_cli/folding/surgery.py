@@ -118,15 +118,7 @@ def _operate(
                     f"{path} is a {type(layer).__name__} that does not draw from "
                     f"bank {sk.name}'s module; cannot fold it"
                 )
-            tied = TiedConv2d(
-                shared,
-                cluster,
-                scale,
-                stride=getattr(layer, "stride", 1),
-                padding=getattr(layer, "padding", 0),
-                dilation=getattr(layer, "dilation", 1),
-                groups=getattr(layer, "groups", 1),
-            )
+            tied = TiedConv2d(shared, cluster, scale, layer)
             parent_path, _, child = path.rpartition(".")
             if not child:
                 raise InputError("the network itself is a shared layer; nothing to replace it in")

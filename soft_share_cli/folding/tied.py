@@ -72,26 +72,21 @@ class TiedConv2d(nn.Module):
     """A folded shared conv: ``gain * conv2d(x, shared.weight(cluster))``, no bias.
 
     ``shared`` is owned (registered) by the network's top level; here it is a plain reference,
-    so parameters are counted once and the state dict has one key per tensor.
+    so parameters are counted once and the state dict has one key per tensor. The geometry
+    (stride, padding, dilation, groups) is that of ``replaced``, the layer it stands in for
+    (conv2d's defaults where that layer has none).
     """
 
     shared: SharedWeights
 
-    def __init__(
-        self,
-        shared: SharedWeights,
-        cluster: int,
-        scale: float,
-        *,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        groups: int = 1,
-    ) -> None:
+    def __init__(self, shared: SharedWeights, cluster: int, scale: float, replaced: Any) -> None:
         super().__init__()
         object.__setattr__(self, "shared", shared)  # bypasses nn.Module's submodule registration
         self.cluster = cluster
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.stride = getattr(replaced, "stride", 1)
+        self.padding = getattr(replaced, "padding", 0)
+        self.dilation = getattr(replaced, "dilation", 1)
+        self.groups = getattr(replaced, "groups", 1)
         like = next(shared.parameters())
         self.gain = nn.Parameter(torch.tensor(float(scale), dtype=like.dtype, device=like.device))
 
