@@ -7,9 +7,8 @@ Top-1, top-5 and mean cross-entropy, scored batch by batch in the loop of
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +16,16 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.evaluation.loop import run_pass, timing
+from soft_share_cli.evaluation.loop import Measured, PassOptions, run_pass
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 TOP5_MIN_CLASSES = 10  # top-5 says little with fewer classes, so it is reported only from 10 on
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(Measured):
     """Accuracy, loss and speed of one evaluation pass."""
 
     samples: int
@@ -35,18 +37,8 @@ class EvalResult:
     # argmax per sample (CPU, int64), kept on request for agreement checks between models
     predictions: Tensor | None = field(default=None, repr=False, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
-
-        Everything outside ``timing`` is the same on every run over the same model and data.
-        """
-        return {
-            "samples": self.samples,
-            "top1": self.top1,
-            "top5": self.top5,
-            "loss": self.loss,
-            "timing": timing(self.seconds, self.throughput),
-        }
+    def scores(self) -> dict[str, Any]:
+        return {"samples": self.samples, "top1": self.top1, "top5": self.top5, "loss": self.loss}
 
     @property
     def headline(self) -> float:
@@ -58,30 +50,14 @@ class EvalResult:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss}
 
 
-def evaluate(
-    model: nn.Module,
-    data: Dataset,
-    *,
-    batch_size: int = 256,
-    device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    keep_predictions: bool = False,
-) -> EvalResult:
+def evaluate(model: nn.Module, data: Dataset, **options: Unpack[PassOptions]) -> EvalResult:
     """Evaluate ``model`` on ``data`` in eval mode and return accuracy, loss and throughput.
 
     The model is moved to ``device`` in place (as :meth:`nn.Module.to` does) and each module's
     train/eval mode is restored afterwards. ``progress(done, total)`` is called after each batch.
     Raises :class:`DataError` when the model predicts fewer classes than the data has.
     """
-    passed, figures = run_pass(
-        model,
-        data,
-        _Top1Scorer(data),
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        keep_predictions=keep_predictions,
-    )
+    passed, figures = run_pass(model, data, _Top1Scorer(data), **options)
     total, loss, hits5 = passed.samples, figures["loss"], figures["hits5"]
     if not math.isfinite(loss):  # accuracy of NaN logits means nothing; JSON cannot hold NaN
         raise InputError(

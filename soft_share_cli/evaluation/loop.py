@@ -13,13 +13,27 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class PassOptions(TypedDict, total=False):
+    """How a pass runs (every evaluation takes these): ``batch_size`` (256), ``device``
+    ("cpu"), ``progress(done, total)`` after each batch (None), ``keep_predictions`` (False:
+    keep each sample's argmax, for agreement checks between networks)."""
+
+    batch_size: int
+    device: str
+    progress: Callable[[int, int], None] | None
+    keep_predictions: bool
 
 
 class Scorer(Protocol):
@@ -49,10 +63,27 @@ class Pass:
         return self.samples / self.seconds if self.seconds > 0 else float("inf")
 
 
-def timing(seconds: float, throughput: float) -> dict[str, float | None]:
-    """The ``timing`` part of a result's JSON: the wall-clock figures, which vary per run."""
-    # throughput is infinite when the clock saw no time pass; JSON cannot say that
-    return {"seconds": seconds, "throughput": throughput if math.isfinite(throughput) else None}
+class Measured:
+    """What an evaluation result of any kind shares: its JSON form, scores then ``timing``.
+
+    A result (a dataclass with ``seconds`` and ``throughput``) says what its scores are in
+    :meth:`scores`.
+    """
+
+    seconds: float  # wall time of the loop, including the final device sync
+    throughput: float  # samples / s
+
+    def scores(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
+
+        Everything outside ``timing`` is the same on every run over the same model and data.
+        """
+        # throughput is infinite when the clock saw no time pass; JSON cannot say that
+        finite = self.throughput if math.isfinite(self.throughput) else None
+        return {**self.scores(), "timing": {"seconds": self.seconds, "throughput": finite}}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -69,14 +100,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def run_pass(
-    model: nn.Module,
-    data: Dataset,
-    scorer: Scorer,
-    *,
-    batch_size: int,
-    device: str,
-    progress: Callable[[int, int], None] | None,
-    keep_predictions: bool,
+    model: nn.Module, data: Dataset, scorer: Scorer, **options: Unpack[PassOptions]
 ) -> tuple[Pass, dict[str, Any]]:
     """Run ``model`` over ``data`` in eval mode, scoring every batch with ``scorer``.
 
@@ -84,6 +108,13 @@ def run_pass(
     train/eval mode is restored afterwards. ``progress(done, total)`` is called after each batch.
     Returns the pass and the scorer's figures.
     """
+    unknown = sorted(set(options) - set(PassOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected evaluation option(s): {', '.join(unknown)}")
+    batch_size = options.get("batch_size", 256)
+    device = options.get("device", "cpu")
+    progress = options.get("progress")
+    keep_predictions = options.get("keep_predictions", False)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     total = len(data)

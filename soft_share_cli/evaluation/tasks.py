@@ -7,9 +7,9 @@ al.); per-pixel accuracy is reported next to it. Scored batch by batch in the lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,10 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.evaluation.loop import run_pass, timing
+from soft_share_cli.evaluation.loop import Measured, PassOptions, run_pass
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def is_task_data(data: Dataset) -> bool:
@@ -26,7 +29,7 @@ def is_task_data(data: Dataset) -> bool:
 
 
 @dataclass(frozen=True)
-class TaskEvalResult:
+class TaskEvalResult(Measured):
     """How well a network solves a task's instances."""
 
     samples: int
@@ -49,18 +52,13 @@ class TaskEvalResult:
         classifier's keys, ``top1`` holding the exact-solve rate (there is no top-5)."""
         return {"top1": self.exact, "top5": None, "loss": self.loss}
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field but ``predictions``; wall times under ``timing``.
-
-        Everything outside ``timing`` is the same on every run over the same model and data.
-        """
+    def scores(self) -> dict[str, Any]:
         return {
             "samples": self.samples,
             "exact": self.exact,
             "pixel_accuracy": self.pixel_accuracy,
             "loss": self.loss,
             "iterations": self.iterations,
-            "timing": timing(self.seconds, self.throughput),
         }
 
 
@@ -72,13 +70,7 @@ def loop_iterations(model: nn.Module) -> int | None:
 
 
 def evaluate_task(
-    model: nn.Module,
-    data: Dataset,
-    *,
-    batch_size: int = 256,
-    device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    keep_predictions: bool = False,
+    model: nn.Module, data: Dataset, **options: Unpack[PassOptions]
 ) -> TaskEvalResult:
     """Evaluate ``model`` on a per-pixel task in eval mode (mode restored afterwards).
 
@@ -87,15 +79,7 @@ def evaluate_task(
     """
     if not is_task_data(data):
         raise DataError(f"{data.name} has one label per image; task metrics need one per pixel")
-    passed, figures = run_pass(
-        model,
-        data,
-        _PixelScorer(data),
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        keep_predictions=keep_predictions,
-    )
+    passed, figures = run_pass(model, data, _PixelScorer(data), **options)
     pixels = data.y.numel()
     return TaskEvalResult(
         samples=passed.samples,

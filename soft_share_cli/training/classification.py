@@ -21,7 +21,16 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.training.fit import FitHooks, decay_groups, provenance, train_new
+from soft_share_cli.training.fit import (
+    EpochEnd,
+    FitHooks,
+    Tally,
+    Trained,
+    bank_kwargs,
+    decay_groups,
+    provenance,
+    train_new,
+)
 from soft_share_cli.training.regularizers import AlignMode
 
 if TYPE_CHECKING:
@@ -84,7 +93,7 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(Trained):
     """A trained model with what is needed to rebuild and describe it."""
 
     model: nn.Module = field(compare=False, repr=False)  # on config.device, in eval mode
@@ -94,32 +103,19 @@ class TrainResult:
     test_top1: float | None  # after the last epoch
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-python form without the model."""
-        return {
-            "arch": self.arch,
-            "arch_kwargs": dict(self.arch_kwargs),
-            "history": [asdict(record) for record in self.history],
-            "test_top1": self.test_top1,
-            "seconds": self.seconds,
-        }
-
 
 def arch_kwargs(config: TrainConfig, data: Dataset) -> dict[str, Any]:
     """Constructor arguments for ``config.arch``, with classes and channels taken from ``data``."""
     if config.arch not in TRAINABLE_ARCHITECTURES:
         known = ", ".join(TRAINABLE_ARCHITECTURES)
         raise InputError(f"cannot train architecture {config.arch!r} (trainable: {known})")
-    kwargs: dict[str, Any] = {"depth": config.depth, "width": config.width}
-    if config.arch == "swrn":
-        if config.num_templates is None:
-            raise InputError("swrn needs a number of templates per bank (--templates)")
-        kwargs["num_templates"] = config.num_templates
-    elif config.num_templates is not None:
-        raise InputError("wrn has no template banks; leave the number of templates unset")
-    kwargs["num_classes"] = data.num_classes
-    kwargs["in_channels"] = data.in_channels
-    return kwargs
+    return {
+        "depth": config.depth,
+        "width": config.width,
+        **bank_kwargs(config.arch, "swrn", config.num_templates),
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+    }
 
 
 def _check(config: TrainConfig, train_data: Dataset, test_data: Dataset | None) -> None:
@@ -252,46 +248,36 @@ class _ClassifierRecipe:
     def tally(self, device: torch.device) -> _Top1Tally:
         return _Top1Tally(device)
 
-    def test(self, model: nn.Module) -> float | None:
-        if self.test_data is None:
-            return None
+    def test(self, model: nn.Module) -> float:
         from soft_share_cli.evaluation.classification import evaluate
 
+        assert self.test_data is not None
         batch_size = max(self.config.batch_size, 256)
-        return evaluate(
-            model, self.test_data, batch_size=batch_size, device=self.config.device
-        ).top1
+        result = evaluate(model, self.test_data, batch_size=batch_size, device=self.config.device)
+        return result.top1
 
-    def record(
-        self, epoch: int, steps: int, lr: float, tally: Any, test: Any, penalty: float,
-        seconds: float,
-    ) -> EpochRecord:  # fmt: skip
+    def record(self, end: EpochEnd) -> EpochRecord:
         return EpochRecord(
-            epoch=epoch,
-            lr=lr,
-            train_loss=tally.mean_loss(),
-            train_top1=100.0 * float(tally.correct) / tally.samples,
-            test_top1=test,
-            align_penalty=penalty,
-            seconds=seconds,
+            epoch=end.epoch,
+            lr=end.lr,
+            train_loss=end.tally.mean_loss(),
+            train_top1=100.0 * float(end.tally.correct) / end.tally.samples,
+            test_top1=end.test,
+            align_penalty=end.penalty,
+            seconds=end.seconds,
         )
 
 
-class _Top1Tally:
+class _Top1Tally(Tally):
     """Loss and top-1 hits of an epoch, summed on the device."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
+        super().__init__(device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.samples = 0
 
     def add(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
-        self.loss_sum += loss * len(y)
+        self.add_loss(loss, len(y))
         self.correct += (logits.argmax(dim=1) == y).sum()
-        self.samples += len(y)
-
-    def mean_loss(self) -> float:
-        return float(self.loss_sum) / self.samples
 
 
 def train(

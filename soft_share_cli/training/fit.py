@@ -52,6 +52,24 @@ class TrainState:
     seconds: float  # training time spent so far
 
 
+class Trained:
+    """What a trainer's result (a dataclass with ``model`` and ``history``) shares: its plain
+    form without the model, fields in order, epoch records as dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python form without the model."""
+        from dataclasses import asdict, fields
+
+        plain: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name == "history":
+                plain[f.name] = [asdict(record) for record in value]
+            elif f.name != "model":
+                plain[f.name] = dict(value) if isinstance(value, dict) else value
+        return plain
+
+
 class FitHooks(TypedDict, total=False):
     """What a caller may hand a trainer (and :func:`fit`) to watch or continue a run."""
 
@@ -61,12 +79,26 @@ class FitHooks(TypedDict, total=False):
     resume: TrainState | None  # an interrupted run of the same config and data, to go on from
 
 
-class Tally(Protocol):
-    """An epoch's running statistics, kept on the device (one sync per epoch)."""
+class Tally:
+    """An epoch's running statistics, kept on the device (one sync per epoch).
 
-    def add(self, logits: Tensor, y: Tensor, loss: Tensor) -> None: ...
+    This base sums the loss (in ``dtype``) and counts samples; a recipe's tally adds its hits
+    in :meth:`add` and calls :meth:`add_loss`.
+    """
 
-    def mean_loss(self) -> float: ...
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        self.loss_sum = torch.zeros((), device=device, dtype=dtype)
+        self.samples = 0
+
+    def add_loss(self, loss: Tensor, samples: int) -> None:
+        self.loss_sum += loss.to(self.loss_sum.dtype) * samples
+        self.samples += samples
+
+    def add(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
+        self.add_loss(loss, len(y))
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / self.samples
 
 
 class RunConfig(Protocol):
@@ -118,18 +150,33 @@ class Recipe(Protocol):
         """After ``backward``, before the optimizer steps (gradient clipping)."""
         ...
 
+    @property
+    def test_data(self) -> Any:
+        """The data the model is measured on after every epoch (None: not measured)."""
+        ...
+
     def tally(self, device: torch.device) -> Tally: ...
 
     def test(self, model: nn.Module) -> Any:
-        """The model (in train mode) measured on the test data; None without test data."""
+        """The model (in train mode) measured on ``test_data`` (which is not None)."""
         ...
 
-    def record(
-        self, epoch: int, steps: int, lr: float, tally: Tally, test: Any, penalty: float,
-        seconds: float,
-    ) -> Any:  # fmt: skip
-        """The epoch's record, a frozen dataclass."""
+    def record(self, end: EpochEnd) -> Any:
+        """The epoch's record (a frozen dataclass) from what :func:`fit` measured."""
         ...
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What :func:`fit` knows when an epoch ends, for the recipe's record of it."""
+
+    epoch: int  # from 1
+    steps: int  # optimizer steps so far
+    lr: float  # of the epoch's last step
+    tally: Any  # the recipe's Tally of the epoch
+    test: Any  # Recipe.test's measurement, None without test data
+    penalty: float  # the alignment penalty after the epoch
+    seconds: float  # the epoch's wall time
 
 
 def fit(
@@ -208,11 +255,11 @@ def fit(
             train_loss = tally.mean_loss()
             if not math.isfinite(train_loss):
                 raise InputError(f"training diverged (loss {train_loss}) in {stage}; lower --lr")
-            test = recipe.test(model)
+            test = None if recipe.test_data is None else recipe.test(model)
             with torch.no_grad():
                 penalty = float(penalty_of())
             seconds = time.perf_counter() - epoch_start
-            record = recipe.record(epoch, step, lr, tally, test, penalty, seconds)
+            record = recipe.record(EpochEnd(epoch, step, lr, tally, test, penalty, seconds))
             history.append(record)
             if on_state is not None:
                 on_state(
@@ -318,6 +365,18 @@ def train_new(
         **hooks,
     )
     return model, history, seconds
+
+
+def bank_kwargs(arch: str, shared: str, num_templates: int | None) -> dict[str, Any]:
+    """``{"num_templates": K}`` for the soft-shared architecture ``shared``, ``{}`` for its
+    plain twin; InputError when K is missing for the one or given to the other."""
+    if arch == shared:
+        if num_templates is None:
+            raise InputError(f"{arch} needs a number of templates per bank (--templates)")
+        return {"num_templates": num_templates}
+    if num_templates is not None:
+        raise InputError(f"{arch} has no template banks; leave the number of templates unset")
+    return {}
 
 
 def provenance(config: Any, command: str | None, seconds: float) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.training.fit import FitHooks, decay_groups, provenance, train_new
+from soft_share_cli.training import fit
 from soft_share_cli.training.regularizers import AlignMode
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class TaskEpochRecord:
 
 
 @dataclass(frozen=True)
-class TaskTrainResult:
+class TaskTrainResult(fit.Trained):
     """A trained task network with what is needed to rebuild and describe it."""
 
     model: nn.Module = field(compare=False, repr=False)  # eval mode
@@ -93,14 +93,6 @@ class TaskTrainResult:
     def test_exact(self) -> float | None:
         return self.history[-1].test_exact if self.history else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "arch": self.arch,
-            "arch_kwargs": dict(self.arch_kwargs),
-            "history": [asdict(r) for r in self.history],
-            "seconds": self.seconds,
-        }
-
 
 def task_arch_kwargs(config: TaskTrainConfig, data: Dataset) -> dict[str, Any]:
     """Constructor arguments for ``config.arch``, with classes and channels from ``data``."""
@@ -109,16 +101,14 @@ def task_arch_kwargs(config: TaskTrainConfig, data: Dataset) -> dict[str, Any]:
             f"task data needs a fully convolutional network: --arch sfcn (shared) or fcn "
             f"(plain), not {config.arch!r}"
         )
-    kwargs: dict[str, Any] = {"blocks": config.blocks, "width": config.width}
-    if config.arch == "sfcn":
-        if config.num_templates is None:
-            raise InputError("sfcn needs a number of templates (--templates)")
-        kwargs["num_templates"] = config.num_templates
-    elif config.num_templates is not None:
-        raise InputError("fcn has no template bank; leave the number of templates unset")
-    kwargs.update(num_classes=data.num_classes, in_channels=data.in_channels)
-    kwargs["recall"] = config.recall
-    return kwargs
+    return {
+        "blocks": config.blocks,
+        "width": config.width,
+        **fit.bank_kwargs(config.arch, "sfcn", config.num_templates),
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "recall": config.recall,
+    }
 
 
 def _check(config: TaskTrainConfig, train_data: Dataset) -> None:
@@ -157,7 +147,7 @@ def step_lr(config: TaskTrainConfig, step: int, steps_per_epoch: int) -> float:
 def make_task_optimizer(model: nn.Module, config: TaskTrainConfig) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on every parameter but the coefficients (the paper's
     exemption, :func:`~soft_share_cli.training.fit.decay_groups`)."""
-    return torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr)
+    return torch.optim.AdamW(fit.decay_groups(model, config.weight_decay), lr=config.lr)
 
 
 @dataclass
@@ -190,56 +180,49 @@ class _TaskRecipe:
         return _PixelTally(device)
 
     def test(self, model: nn.Module) -> Any:
-        if self.test_data is None:
-            return None
         from soft_share_cli.evaluation.tasks import evaluate_task
 
+        assert self.test_data is not None
         return evaluate_task(model, self.test_data, device=self.config.device)
 
-    def record(
-        self, epoch: int, steps: int, lr: float, tally: Any, test: Any, penalty: float,
-        seconds: float,
-    ) -> TaskEpochRecord:  # fmt: skip
+    def record(self, end: fit.EpochEnd) -> TaskEpochRecord:
+        tally, test = end.tally, end.test
         return TaskEpochRecord(
-            epoch=epoch,
-            steps=steps,
-            lr=lr,
+            epoch=end.epoch,
+            steps=end.steps,
+            lr=end.lr,
             train_loss=tally.mean_loss(),
             train_pixel_accuracy=100.0 * float(tally.pixel_hits) / tally.pixels,
             train_exact=100.0 * float(tally.solved) / tally.samples,
             test_pixel_accuracy=None if test is None else test.pixel_accuracy,
             test_exact=None if test is None else test.exact,
-            align_penalty=penalty,
-            seconds=seconds,
+            align_penalty=end.penalty,
+            seconds=end.seconds,
         )
 
 
-class _PixelTally:
+class _PixelTally(fit.Tally):
     """Loss, right pixels and instances solved exactly in an epoch, summed on the device."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        super().__init__(device, torch.float64)
         self.pixel_hits = torch.zeros((), device=device, dtype=torch.long)
         self.solved = torch.zeros((), device=device, dtype=torch.long)
-        self.samples = self.pixels = 0
+        self.pixels = 0
 
     def add(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         right = logits.argmax(dim=1) == y
-        self.loss_sum += loss.double() * len(y)
+        self.add_loss(loss, len(y))
         self.pixel_hits += right.sum()
         self.solved += right.flatten(1).all(dim=1).sum()
-        self.samples += len(y)
         self.pixels += y.numel()
-
-    def mean_loss(self) -> float:
-        return float(self.loss_sum) / self.samples
 
 
 def train_task(
     config: TaskTrainConfig,
     train_data: Dataset,
     test_data: Dataset | None = None,
-    **hooks: Unpack[FitHooks],
+    **hooks: Unpack[fit.FitHooks],
 ) -> TaskTrainResult:
     """Train ``config.arch`` from scratch on a per-pixel task; deterministic on the CPU.
 
@@ -252,7 +235,7 @@ def train_task(
     """
     _check(config, train_data)
     kwargs = task_arch_kwargs(config, train_data)
-    model, history, seconds = train_new(
+    model, history, seconds = fit.train_new(
         _TaskRecipe(config, test_data),
         config,
         kwargs,
@@ -310,5 +293,5 @@ def task_checkpoint_metadata(
             "train_exact_95": steps_to(history, "train_exact", 95.0),
             "train_pixel_accuracy_95": steps_to(history, "train_pixel_accuracy", 95.0),
         },
-        **provenance(config, command, result.seconds),
+        **fit.provenance(config, command, result.seconds),
     }
