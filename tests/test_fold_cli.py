@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from soft_share_cli.folding.materialize import LoopedBlock
 from soft_share_cli.folding.swrn import load_folded
+from soft_share_cli.folding.swrn_blocks import LoopedBlock
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 ALIGNED = str(SAMPLES / "swrn28-1-4_digits_align.pt")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import soft_share_cli.folding.materialize as mat
+import soft_share_cli.folding.swrn_blocks as mat
 from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.banks import find_banks
 from soft_share_cli.analysis.plan import Absorb, BankFold, LayerFold, parameter_counts
@@ -148,7 +148,7 @@ def test_shared_layers_use_one_weight_per_cluster(
         used.append(weight.data_ptr())
         return F.conv2d(x, weight, **kwargs)
 
-    # Only the looped blocks call materialize's F; the stem and first blocks are nn.Conv2d.
+    # Only the looped blocks call swrn_blocks' F; the stem and first blocks are nn.Conv2d.
     monkeypatch.setattr(mat, "F", SimpleNamespace(conv2d=spy, relu=F.relu))
     calls: list[int] = []
     for block in folded.modules():

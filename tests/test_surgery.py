@@ -16,6 +16,7 @@ from torch import nn
 from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.plan import Absorb, parameter_counts, plan_bank
 from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
+from soft_share_cli.folding.bank import FoldedBank
 from soft_share_cli.folding.surgery import (
     fold_user_model,
     load_folded_user_model,
@@ -23,7 +24,7 @@ from soft_share_cli.folding.surgery import (
     save_folded_user_model,
     user_fold_program,
 )
-from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
+from soft_share_cli.folding.tied import TiedConv2d
 from soft_share_cli.models.layers import SConv2d, TemplateBank
 from soft_share_cli.models.params import count_state_dict_parameters
 from soft_share_cli.models.user import build_user_model, load_factory
@@ -158,8 +159,8 @@ def test_parallel_layers_fold_exactly_into_one_weight(user_file: Path) -> None:
     model = _readme_net(user_file, [[1, 2, 3], [-2.5, -5, -7.5], [0.3, 0.6, 0.9]])
     folded, plans, _ = _fold(model)
     _assert_same_outputs(model, folded)
-    shared = [m for m in folded.modules() if isinstance(m, SharedWeights)]
-    assert len(shared) == 1 and shared[0].stores_weights
+    shared = [m for m in folded.modules() if isinstance(m, FoldedBank)]
+    assert len(shared) == 1 and shared[0].storage == "weights"
     assert shared[0].weights.shape == (1, 10, 10, 3, 3)
     tied = [m for m in folded.modules() if isinstance(m, TiedConv2d)]
     assert len(tied) == 3 and all(t.shared is shared[0] for t in tied)
@@ -178,7 +179,7 @@ def test_two_clusters_give_two_weights(user_file: Path) -> None:
     folded, plans, _ = _fold(model)
     assert plans["bank"].clusters == ((0, 2), (1,))
     _assert_same_outputs(model, folded)
-    (shared,) = [m for m in folded.modules() if isinstance(m, SharedWeights)]
+    (shared,) = [m for m in folded.modules() if isinstance(m, FoldedBank)]
     assert shared.weights.shape[0] == 2
     assert not torch.allclose(shared.weight(0), shared.weight(1))
     assert [t.cluster for t in folded.modules() if isinstance(t, TiedConv2d)] == [0, 1, 0]
@@ -190,17 +191,17 @@ def test_templates_storage_when_it_is_smaller(user_file: Path) -> None:
     model = _readme_net(user_file, [[1, 0], [1, 1], [0.5, -2]], factory="two_templates")
     folded, plans, _ = _fold(model)
     assert len(plans["bank"].clusters) == 3 and not plans["bank"].stores_weights
-    (shared,) = [m for m in folded.modules() if isinstance(m, SharedWeights)]
+    (shared,) = [m for m in folded.modules() if isinstance(m, FoldedBank)]
     assert set(dict(shared.named_parameters())) == {"templates", "directions"}
     assert shared.directions.shape == (3, 2)
     _assert_same_outputs(model, folded)
     _assert_planned_count(model, folded, plans)
-    # eval mode without gradients caches the stack; a parameter update must invalidate it
+    # without gradients the weights are cached; a parameter update must invalidate them
     with torch.no_grad():
-        first = shared.stack()
-        assert shared.stack() is first
+        first = shared.weight(0)
+        assert shared.weight(0) is first
         shared.directions.mul_(2.0)
-        torch.testing.assert_close(shared.stack(), 2.0 * first)
+        torch.testing.assert_close(shared.weight(0), 2.0 * first)
 
 
 TWO_BANKS = textwrap.dedent(

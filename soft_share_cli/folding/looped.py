@@ -2,7 +2,7 @@
 
 :func:`fold_sfcn` turns a trained :class:`~soft_share_cli.models.recurrent.SFCN` and the fold
 plan of its one bank (:func:`soft_share_cli.analysis.plan.plan_bank`) into a :class:`LoopedFCN`: the
-distinct weights are stored once (:class:`~soft_share_cli.folding.materialize.FoldedBank`), runs of
+distinct weights are stored once (:class:`~soft_share_cli.folding.bank.FoldedBank`), runs of
 consecutive blocks whose two convs fall in the same clusters become :class:`LoopSegment`\\ s,
 and a Python ``for`` loop runs each. Every layer's least-squares scale stays an explicit gain
 (there is no BatchNorm to absorb it), one per conv and iteration, so with exactly parallel
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.analysis.plan import BankFold
 from soft_share_cli.errors import CheckpointError
-from soft_share_cli.folding.materialize import STORAGES, FoldedBank
+from soft_share_cli.folding.bank import STORAGES, FoldedBank
 from soft_share_cli.limits import (
     MAX_CHANNELS,
     MAX_CLASSES,
@@ -265,7 +265,7 @@ def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
     """A soft-shared view of ``looped`` for ``ssc analyze``.
 
     ``bank.templates`` holds what the bank stores as templates
-    (:meth:`~soft_share_cli.folding.materialize.FoldedBank.view_templates`: its K templates or its C
+    (:meth:`~soft_share_cli.folding.bank.FoldedBank.view_templates`: its K templates or its C
     distinct weights); block ``b``'s convs keep their original names with
     ``body.<b>.conv<r>.coefficients``: their cluster's direction times their gain.
     """

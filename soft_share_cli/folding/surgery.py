@@ -4,7 +4,8 @@ ssc cannot know how an arbitrary network wires its layers, so it does not rewrit
 pass: it rebuilds the network with the user's factory and swaps modules. Every shared conv
 (``SConv2d``, or any module with ``bank``, ``coefficients``, ``stride`` and ``padding`` that
 computes ``conv2d(x, bank(coefficients))``) of a planned bank becomes a :class:`TiedConv2d`
-drawing cluster ``c``'s weight from one :class:`SharedWeights` per bank, times a gain of its own.
+drawing cluster ``c``'s weight from one :class:`~soft_share_cli.folding.bank.FoldedBank` per
+bank, times a gain of its own.
 Every scale stays an explicit gain: in an unknown network nothing says which BatchNorm could
 absorb it, so plans must be made with ``plan_bank(..., state_dict=None)``.
 
@@ -32,7 +33,8 @@ from soft_share_cli import limits
 from soft_share_cli.analysis.banks import Bank
 from soft_share_cli.analysis.plan import Absorb, BankFold
 from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
-from soft_share_cli.folding.tied import SharedWeights, TiedConv2d
+from soft_share_cli.folding.bank import FoldedBank
+from soft_share_cli.folding.tied import TiedConv2d
 from soft_share_cli.models.builder import load_state_dict_checked
 from soft_share_cli.models.user import _first_line, load_factory
 
@@ -96,7 +98,7 @@ def _bank_module(model: nn.Module, sk: _Skeleton) -> tuple[nn.Module, Tensor]:
 def _operate(
     model: nn.Module,
     skeletons: Sequence[_Skeleton],
-    make_shared: Callable[[_Skeleton, Tensor], SharedWeights],
+    make_shared: Callable[[_Skeleton, Tensor], FoldedBank],
 ) -> nn.Module:
     """Replace the planned layers of ``model`` in place and drop the banks they used."""
     doomed: dict[int, str] = {}  # id(TemplateBank module) -> bank name
@@ -156,7 +158,7 @@ def fold_user_model(
     skeletons = [_skeleton(plan, by_name[name]) for name, plan in plans.items()]
     directions = {name: plan.directions for name, plan in plans.items()}
 
-    def materialise(sk: _Skeleton, templates: Tensor) -> SharedWeights:
+    def materialise(sk: _Skeleton, templates: Tensor) -> FoldedBank:
         t = templates.detach()
         u = torch.as_tensor(np.asarray(directions[sk.name]), dtype=torch.float64, device=t.device)
         if u.shape != (sk.num_clusters, t.shape[0]):
@@ -165,8 +167,8 @@ def fold_user_model(
                 f"{t.shape[0]} templates"
             )
         if sk.stores_weights:  # summed in float64, so exact folds stay exact after rounding
-            return SharedWeights(weights=torch.tensordot(u, t.double(), dims=1).to(t.dtype))
-        return SharedWeights(templates=t.clone(), directions=u.to(t.dtype))
+            return FoldedBank.holding(weights=torch.tensordot(u, t.double(), dims=1).to(t.dtype))
+        return FoldedBank.holding(templates=t.clone(), directions=u.to(t.dtype))
 
     return _operate(copy.deepcopy(model), skeletons, materialise)
 
@@ -266,8 +268,10 @@ def _stored_rows(
             f"bank {sk.name}: the program declares {sk.num_clusters} clusters but {key} holds "
             f"{rows if rows is not None else 'a scalar'}"
         )
-    if templates is not None and not sk.stores_weights and stored.shape[1:] != (
-        templates.shape[0],
+    if (
+        templates is not None
+        and not sk.stores_weights
+        and stored.shape[1:] != (templates.shape[0],)
     ):
         raise CheckpointError(
             f"bank {sk.name}: {key} is {tuple(stored.shape)}, not ({sk.num_clusters}, "
@@ -281,12 +285,12 @@ def rebuild_folded_user_model(
     """``factory()`` with the program's surgery replayed and the folded weights loaded, eval."""
     skeletons = _skeletons_from_program(program)
 
-    def empty(sk: _Skeleton, templates: Tensor) -> SharedWeights:
+    def empty(sk: _Skeleton, templates: Tensor) -> FoldedBank:
         _stored_rows(state_dict, sk, templates)  # before a tensor of that many rows is made
         k, c = templates.shape[0], sk.num_clusters
         if sk.stores_weights:  # values come from the state dict below
-            return SharedWeights(weights=templates.new_zeros((c, *templates.shape[1:])))
-        return SharedWeights(
+            return FoldedBank.holding(weights=templates.new_zeros((c, *templates.shape[1:])))
+        return FoldedBank.holding(
             templates=torch.zeros_like(templates), directions=templates.new_zeros((c, k))
         )
 

@@ -5,7 +5,7 @@ a :class:`FoldedSWRN`, an eager module whose shared blocks are :class:`LoopedBlo
 pre-activation block executed ``iterations`` times by a Python ``for`` loop with a BatchNorm pair
 per iteration (torch.fx and torch.export would unroll such a loop; an eager module keeps it).
 Layer scales go into those BatchNorms where that is exact and stay explicit gains where it is not
-(:func:`soft_share_cli.folding.materialize.place_scales`). The structure is a JSON *program*
+(:func:`soft_share_cli.folding.swrn_blocks.place_scales`). The structure is a JSON *program*
 (:mod:`soft_share_cli.folding.swrn_program`), so a folded file is safetensors weights plus that
 program (:func:`save_folded`, :func:`load_folded`; its header:
 :mod:`soft_share_cli.checkpoints.folded_header`): no pickle, nothing to execute.
@@ -24,14 +24,9 @@ from torch import Tensor, nn
 from soft_share_cli.analysis.plan import BankFold
 from soft_share_cli.checkpoints.folded_header import FORMAT_NAME, FORMAT_VERSION
 from soft_share_cli.errors import CheckpointError
-from soft_share_cli.folding.materialize import (
-    COPIED,
-    FoldedBank,
-    LoopedBlock,
-    folded_state_dict_view,
-    materialize,
-    place_scales,
-)
+from soft_share_cli.folding.bank import FoldedBank
+from soft_share_cli.folding.materialize import COPIED, folded_state_dict_view, materialize
+from soft_share_cli.folding.swrn_blocks import LoopedBlock, place_scales
 from soft_share_cli.folding.swrn_program import check_program, swrn_program
 from soft_share_cli.models.builder import build_checked
 from soft_share_cli.models.layers import allocate

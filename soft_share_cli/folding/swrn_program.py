@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from soft_share_cli.analysis.plan import Absorb, BankFold, LayerFold
-from soft_share_cli.folding.materialize import STORAGES
+from soft_share_cli.folding.bank import STORAGES
 from soft_share_cli.limits import (
     MAX_CHANNELS,
     MAX_CLASSES,
