@@ -22,6 +22,7 @@ from soft_share_cli.models.builder import rebuild_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ROOT / "sample_checkpoints" / "swrn28-1-4_digits.pt"
+ALIGNED = ROOT / "sample_checkpoints" / "swrn28-1-4_digits_align.pt"
 MAZE = ROOT / "sample_checkpoints" / "tasks" / "maze_shared.pt"
 
 
@@ -115,6 +116,25 @@ def test_a_folded_file_folds_again_like_its_original(ssc, folds, tmp_path):
     # and the re-folded file is what it says: it stores the reported count
     stored = ssc("info", str(tmp_path / "again.safetensors"), "--json").json()
     assert stored["unique_parameters"] == a["params"]["folded"]
+
+
+def test_stored_distinct_weights_fold_again_by_their_weights(ssc, tmp_path):
+    """A bank stored as its C distinct weights is seen with one-hot directions: only the weight
+    metric can merge them, and then the re-fold is the fold of the original."""
+    first = tmp_path / "aligned.safetensors"
+    assert ssc("fold", str(ALIGNED), "-o", str(first)).code == 0
+    banks = ssc("fold", str(first), "-o", str(tmp_path / "x.safetensors"), "--threshold", "0.3")
+    assert banks.code == 2 and "--metric weight" in banks.err
+    runs = [
+        ssc("fold", str(source), "-o", str(tmp_path / f"{name}.safetensors"), "--threshold", "0.0",
+            "--metric", "weight", "--json")
+        for name, source in (("again", first), ("direct", ALIGNED))
+    ]  # fmt: skip
+    assert all(run.code == 0 for run in runs), [run.err for run in runs]
+    again, direct = (run.json() for run in runs)
+    assert again["params"]["folded"] == direct["params"]["folded"]
+    assert again["params"]["folded"] < again["params"]["checkpoint_unique"]
+    assert again["loops"] == direct["loops"]
 
 
 def test_the_same_threshold_saves_nothing_and_writes_nothing(ssc, folds, tmp_path):

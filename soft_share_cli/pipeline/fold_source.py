@@ -76,7 +76,8 @@ class FoldSource:
         return (
             f"{self.ckpt.path}: already folded at this threshold: a re-fold would store "
             f"{fold.counts.folded:,} parameters, the file stores {self.stored:,}; nothing was "
-            "written (a lower --threshold merges more)"
+            "written (a lower --threshold merges more; distinct weights that a bank stores as "
+            "such merge only under --metric weight)"
         )
 
     @property
