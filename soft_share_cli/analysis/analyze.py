@@ -1,4 +1,4 @@
-"""``ssc analyze``: banks, similarity, clusters, loops and parameter counts of a checkpoint."""
+"""The analysis of a state dict: banks, similarity, clusters, loops and parameter counts.
 
 from __future__ import annotations
 

@@ -14,10 +14,9 @@ if TYPE_CHECKING:
     from soft_share_cli.training.classification import TrainConfig
     from soft_share_cli.training.tasks import TaskTrainConfig
 
-CLASSIFIER_ARCHS = ("swrn", "wrn")  # image classifiers: depth, width; SGD
-TASK_ARCHS = ("sfcn", "fcn")  # fully convolutional networks for the per-pixel tasks; Adam
-ARCHS = (*CLASSIFIER_ARCHS, *TASK_ARCHS)
-SHARED_ARCHS = ("swrn", "sfcn")  # soft-shared: these take a number of templates
+from soft_share_cli.models.names import CLASSIFIERS, SOFT_SHARED, TASK_NETWORKS
+
+ARCHS = (*CLASSIFIERS, *TASK_NETWORKS)  # classifiers: depth, width, SGD; task networks: Adam
 DEFAULT_LR = {"classifier": 0.1, "task": 0.002}  # peak learning rate when --lr is not given
 
 
@@ -51,7 +50,7 @@ def train_config(
 
     common = {
         "arch": arch,
-        "num_templates": templates if arch in SHARED_ARCHS else None,
+        "num_templates": templates if arch in SOFT_SHARED else None,
         "epochs": epochs,
         "batch_size": batch_size,
         "weight_decay": weight_decay,
@@ -60,7 +59,7 @@ def train_config(
         "seed": seed,
         "device": device,
     }
-    if arch in TASK_ARCHS:
+    if arch in TASK_NETWORKS:
         from soft_share_cli.errors import InputError
         from soft_share_cli.training.tasks import TaskTrainConfig
 

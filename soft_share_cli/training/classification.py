@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.models.names import CLASSIFIERS
 from soft_share_cli.training.fit import (
     EpochEnd,
     FitHooks,
@@ -36,7 +37,7 @@ from soft_share_cli.training.regularizers import AlignMode
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-TRAINABLE_ARCHITECTURES = ("swrn", "wrn")
+TRAINABLE_ARCHITECTURES = CLASSIFIERS
 
 
 class Schedule(str, enum.Enum):

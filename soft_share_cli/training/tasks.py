@@ -26,13 +26,14 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.models.names import TASK_NETWORKS
 from soft_share_cli.training import fit
 from soft_share_cli.training.regularizers import AlignMode
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-TASK_ARCHITECTURES = ("sfcn", "fcn")
+TASK_ARCHITECTURES = TASK_NETWORKS
 
 
 @dataclass(frozen=True)
