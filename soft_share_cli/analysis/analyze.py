@@ -1,4 +1,6 @@
-"""The analysis of a state dict: banks, similarity, clusters, loops and parameter counts.
+"""The analysis of a state dict: banks, similarity, clusters, loops and parameter counts
+
+(a file of any kind goes through :func:`soft_share_cli.pipeline.analyze.analyze_checkpoint`)."""
 
 from __future__ import annotations
 
