@@ -74,6 +74,28 @@ def test_load_folded_loads_every_kind(folds, kind):
     assert (a - b).abs().max().item() < tolerance * max(1.0, a.abs().max().item())
 
 
+def test_load_folded_takes_the_factory_itself(folds):
+    """From Python, the callable that builds the network serves as well as its spec."""
+    from soft_share_cli.models.user import load_factory
+
+    folded, source, spec = folds["user"]
+    factory = load_factory(spec)  # the user's own class, imported as a user would
+    by_spec = soft_share_cli.load_folded(folded, model=spec)
+    by_callable = soft_share_cli.load_folded(folded, model=factory)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(by_callable(x), by_spec(x), rtol=0, atol=0)
+    assert not by_callable.training
+
+    def not_a_network() -> object:
+        return "a string"
+
+    from soft_share_cli.errors import InputError
+
+    with pytest.raises(InputError, match="not a torch.nn.Module"):
+        soft_share_cli.load_folded(folded, model=not_a_network)
+
+
 def test_load_folded_of_a_user_fold_needs_the_model(folds):
     from soft_share_cli.errors import InputError
 

@@ -46,7 +46,7 @@ class FoldedKind:
 
     program_format: str
     needs_model: bool
-    load: Callable[[str | os.PathLike[str], str | None], nn.Module]
+    load: Callable[[str | os.PathLike[str], Any], nn.Module]
     view: Callable[[LoadedCheckpoint, dict[str, Any]], FoldedView]
 
 
@@ -75,7 +75,7 @@ def _looped_view(network: nn.Module) -> dict[str, Tensor]:
 
 
 def _rebuilt_view(
-    load: Callable[[str | os.PathLike[str], str | None], nn.Module],
+    load: Callable[[str | os.PathLike[str], Any], nn.Module],
     view_of: Callable[[nn.Module], dict[str, Tensor]],
 ) -> Callable[[LoadedCheckpoint, dict[str, Any]], FoldedView]:
     """The view of a kind that rebuilds without user code: load it, view it, count it."""
@@ -90,7 +90,7 @@ def _rebuilt_view(
     return view
 
 
-def _load_user(path: str | os.PathLike[str], model: str | None) -> nn.Module:
+def _load_user(path: str | os.PathLike[str], model: Any) -> nn.Module:
     from soft_share_cli.folding.surgery import load_folded_user_model
 
     if model is None:
@@ -146,13 +146,14 @@ def kind_of(ckpt: LoadedCheckpoint) -> tuple[FoldedKind, dict[str, Any]] | None:
     return kind, program
 
 
-def load_folded(path: str | os.PathLike[str], model: str | None = None) -> nn.Module:
+def load_folded(path: str | os.PathLike[str], model: Any = None) -> nn.Module:
     """Load any folded file ssc writes, in eval mode.
 
     Args:
         path: a file written by ``ssc fold`` (or the library's savers).
         model: for folds of your own network, the ``module:callable`` (or ``path.py:callable``)
-            that builds it, as given to ``ssc fold --model``; ignored for SWRN and FCN folds.
+            that builds it, as given to ``ssc fold --model``, or that callable itself; ignored
+            for SWRN and FCN folds.
 
     Raises:
         CheckpointError: the file is not a folded file, or is malformed.

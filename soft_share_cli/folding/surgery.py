@@ -280,7 +280,7 @@ def _stored_rows(
 
 
 def rebuild_folded_user_model(
-    spec: str, program: Mapping[str, Any], state_dict: Mapping[str, Tensor]
+    spec: Any, program: Mapping[str, Any], state_dict: Mapping[str, Tensor]
 ) -> nn.Module:
     """``factory()`` with the program's surgery replayed and the folded weights loaded, eval."""
     skeletons = _skeletons_from_program(program)
@@ -335,7 +335,7 @@ def save_folded_user_model(
     save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
 
 
-def load_folded_user_model(path: str | os.PathLike[str], spec: str) -> nn.Module:
+def load_folded_user_model(path: str | os.PathLike[str], spec: Any) -> nn.Module:
     """Rebuild a network saved by :func:`save_folded_user_model` with the factory ``spec``."""
     from soft_share_cli.checkpoints.load import load_checkpoint
 

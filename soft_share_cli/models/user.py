@@ -58,8 +58,9 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """The network factory named by ``spec``: ``package.module:callable`` or ``file.py:callable``.
+def load_factory(spec: str | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """The network factory named by ``spec``: ``package.module:callable`` or ``file.py:callable``
+    (or the callable itself, from Python).
 
     This imports and runs the user's OWN code: that is what naming a factory (``--model``)
     explicitly asks for. Checkpoints themselves are still never allowed to execute code. The
@@ -67,6 +68,8 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     call, and ``sys.path`` is restored afterwards. The returned callable checks that the factory
     returns an ``nn.Module``. Every failure is an :class:`InputError` with one line.
     """
+    if callable(spec):
+        return _checked(spec, getattr(spec, "__qualname__", type(spec).__name__), [])
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise InputError(
@@ -93,7 +96,11 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         raise InputError(
             f"model factory {spec!r}: {attr!r} is a {type(target).__name__}, not a callable"
         )
-    factory = target
+    return _checked(target, spec, extra)
+
+
+def _checked(factory: Callable[[], Any], spec: str, extra: list[str]) -> Callable[[], nn.Module]:
+    """``factory`` run with ``extra`` on ``sys.path``; its failures and non-modules refused."""
 
     def build() -> nn.Module:
         with _user_path(extra):
