@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from soft_share_cli.analysis.banks import Bank, BankIssue, find_banks
 from soft_share_cli.analysis.clustering import Clusters, Linkage, cluster_layers
@@ -15,7 +18,7 @@ from soft_share_cli.analysis.loops import Loop, find_loops, layer_letters, recur
 from soft_share_cli.analysis.plan import BankFold, ParameterCounts, parameter_counts, plan_bank
 from soft_share_cli.analysis.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
 from soft_share_cli.errors import InputError
-from soft_share_cli.models.params import count_state_dict_parameters
+from soft_share_cli.models.params import count_state_dict_parameters, repeated_layer_parameters
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -119,6 +122,81 @@ class Analysis:
         }
 
 
+_COEFFICIENT_LIKE = re.compile(r"coef|alpha|mix|lambda", re.IGNORECASE)
+
+
+def describe_unshared(state_dict: Mapping[str, Any], shown: int = 3) -> str:
+    """What a state dict with no usable template bank holds, in one line for an error message.
+
+    For instance ``"12 tensors, 5 conv/linear weights (1 hard-tied: one tensor under 4 keys),
+    coefficient-like tensors: a.alpha, b.alpha, no 5-d '...templates' bank"``.
+    """
+    from soft_share_cli.checkpoints import arrays
+    from soft_share_cli.models.params import is_layer_weight, storage_id
+
+    def listed(keys: list[str]) -> str:
+        more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    weights = [(k, v) for k, v in state_dict.items() if is_layer_weight(k, v)]
+    uses: dict[tuple[Any, ...], int] = {}
+    for _, v in weights:
+        uses[storage_id(v)] = uses.get(storage_id(v), 0) + 1
+    parts = [f"{len(state_dict)} tensors", f"{len(uses)} conv/linear weights"]
+    tied = [n for n in uses.values() if n > 1]
+    if tied:
+        one = f"one tensor under {tied[0]} keys" if len(tied) == 1 else f"{sum(tied)} keys in all"
+        parts[-1] += f" ({len(tied)} hard-tied: {one})"
+    like = [
+        k
+        for k, v in state_dict.items()
+        if _COEFFICIENT_LIKE.search(k.rsplit(".", 1)[-1]) and arrays.is_tensor(v)
+    ]
+    if like:
+        parts.append(f"coefficient-like tensors: {listed(like)}")
+    five = [k for k, v in state_dict.items() if arrays.is_tensor(v) and len(arrays.shape(v)) == 5]
+    if five:
+        parts.append(f"5-d tensors: {listed(five)}")
+    bank = find_banks(state_dict).banks
+    parts.append(
+        f"template banks no layer uses: {listed([b.name for b in bank])}"
+        if bank
+        else "no 5-d '...templates' bank"
+    )
+    return ", ".join(parts)
+
+
+def _roots(bank: Bank) -> list[int]:
+    """Per layer, the first layer of its coefficient storage (itself unless tied)."""
+    return [i if layer.tied_to is None else layer.tied_to for i, layer in enumerate(bank.layers)]
+
+
+def _tied_as_one(bank: Bank, similarity: BankSimilarity) -> BankSimilarity:
+    """Layers tied to one coefficient storage are one layer: their similarity is exactly 1."""
+    roots = _roots(bank)
+    if roots == list(range(len(roots))):
+        return similarity
+    matrix = np.array(similarity.matrix)
+    same = np.equal.outer(roots, roots)
+    matrix[same] = 1.0
+    matrix.flags.writeable = False
+    return replace(similarity, matrix=matrix)
+
+
+def _cluster(bank: Bank, magnitude: np.ndarray, options: AnalysisOptions) -> Clusters:
+    """Cluster one point per coefficient storage; tied layers join their storage's cluster."""
+    roots = _roots(bank)
+    distinct = sorted(set(roots))
+    grouped = cluster_layers(
+        magnitude[np.ix_(distinct, distinct)], options.threshold, Linkage(options.linkage)
+    )
+    cluster_of = {distinct[j]: c for c, members in enumerate(grouped) for j in members}
+    clusters: list[list[int]] = [[] for _ in grouped]
+    for i, r in enumerate(roots):
+        clusters[cluster_of[r]].append(i)
+    return tuple(tuple(c) for c in clusters)  # ordered by smallest member, as cluster_layers
+
+
 def analyze_state_dict(
     state_dict: Mapping[str, Tensor],
     options: AnalysisOptions = AnalysisOptions(),
@@ -138,9 +216,9 @@ def analyze_state_dict(
     metric = Metric(options.metric)
     results = []
     for bank in discovery.banks:
-        similarity = bank_similarity(bank, metric, options.signed)
+        similarity = _tied_as_one(bank, bank_similarity(bank, metric, options.signed))
         magnitude = abs(similarity.matrix) if options.signed else similarity.matrix
-        clusters = cluster_layers(magnitude, options.threshold, Linkage(options.linkage))
+        clusters = _cluster(bank, magnitude, options)
         names = [layer.name for layer in bank.layers]
         gram = gram_matrix(bank.templates) if metric is Metric.WEIGHT else None
         fold = plan_bank(bank, clusters, gram=gram, state_dict=state_dict)
@@ -160,7 +238,9 @@ def analyze_state_dict(
         banks = [(r.bank.name, [lay.name for lay in r.bank.layers], r.clusters) for r in used]
         graph = recurrence_graph(banks, order)
     counts = parameter_counts(
-        count_state_dict_parameters(state_dict), tuple(r.fold for r in results)
+        count_state_dict_parameters(state_dict),
+        tuple(r.fold for r in results),
+        repeated_layer_parameters(state_dict),
     )
     if stored_parameters is not None:
         counts = replace(counts, checkpoint_unique=stored_parameters)

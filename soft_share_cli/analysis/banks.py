@@ -2,7 +2,9 @@
 
 Works on any state dict, not only SWRN: a *bank* is a key whose last component is ``templates``
 holding a 5-d floating tensor ``(K, O, I, k, k)``; a *layer* is a key whose last component is
-``coefficients`` holding K numbers shaped ``(K,)`` or ``(K, 1, 1, 1, 1)``.
+``coefficients`` holding K numbers shaped ``(K,)`` or ``(K, 1, 1, 1, 1)``. Keys whose coefficients
+share one storage (one ``nn.Parameter`` given to several layers, or one module reused) are one
+layer per key, each tied to the first (:attr:`Layer.tied_to`): one vector, used several times.
 
 One bank usually appears under several keys, because every module that holds it registers it
 (``bank_1.templates``, ``stage_1.1.bank.templates``, ``stage_1.1.conv1.bank.templates``, ...).
@@ -29,6 +31,7 @@ import numpy as np
 from soft_share_cli.checkpoints import arrays
 from soft_share_cli.errors import InputError
 from soft_share_cli.limits import MAX_BANKS, MAX_LAYERS_PER_BANK, limit_error
+from soft_share_cli.models.params import storage_id
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -54,6 +57,7 @@ class Layer:
     key: str
     coefficients: np.ndarray = field(compare=False, repr=False)  # (K,) float64 copy: K numbers
     index: int = 0  # position in the bank, in state-dict order
+    tied_to: int | None = None  # index of the earlier layer whose coefficient storage this uses
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -201,12 +205,13 @@ def find_banks(state_dict: Mapping[str, Any]) -> BankDiscovery:
 
     banks = []
     for g, group in enumerate(groups):
-        layers = tuple(
-            Layer(_module(key), key, vector, index)
-            for index, (key, vector) in enumerate(members[g])
-        )
+        first: dict[tuple[Any, ...], int] = {}  # coefficient storage -> its first layer
+        layers = []
+        for index, (key, vector) in enumerate(members[g]):
+            tied = first.setdefault(storage_id(state_dict[key]), index)
+            layers.append(Layer(_module(key), key, vector, index, None if tied == index else tied))
         ordered = tuple(sorted(group.keys, key=position.__getitem__))  # merges append out of order
-        banks.append(Bank(names[g], ordered, group.tensor, layers))
+        banks.append(Bank(names[g], ordered, group.tensor, tuple(layers)))
         if not layers:
             message = f"bank {names[g]} has no layer using it; it is kept with no layers"
             issues.append(BankIssue("bank-without-layers", group.keys[0], message))
@@ -277,8 +282,7 @@ def _group_templates(
         if not _is_templates(key, tensor):
             continue
         alias = _looks_like_alias(key, layer_names)
-        # Empty tensors may share a null data pointer without being the same bank.
-        storage = arrays.storage_key(tensor) if arrays.numel(tensor) else ("empty", id(tensor))
+        storage = storage_id(tensor)  # empty tensors may share a null pointer: never the same
         if storage in by_storage:
             group = by_storage[storage]
             group.keys.append(key)

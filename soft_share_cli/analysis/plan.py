@@ -52,6 +52,7 @@ class LayerFold:
     scale: float  # s_i, sign kept
     residual: float  # ||a_i - s_i u|| / ||a_i|| in the fit's inner product (0 when exact)
     absorb: Absorb
+    tied_to: int | None = None  # the layer whose coefficient storage (and gain) this one shares
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,7 +83,12 @@ class BankFold:
 
     @property
     def gains(self) -> int:
-        return sum(layer.absorb is Absorb.GAIN for layer in self.layers)
+        """Explicit gains stored: layers tied to one coefficient storage share one."""
+        return sum(
+            layer.absorb is Absorb.GAIN
+            and (layer.tied_to is None or self.layers[layer.tied_to].absorb is not Absorb.GAIN)
+            for layer in self.layers
+        )
 
     @property
     def parameters(self) -> int:
@@ -94,13 +100,15 @@ class BankFold:
 
     @property
     def shared_parameters(self) -> int:
-        """What the soft-shared checkpoint stores for this bank: K templates, L coefficients."""
+        """What the soft-shared checkpoint stores for this bank: K templates, and K numbers per
+        coefficient storage (layers tied to one storage count once)."""
         k = self.num_templates
-        return k * self.weight_numel + len(self.layers) * k
+        storages = sum(layer.tied_to is None for layer in self.layers)
+        return k * self.weight_numel + storages * k
 
     @property
     def unshared_parameters(self) -> int:
-        """One full weight per layer, as in the equivalent plain CNN."""
+        """One full weight per layer (per use: tied layers each count), as in the plain CNN."""
         return len(self.layers) * self.weight_numel
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,8 +193,11 @@ def plan_bank(
     inner = (lambda x, y: float(x @ y)) if gram is None else (lambda x, y: float(x @ gram @ y))
     directions = np.zeros((len(clusters), bank.num_templates))
     folds: dict[int, LayerFold] = {}
+    tied = [layer.tied_to for layer in bank.layers]
     for c, members in enumerate(clusters):
-        u = _fit_direction(a[list(members)], root)
+        # Layers tied to one coefficient storage are one point of the fit, not several.
+        distinct = [i for i in members if tied[i] is None or tied[i] not in members]
+        u = _fit_direction(a[distinct], root)
         scales = np.array([inner(a[i], u) / inner(u, u) for i in members])
         names = [bank.layers[i].name for i in members]
         # The sign of u is free: take the one that leaves the fewest explicit gains.
@@ -200,18 +211,27 @@ def plan_bank(
             norm = np.sqrt(max(inner(a[i], a[i]), 0.0))
             residual = np.sqrt(max(inner(residual_vec, residual_vec), 0.0)) / norm if norm else 0.0
             residual = residual if residual > 1e-12 else 0.0  # rounding noise of an exact fit
-            folds[i] = LayerFold(name, c, float(s), float(residual), rule(name, float(s)))
+            absorb = rule(name, float(s))
+            folds[i] = LayerFold(name, c, float(s), float(residual), absorb, tied[i])
     layers = tuple(folds[i] for i in range(len(bank.layers)))
     return BankFold(bank.name, bank.num_templates, bank.weight_numel, clusters, directions, layers)
 
 
 @dataclass(frozen=True)
 class ParameterCounts:
-    """Parameters of the checkpoint, of its unshared equivalent, and after folding."""
+    """Parameters of the checkpoint, of its unshared equivalent, and after folding.
 
-    checkpoint_unique: int  # counted by storage: each shared tensor once
-    unshared_equivalent: int  # every shared layer with a full weight of its own
-    folded: int  # the folded network at this threshold
+    * ``checkpoint_unique``: counted by storage, each tensor once however many keys name it
+      (BatchNorm running statistics excluded), as ``ssc info`` counts ``unique_parameters``;
+    * ``unshared_equivalent``: the plain network in which every conv or linear call has a weight
+      of its own: each shared layer a full weight, a hard-tied layer once per use;
+    * ``folded``: exactly what the folded file stores (distinct weights or templates and
+      directions, explicit gains, everything else by storage).
+    """
+
+    checkpoint_unique: int
+    unshared_equivalent: int
+    folded: int
 
     @property
     def savings_vs_checkpoint_pct(self) -> float:
@@ -232,11 +252,17 @@ class ParameterCounts:
         }
 
 
-def parameter_counts(checkpoint_unique: int, banks: tuple[BankFold, ...]) -> ParameterCounts:
-    """Counts for a network of ``checkpoint_unique`` parameters whose banks fold as planned."""
+def parameter_counts(
+    checkpoint_unique: int, banks: tuple[BankFold, ...], repeated: int = 0
+) -> ParameterCounts:
+    """Counts for a network of ``checkpoint_unique`` parameters whose banks fold as planned.
+
+    ``repeated`` is what the uses of hard-tied layers after the first add to the unshared
+    equivalent (:func:`soft_share_cli.models.params.repeated_layer_parameters`).
+    """
     rest = checkpoint_unique - sum(b.shared_parameters for b in banks)
     return ParameterCounts(
         checkpoint_unique=checkpoint_unique,
-        unshared_equivalent=rest + sum(b.unshared_parameters for b in banks),
+        unshared_equivalent=rest + sum(b.unshared_parameters for b in banks) + repeated,
         folded=rest + sum(b.parameters for b in banks),
     )

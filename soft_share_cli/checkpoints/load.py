@@ -11,7 +11,9 @@ legacy pre-1.6 torch format and ``.safetensors``, and unwraps the containers met
   :mod:`soft_share_cli.checkpoints.folded_header`);
 * ``"state_dict"``: a bare dict of tensors;
 * ``"wrapped:<key>"``: a dict holding one under the first of
-  :data:`~soft_share_cli.checkpoints.containers.WRAPPER_KEYS` that does.
+  :data:`~soft_share_cli.checkpoints.containers.WRAPPER_KEYS` that does, nested up to
+  :data:`~soft_share_cli.checkpoints.containers.MAX_WRAPPER_DEPTH` deep (``<key>`` is dotted
+  then: ``model.state_dict``), or under the entry ``key=`` names.
 
 Safety comes in two gates. First the pickle is scanned without being run
 (:mod:`soft_share_cli.checkpoints.scan`) and refused (:mod:`soft_share_cli.checkpoints.policy`)
@@ -33,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from soft_share_cli import limits
 from soft_share_cli.checkpoints.containers import (
-    WRAPPER_KEYS,
     as_state_dict,
     best_val_accuracy,
     check_plain,
-    no_state_dict,
+    find_wrapped,
+    select_key,
     strip_prefixes,
     typed_header,
 )
@@ -66,6 +68,8 @@ class LoadedCheckpoint:
     ``state_dict`` is a plain dict (an ``OrderedDict``'s ``_metadata`` attribute is not kept);
     tensors that shared storage in the file still share it. ``extras`` holds the other top-level
     entries of the file (e.g. ``recorder``, ``optimizer``) and is never used for anything.
+    ``other_state_dicts``: the dotted keys of the file's other state dicts, not used (an EMA copy
+    next to ``model``, say), any of which ``key=`` can choose instead.
     """
 
     path: Path
@@ -78,6 +82,7 @@ class LoadedCheckpoint:
     metadata: dict[str, Any]
     placeholders: tuple[str, ...]
     extras: dict[str, Any]
+    other_state_dicts: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no tensors, extras by name only)."""
@@ -96,7 +101,7 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, mmap: bool = True, arrays: bool = False
+    path: str | os.PathLike[str], *, mmap: bool = True, arrays: bool = False, key: str | None = None
 ) -> LoadedCheckpoint:
     """Read a checkpoint without executing anything it contains.
 
@@ -109,9 +114,14 @@ def load_checkpoint(
             where
             used (what the analysis wants). Files that need torch's own loader (bfloat16,
             quantized, sparse tensors, ...) and safetensors files still give torch tensors.
+        key: the entry of the file's top-level dict that holds the state dict, dotted for
+            nesting (``model.state_dict``, ``ema``); by default the first of the
+            :data:`~soft_share_cli.checkpoints.containers.WRAPPER_KEYS` that holds one. The
+            ``state_dict`` of an ssc or authors' checkpoint keeps its header.
 
     Raises:
-        CheckpointError: the file is missing, unreadable, corrupt or holds no tensor state dict.
+        CheckpointError: the file is missing, unreadable, corrupt or holds no tensor state dict
+            (under ``key``, when given: a missing key names the keys present).
         UnsafeCheckpointError: the file references code that could run or touch the system.
     """
     path = Path(path)
@@ -120,6 +130,11 @@ def load_checkpoint(
     if head.startswith(_ZIP_MAGIC):
         file_format, names = "zip", scan_zip(path, opcodes)
     elif path.suffix == ".safetensors" or _looks_like_safetensors(head, size):
+        if key is not None:
+            raise CheckpointError(
+                f"{path}: --key {key!r} given, but a safetensors file holds its tensors at the "
+                "top level, under no key"
+            )
         return _load_safetensors(path)
     else:
         file_format, names = "legacy", scan_legacy(path, opcodes)
@@ -137,14 +152,14 @@ def load_checkpoint(
         # declares first and fail with an allocator message (or a garbled size check).
         obj = read_arrays(path, file_format, verdict.placeholders, frozenset(opcodes))
         if arrays and obj is not None:
-            return _interpret(path, file_format, obj, verdict.placeholders)
+            return _interpret(path, file_format, obj, verdict.placeholders, key)
     from soft_share_cli.checkpoints.numpy_records import (
         safe_numpy_globals,  # checking numpy reconstructors
     )
 
     safe = [*safe_numpy_globals(), *make_placeholders(verdict.placeholders)]
     obj = _torch_load(path, safe, mmap=mmap and file_format == "zip")
-    return _interpret(path, file_format, obj, verdict.placeholders)
+    return _interpret(path, file_format, obj, verdict.placeholders, key)
 
 
 def save_checkpoint(
@@ -294,7 +309,7 @@ def _load_safetensors(path: Path) -> LoadedCheckpoint:
 
 
 def _interpret(
-    path: Path, file_format: str, obj: Any, placeholders: tuple[str, ...]
+    path: Path, file_format: str, obj: Any, placeholders: tuple[str, ...], key: str | None
 ) -> LoadedCheckpoint:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
@@ -302,7 +317,13 @@ def _interpret(
     arch_kwargs: dict[str, Any] | None = None
     metadata: dict[str, Any] = {}
     consumed: tuple[str, ...]
-    if obj.get("format") == FORMAT_NAME:
+    others: tuple[str, ...] = ()
+    authors = all(k in obj for k in _AUTHORS_KEYS) and as_state_dict(obj["state_dict"]) is not None
+    ours = obj.get("format") == FORMAT_NAME
+    if key is not None and not (key == "state_dict" and (ours or authors)):
+        top, state_dict, others = select_key(path, obj, key)
+        container, consumed = f"wrapped:{key}", (top,)
+    elif ours:
         if obj.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"{path}: ssc checkpoint format version {obj.get('format_version')!r}; "
@@ -312,7 +333,7 @@ def _interpret(
         if state_dict is None:
             raise CheckpointError(f"{path}: an ssc checkpoint without a tensor state_dict")
         arch, arch_kwargs, metadata = typed_header(path, obj)
-    elif all(k in obj for k in _AUTHORS_KEYS) and as_state_dict(obj["state_dict"]) is not None:
+    elif authors:
         container, consumed = "authors-training", _AUTHORS_KEYS
         state_dict = as_state_dict(obj["state_dict"])
         arch = obj["arch"] if isinstance(obj["arch"], str) else None
@@ -323,10 +344,8 @@ def _interpret(
     elif (state_dict := as_state_dict(obj)) is not None:
         container, consumed = "state_dict", tuple(obj)
     else:
-        key = next((k for k in WRAPPER_KEYS if as_state_dict(obj.get(k)) is not None), None)
-        if key is None:
-            raise CheckpointError(no_state_dict(path, obj))
-        container, consumed, state_dict = f"wrapped:{key}", (key,), as_state_dict(obj[key])
+        name, top, state_dict, others = find_wrapped(path, obj)
+        container, consumed = f"wrapped:{name}", (top,)
     assert state_dict is not None
     limits.check_keys(len(state_dict), str(path))
     limits.check_nesting(obj, f"{path}: its pickled data")  # the scan bounds it; memo tricks
@@ -335,5 +354,5 @@ def _interpret(
     extras = {k: v for k, v in obj.items() if k not in used}
     return LoadedCheckpoint(
         path, file_format, container, state_dict, stripped, arch, arch_kwargs, metadata,
-        placeholders, extras,
+        placeholders, extras, others,
     )  # fmt: skip

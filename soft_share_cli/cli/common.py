@@ -1,4 +1,5 @@
-"""What the commands share: the ``--debug`` flag, the analysis options, the check of outputs.
+"""What the commands share: the ``--debug`` flag, the option builders (analysis, ``--key``, ...),
+the check of outputs.
 
 Plain click: importing this module loads neither numpy nor torch (``ssc --help`` imports it).
 """
@@ -118,6 +119,26 @@ def data_option(help: str | None = None, required: bool = False) -> Any:
 def model_option(help: str) -> Any:
     """``--model MODULE:CALLABLE``: build the user's own network (imports the user's code)."""
     return click.option("--model", "model_spec", metavar="MODULE:CALLABLE", help=help)
+
+
+KEY_HELP = (
+    "The entry of CHECKPOINT that holds its weights, dotted for nesting (model.state_dict, ema). "
+    "By default the first that does of state_dict, model, model_state_dict, net, ..., then the "
+    "EMA copies (ema, model_ema, ...); `ssc info` shows which was used and what else is there."
+)
+
+
+def _key_given(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value:
+        raise click.BadParameter("an empty key names no entry", ctx, param)
+    return value
+
+
+def key_option(help: str | None = None) -> Any:
+    """``--key NAME``: which entry of a checkpoint holds its state dict (the ``key`` argument of
+    :func:`soft_share_cli.checkpoints.load.load_checkpoint`); ``help`` is added to the help."""
+    text = KEY_HELP if help is None else f"{KEY_HELP} {help}"
+    return click.option("--key", "key", metavar="NAME", callback=_key_given, help=text)
 
 
 device_option = choice_option("--device", ["cpu", "cuda"], "cpu")

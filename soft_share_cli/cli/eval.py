@@ -19,6 +19,7 @@ from soft_share_cli.cli import common as opts
     "--iterations",
     help="Run a folded looped network's loop this many times instead of the trained count.",
 )
+@opts.key_option()
 @opts.json_option
 @opts.common
 def eval_command(
@@ -28,6 +29,7 @@ def eval_command(
     batch_size: int,
     model_spec: str | None,
     iterations: int | None,
+    key: str | None,
     as_json: bool,
 ) -> None:
     """Measure CHECKPOINT's top-1 (and top-5) accuracy on the test split of --data.
@@ -46,5 +48,6 @@ def eval_command(
             progress=progress,
             model_spec=model_spec,
             iterations=iterations,
+            key=key,
         )
     render.print_json(report.to_dict()) if as_json else render.render_eval(report)

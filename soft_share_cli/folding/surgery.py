@@ -5,7 +5,8 @@ pass: it rebuilds the network with the user's factory and swaps modules. Every s
 (``SConv2d``, or any module with ``bank``, ``coefficients``, ``stride`` and ``padding`` that
 computes ``conv2d(x, bank(coefficients))``) of a planned bank becomes a :class:`TiedConv2d`
 drawing cluster ``c``'s weight from one :class:`~soft_share_cli.folding.bank.FoldedBank` per
-bank, times a gain of its own.
+bank, times a gain of its own (layers that share one coefficient storage share one gain, and a
+layer reused in several places stays one module: a fold keeps every tie and never clones one).
 Every scale stays an explicit gain: in an unknown network nothing says which BatchNorm could
 absorb it, so plans must be made with ``plan_bank(..., state_dict=None)``.
 
@@ -18,50 +19,36 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from soft_share_cli import limits
 from soft_share_cli.analysis.banks import Bank
 from soft_share_cli.analysis.plan import Absorb, BankFold
-from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
+from soft_share_cli.errors import CheckpointError, InputError
 from soft_share_cli.folding.bank import FoldedBank
 from soft_share_cli.folding.tied import TiedConv2d
+from soft_share_cli.folding.user_program import (
+    PROGRAM_FORMAT,
+    PROGRAM_VERSION,
+    Skeleton,
+    skeletons_from_program,
+    stored_rows,
+    untied_keys,
+    with_aliases,
+)
 from soft_share_cli.models.builder import load_state_dict_checked
-from soft_share_cli.models.user import _first_line, load_factory
-
-PROGRAM_FORMAT = "ssc-user-fold"
-PROGRAM_VERSION = 1
-SHARED_PREFIX = "ssc_folded_"
-
+from soft_share_cli.models.params import storage_id
+from soft_share_cli.models.user import load_factory
 
 # --- surgery ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Skeleton:
-    """What the surgery needs for one bank, from a plan or from a stored program."""
-
-    name: str
-    stores_weights: bool
-    num_clusters: int
-    modules: tuple[str, ...]  # module paths holding the TemplateBank (to find a layer-less bank)
-    layers: tuple[tuple[str, int, float], ...]  # (module path, cluster, scale)
-
-    @property
-    def attribute(self) -> str:
-        return SHARED_PREFIX + re.sub(r"\W", "_", self.name)
-
-
-def _skeleton(plan: BankFold, bank: Bank) -> _Skeleton:
+def _skeleton(plan: BankFold, bank: Bank) -> Skeleton:
     absorbed = [layer.name for layer in plan.layers if layer.absorb is not Absorb.GAIN]
     if absorbed:
         raise InputError(
@@ -70,7 +57,7 @@ def _skeleton(plan: BankFold, bank: Bank) -> _Skeleton:
         )
     modules = tuple(key.rpartition(".")[0] for key in bank.keys)
     layers = tuple((lay.name, lay.cluster, lay.scale) for lay in plan.layers)
-    return _Skeleton(plan.bank, plan.stores_weights, len(plan.clusters), modules, layers)
+    return Skeleton(plan.bank, plan.stores_weights, len(plan.clusters), modules, layers)
 
 
 def _get(model: nn.Module, path: str, what: str) -> nn.Module:
@@ -80,7 +67,7 @@ def _get(model: nn.Module, path: str, what: str) -> nn.Module:
         raise InputError(f"the network has no module {path!r} ({what})") from None
 
 
-def _bank_module(model: nn.Module, sk: _Skeleton) -> tuple[nn.Module, Tensor]:
+def _bank_module(model: nn.Module, sk: Skeleton) -> tuple[nn.Module, Tensor]:
     if sk.layers:
         found = getattr(_get(model, sk.layers[0][0], f"a layer of bank {sk.name}"), "bank", None)
     else:
@@ -97,11 +84,15 @@ def _bank_module(model: nn.Module, sk: _Skeleton) -> tuple[nn.Module, Tensor]:
 
 def _operate(
     model: nn.Module,
-    skeletons: Sequence[_Skeleton],
-    make_shared: Callable[[_Skeleton, Tensor], FoldedBank],
+    skeletons: Sequence[Skeleton],
+    make_shared: Callable[[Skeleton, Tensor], FoldedBank],
 ) -> nn.Module:
     """Replace the planned layers of ``model`` in place and drop the banks they used."""
     doomed: dict[int, str] = {}  # id(TemplateBank module) -> bank name
+    # A layer reused in several places stays one module; layers that share one coefficient
+    # storage share one gain: a fold keeps every tie of the original (never clones one).
+    replaced: dict[int, TiedConv2d] = {}  # id(original layer) -> its tied conv
+    gains: dict[int, nn.Parameter] = {}  # id(coefficient parameter) -> the shared gain
     for sk in skeletons:
         bank_module, templates = _bank_module(model, sk)
         doomed[id(bank_module)] = sk.name
@@ -120,7 +111,9 @@ def _operate(
                     f"{path} is a {type(layer).__name__} that does not draw from "
                     f"bank {sk.name}'s module; cannot fold it"
                 )
-            tied = TiedConv2d(shared, cluster, scale, layer)
+            tied = replaced.get(id(layer)) or TiedConv2d(shared, cluster, scale, layer)
+            tied.gain = gains.setdefault(id(layer.coefficients), tied.gain)
+            replaced[id(layer)] = tied
             parent_path, _, child = path.rpartition(".")
             if not child:
                 raise InputError("the network itself is a shared layer; nothing to replace it in")
@@ -158,7 +151,7 @@ def fold_user_model(
     skeletons = [_skeleton(plan, by_name[name]) for name, plan in plans.items()]
     directions = {name: plan.directions for name, plan in plans.items()}
 
-    def materialise(sk: _Skeleton, templates: Tensor) -> FoldedBank:
+    def materialise(sk: Skeleton, templates: Tensor) -> FoldedBank:
         t = templates.detach()
         u = torch.as_tensor(np.asarray(directions[sk.name]), dtype=torch.float64, device=t.device)
         if u.shape != (sk.num_clusters, t.shape[0]):
@@ -192,101 +185,14 @@ def user_fold_program(plans: Mapping[str, BankFold], banks: Sequence[Bank]) -> d
     return {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION, "banks": out}
 
 
-def _skeletons_from_program(program: Mapping[str, Any]) -> list[_Skeleton]:
-    """The program's banks, every count and index checked before anything is built from it.
-
-    A program comes from a file: bank, layer and cluster counts are bounded (``limits``), each
-    layer's cluster must be one of its bank's, each scale a finite number, and a bank's module
-    the attribute its name gives, so that nothing the file declares picks what is allocated.
-    """
-    if program.get("format") != PROGRAM_FORMAT or program.get("version") != PROGRAM_VERSION:
-        raise CheckpointError(
-            f"not an ssc user-fold program (format {program.get('format')!r}, "
-            f"version {program.get('version')!r})"
-        )
-    try:
-        banks = program["banks"]
-        if not isinstance(banks, list):
-            raise TypeError("'banks' is not a list")
-        limits.count(len(banks), "user-fold program", limit=limits.MAX_BANKS, name="MAX_BANKS")
-        return [_skeleton_from_spec(b) for b in banks]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise CheckpointError(f"malformed user-fold program: {_first_line(exc)}") from None
-
-
-def _skeleton_from_spec(b: Mapping[str, Any]) -> _Skeleton:
-    name = b["name"]
-    if not isinstance(name, str):
-        raise TypeError("a bank name is not a string")
-    where = f"user-fold program, bank {name}"
-    clusters, layers, modules = b["clusters"], b["layers"], b["bank_modules"]
-    if not all(isinstance(x, list) for x in (clusters, layers, modules)):
-        raise TypeError(f"bank {name}: clusters, layers and bank_modules must be lists")
-    c = limits.count(len(clusters), where, limit=limits.MAX_CLUSTERS, name="MAX_CLUSTERS")
-    for items in (layers, modules):
-        limits.count(
-            len(items), where, limit=limits.MAX_LAYERS_PER_BANK, name="MAX_LAYERS_PER_BANK"
-        )
-    sk = _Skeleton(
-        name,
-        {"weights": True, "templates": False}[b["storage"]],
-        c,
-        tuple(_text(m, "bank module") for m in modules),
-        tuple(_layer_spec(x, c, name) for x in layers),
-    )
-    if b["module"] != sk.attribute:
-        raise ValueError(f"bank {name}: module {b['module']!r} is not {sk.attribute!r}")
-    return sk
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"a {what} is not a string")
-    return value
-
-
-def _layer_spec(x: Mapping[str, Any], clusters: int, bank: str) -> tuple[str, int, float]:
-    cluster, scale = x["cluster"], x["scale"]
-    if type(cluster) is not int or not 0 <= cluster < clusters:
-        raise ValueError(f"bank {bank}: cluster {cluster!r} is not one of its {clusters}")
-    if type(scale) not in (int, float) or not math.isfinite(scale):
-        raise ValueError(f"bank {bank}: scale {scale!r} is not a finite number")
-    return _text(x["name"], "layer name"), cluster, float(scale)
-
-
-def _stored_rows(
-    state_dict: Mapping[str, Tensor], sk: _Skeleton, templates: Tensor | None = None
-) -> None:
-    """Refuse a bank whose stored tensors do not hold the clusters (and templates) declared."""
-    key = f"{sk.attribute}.{'weights' if sk.stores_weights else 'directions'}"
-    stored = state_dict.get(key)
-    if stored is None:
-        raise ArchitectureError(f"the folded state dict is missing {key} (bank {sk.name})")
-    rows = stored.shape[0] if stored.dim() else None
-    if rows != sk.num_clusters:
-        raise CheckpointError(
-            f"bank {sk.name}: the program declares {sk.num_clusters} clusters but {key} holds "
-            f"{rows if rows is not None else 'a scalar'}"
-        )
-    if (
-        templates is not None
-        and not sk.stores_weights
-        and stored.shape[1:] != (templates.shape[0],)
-    ):
-        raise CheckpointError(
-            f"bank {sk.name}: {key} is {tuple(stored.shape)}, not ({sk.num_clusters}, "
-            f"{templates.shape[0]})"
-        )
-
-
 def rebuild_folded_user_model(
     spec: Any, program: Mapping[str, Any], state_dict: Mapping[str, Tensor]
 ) -> nn.Module:
     """``factory()`` with the program's surgery replayed and the folded weights loaded, eval."""
-    skeletons = _skeletons_from_program(program)
+    skeletons = skeletons_from_program(program)
 
-    def empty(sk: _Skeleton, templates: Tensor) -> FoldedBank:
-        _stored_rows(state_dict, sk, templates)  # before a tensor of that many rows is made
+    def empty(sk: Skeleton, templates: Tensor) -> FoldedBank:
+        stored_rows(state_dict, sk, templates)  # before a tensor of that many rows is made
         k, c = templates.shape[0], sk.num_clusters
         if sk.stores_weights:  # values come from the state dict below
             return FoldedBank.holding(weights=templates.new_zeros((c, *templates.shape[1:])))
@@ -318,18 +224,13 @@ def save_folded_user_model(
     from soft_share_cli.checkpoints.folded_header import FORMAT_NAME, FORMAT_VERSION
     from soft_share_cli.files import save_safetensors
 
-    tensors: dict[str, Tensor] = {}
-    storages: set[int] = set()
-    for key, value in network.state_dict().items():
-        # safetensors refuses tensors sharing memory; a user network may tie its own weights.
-        ptr = value.untyped_storage().data_ptr()
-        shared = ptr in storages and value.numel() > 0
-        tensors[key] = value.detach().clone() if shared else value.detach().contiguous()
-        storages.add(ptr)
+    tensors, aliases = untied_keys(network.state_dict())
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "program": json.dumps({**program, "model": spec}),
+        "program": json.dumps(
+            {**program, "model": spec, **({"aliases": aliases} if aliases else {})}
+        ),
         "report": json.dumps(dict(report or {})),
     }
     save_safetensors(path, tensors, metadata)  # atomically, with the umask's mode
@@ -345,7 +246,7 @@ def load_folded_user_model(path: str | os.PathLike[str], spec: Any) -> nn.Module
         raise CheckpointError(
             f"{path}: not a folded user network (make one with `ssc fold --model module:callable`)"
         )
-    return rebuild_folded_user_model(spec, program, ckpt.state_dict)
+    return rebuild_folded_user_model(spec, program, with_aliases(program, ckpt.state_dict))
 
 
 def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> dict:
@@ -357,15 +258,17 @@ def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor
     times its cluster's direction (one-hot over distinct weights). The other tensors keep their
     names.
     """
-    skeletons = _skeletons_from_program(program)
+    skeletons = skeletons_from_program(program)
+    state_dict = with_aliases(program, state_dict)
     view: dict[str, Tensor] = {}
     hidden: set[str] = set()
+    coefficients: dict[tuple[Any, ...], Tensor] = {}  # (gain storage, cluster) -> coefficients
     try:
         for sk, spec in zip(skeletons, program["banks"], strict=True):
             prefix = f"{spec['module']}."
             if not sk.layers:
                 continue  # a bank no layer uses was dropped by the fold: nothing is stored
-            _stored_rows(state_dict, sk)
+            stored_rows(state_dict, sk)
             if sk.stores_weights:
                 stack = state_dict[prefix + "weights"]
             else:
@@ -385,8 +288,11 @@ def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor
                     direction[cluster] = 1
                 else:
                     direction = directions[cluster]
-                # a tensor of its own per layer, so counting by storage sees each once
-                view[f"{name}.coefficients"] = (direction * gain).reshape(-1, 1, 1, 1, 1)
+                # a tensor per gain, so counting by storage sees each once (a shared gain once)
+                tie = (storage_id(state_dict[f"{name}.gain"]), cluster)
+                view[f"{name}.coefficients"] = coefficients.setdefault(
+                    tie, (direction * gain).reshape(-1, 1, 1, 1, 1)
+                )
                 view[f"{name}.bank.templates"] = stack
                 hidden.add(f"{name}.gain")
     except KeyError as exc:

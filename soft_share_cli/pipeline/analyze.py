@@ -10,7 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from soft_share_cli.analysis.analyze import Analysis, AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.analyze import (
+    Analysis,
+    AnalysisOptions,
+    analyze_state_dict,
+    describe_unshared,
+)
 from soft_share_cli.errors import InputError
 
 
@@ -44,7 +49,7 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions | None = None)
     assert graph is not None
     if not banks:
         raise InputError(
-            f"{path}: no template banks found (no 5-d '...templates' tensors); "
+            f"{path}: no template banks found ({describe_unshared(state_dict)}); "
             "is this a soft-shared network?"
         )
     facts = {

@@ -86,13 +86,15 @@ def run_eval(
     progress: Progress | None = None,
     model_spec: str | None = None,
     iterations: int | None = None,
+    key: str | None = None,
 ) -> EvalReport | TaskEvalReport:
     """Load a checkpoint, rebuild its network and measure it on ``data_spec``'s test split.
 
     ``model_spec`` ("module:callable") builds the user's own network for checkpoints of
     architectures ssc does not know, folded or not. Task data (``maze:``, ``prefix-sums:``) and
     ``iterations`` (a looped network's body run that many times instead of the trained count)
-    give a :class:`TaskEvalReport`.
+    give a :class:`TaskEvalReport`. ``key`` names the entry of the checkpoint that holds the
+    state dict (see :func:`~soft_share_cli.checkpoints.load.load_checkpoint`).
 
     Raises:
         InputError: ``iterations`` for a network without a loop that can run longer, or < 1.
@@ -107,7 +109,7 @@ def run_eval(
     if iterations is not None and iterations < 1:
         raise InputError(f"--iterations must be at least 1, got {iterations}")
     parsed = parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, key=key)
     model, name, channels = open_network(ckpt, path, model_spec)
     trained = None
     if task:

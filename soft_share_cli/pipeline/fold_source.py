@@ -4,16 +4,22 @@ threshold, and how each kind of fold is written."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.analyze import (
+    AnalysisOptions,
+    analyze_state_dict,
+    describe_unshared,
+)
+from soft_share_cli.analysis.banks import find_banks
 from soft_share_cli.analysis.plan import BankFold, ParameterCounts, plan_bank
 from soft_share_cli.checkpoints.load import LoadedCheckpoint
 from soft_share_cli.errors import InputError
+from soft_share_cli.models.params import count_state_dict_parameters
 
 
 @dataclass
@@ -38,6 +44,12 @@ class FoldSource:
         if model_spec is not None:
             from soft_share_cli.models.user import build_user_model
 
+            if not any(bank.layers for bank in find_banks(ckpt.state_dict).banks):
+                # A fold of it would only untie what the network shares: refuse, write nothing.
+                raise InputError(
+                    f"{ckpt.path}: nothing to fold: no template bank with layers "
+                    f"({describe_unshared(ckpt.state_dict)}); nothing was written"
+                )
             self.model = build_user_model(model_spec, ckpt.state_dict)
             self.architecture = f"user network {model_spec}"
         else:
@@ -46,8 +58,9 @@ class FoldSource:
             self.model, spec = rebuild_model(ckpt)
             if spec.arch not in ("swrn", "sfcn"):
                 raise InputError(
-                    f"{ckpt.path}: {spec.describe()} has no template banks, nothing to fold "
-                    "(for your own architecture pass --model module:callable)"
+                    f"{ckpt.path}: nothing to fold: {spec.describe()} has no template banks "
+                    f"({describe_unshared(ckpt.state_dict)}); for your own architecture pass "
+                    "--model module:callable"
                 )
             self.architecture = spec.describe()
         self.model.eval()
@@ -88,6 +101,13 @@ class FoldSource:
         return self.model_spec is None and isinstance(self.model, SFCN)
 
     def fold(self, options: AnalysisOptions) -> Fold:
+        """Fold at ``options``; ``counts.folded`` is what the network to be written stores."""
+        fold = self._fold(options)
+        stored = count_state_dict_parameters(fold.network.state_dict())  # by storage, as a file
+        fold.counts = replace(fold.counts, folded=stored)
+        return fold
+
+    def _fold(self, options: AnalysisOptions) -> Fold:
         state = self.ckpt.state_dict
         results, issues, counts, _ = analyze_state_dict(
             state, options, with_graph=False, stored_parameters=self.stored
@@ -120,7 +140,7 @@ class FoldSource:
         from soft_share_cli.analysis.plan import parameter_counts
         from soft_share_cli.analysis.similarity import Metric, gram_matrix
         from soft_share_cli.folding.surgery import fold_user_model, user_fold_program
-        from soft_share_cli.models.params import count_state_dict_parameters
+        from soft_share_cli.models.params import repeated_layer_parameters
 
         # Unknown network: no BatchNorm can be assumed, every scale stays an explicit gain.
         plans = {
@@ -133,7 +153,11 @@ class FoldSource:
             for r in results
         }
         banks = [r.bank for r in results]
-        counts = parameter_counts(count_state_dict_parameters(state), tuple(plans.values()))
+        counts = parameter_counts(
+            count_state_dict_parameters(state),
+            tuple(plans.values()),
+            repeated_layer_parameters(state),
+        )
         network = fold_user_model(self.model, plans, banks)
         return Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
 

@@ -28,6 +28,7 @@ class CheckpointInfo:
     unique_parameters: int
     file_bytes: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    other_state_dicts: tuple[str, ...] = ()  # dotted keys of state dicts not used (--key)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class CheckpointInfo:
             "checkpoint": self.path,
             "format": self.format,
             "container": self.container,
+            "other_state_dicts": list(self.other_state_dicts),
             "stripped_prefix": self.stripped_prefix,
             "placeholders": list(self.placeholders),
             "architecture": self.architecture,
@@ -47,15 +49,19 @@ class CheckpointInfo:
         }
 
 
-def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
-    """Load a checkpoint safely and describe it; an unknown architecture is reported, not raised."""
+def inspect_checkpoint(path: str | Path, key: str | None = None) -> CheckpointInfo:
+    """Load a checkpoint safely and describe it; an unknown architecture is reported, not raised.
+
+    ``key`` names the entry holding the state dict (see
+    :func:`~soft_share_cli.checkpoints.load.load_checkpoint`).
+    """
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError
     from soft_share_cli.folding.kinds import folded_name
     from soft_share_cli.models.builder import architecture_of
     from soft_share_cli.models.params import count_state_dict_parameters
 
-    ckpt = load_checkpoint(path, arrays=True)  # shapes and storages only: no torch needed
+    ckpt = load_checkpoint(path, arrays=True, key=key)  # shapes and storages only: no torch needed
     arch: dict[str, Any] | None = None
     name = error = None
     name = folded_name(ckpt)
@@ -78,6 +84,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         unique_parameters=count_state_dict_parameters(ckpt.state_dict),
         file_bytes=Path(path).stat().st_size,
         metadata=_jsonable(ckpt.metadata),
+        other_state_dicts=ckpt.other_state_dicts,
     )
 
 
