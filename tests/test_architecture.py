@@ -120,6 +120,19 @@ def test_no_module_is_over_400_lines(name: str) -> None:
     assert lines <= MAX_LINES, f"{name} has {lines} lines"
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(PACKAGE.glob("*/__init__.py")) if p.parent.name != "cli"],
+    ids=lambda p: p.parent.name,
+)
+def test_subpackage_inits_import_nothing(path: Path) -> None:
+    """Importing one module of a subpackage must not load its siblings (``cli/__init__`` is
+    the entry point and registers the commands; the top-level ``__init__`` is lazy)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert all(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in imports)
+
+
 def test_few_loose_modules() -> None:
     loose = {p.stem for p in PACKAGE.glob("*.py")} | {
         p.name for p in PACKAGE.iterdir() if p.is_dir() and not (p / "__init__.py").exists()

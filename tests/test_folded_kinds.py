@@ -171,3 +171,51 @@ def test_a_user_fold_is_not_folded_again(ssc, folds, tmp_path):
     run = ssc("fold", str(folded), "-o", str(tmp_path / "x.safetensors"), "--model", spec)
     assert run.code == 2 and "fold the original" in run.err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_looped_fcn_folds_again(ssc, folds, tmp_path):
+    """A looped FCN re-folds as the SFCN it came from: a lower threshold merges more, and the
+    file is what the report says. (Its first fold approximated the directions, so its clusters
+    at 0.5 need not be those of the original's.)"""
+    folded = folds["fcn"][0]
+    out = tmp_path / "again.safetensors"
+    run = ssc("fold", str(folded), "-o", str(out), "--threshold", "0.5", "--json")
+    assert run.code == 0, run.err
+    again = run.json()
+    assert again["architecture"].startswith("SFCN") and again["loops"]
+    assert again["params"]["folded"] < again["params"]["checkpoint_unique"]
+    assert again["params"]["checkpoint_unique"] == ssc("info", str(folded), "--json").json()[
+        "unique_parameters"
+    ]
+    stored = ssc("info", str(out), "--json").json()
+    assert stored["unique_parameters"] == again["params"]["folded"]
+    assert stored["architecture_name"].startswith("folded SFCN")
+
+
+@pytest.mark.parametrize("kind", ["swrn", "fcn"])
+def test_model_is_refused_for_folds_ssc_rebuilds_itself(ssc, folds, kind, tmp_path):
+    folded, _, _ = folds["user"]
+    spec = folds["user"][2]
+    target = folds[kind][0]
+    data = "maze:size=3,count=4" if kind == "fcn" else "digits?limit=30"
+    run = ssc("eval", str(target), "--data", data, "--model", spec)
+    assert run.code == 2 and "--model applies" in run.err, run.err
+    out = tmp_path / "again.safetensors"
+    run = ssc("fold", str(target), "-o", str(out), "--model", spec)
+    assert run.code == 2 and "--model applies" in run.err and not out.exists(), run.err
+    assert folded.exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "message"),
+    [
+        (PLAIN, "maze:size=4,count=4", "input channels"),
+        (MAZE, "digits?limit=30", "input channels"),
+        (MAZE, "prefix-sums:length=8,count=4", "input channels"),
+    ],
+)
+def test_fold_refuses_data_the_network_cannot_read(ssc, tmp_path, source, data, message):
+    out = tmp_path / "f.safetensors"
+    run = ssc("fold", str(source), "-o", str(out), "--data", data)
+    assert run.code == 2 and message in run.err and not out.exists(), run.err
+    assert run.err.count("\n") == 1

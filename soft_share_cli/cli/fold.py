@@ -85,8 +85,8 @@ def fold_command(
             checkpoint, output, options, materialize=materialize, progress=progress
         )
     if plot is not None and report.candidates and report.data is not None:
-        from soft_share_cli.analysis.tradeoff import tradeoff_figure
         from soft_share_cli.render.plots import save_figure
+        from soft_share_cli.render.tradeoff import tradeoff_figure
 
         chosen = report.options.threshold if report.output else None
         figure = tradeoff_figure(

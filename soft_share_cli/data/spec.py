@@ -120,10 +120,10 @@ def parse_data_spec(spec: str) -> DataSpec:
     if not os.path.lexists(path):
         raise DataError(f"data path not found: {path} (from spec {spec!r})")
     mode = stat_mode(path)  # follows symlinks; a loop or a dangling link is a DataError
-    want_dir = kind is not DataKind.NPZ
+    want_dir = kind.argument == "DIR"  # the kind's row says: FILE or DIR
     if want_dir != stat.S_ISDIR(mode):
-        what = "a directory" if want_dir else "an .npz file"
+        what = "a directory" if want_dir else f"an .{kind.value} file"
         raise DataError(f"{kind.value}: expects {what}, got {path} ({file_kind(mode)})")
     if not want_dir:
-        require_regular_file(path, "npz file", DataError)
+        require_regular_file(path, f"{kind.value} file", DataError)
     return DataSpec(kind, path, options, text)

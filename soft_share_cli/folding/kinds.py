@@ -38,6 +38,8 @@ class FoldedView:
     stored: int  # parameters the folded network really has
     architecture: str
     refoldable: bool  # the view rebuilds as the network it was folded from (SWRN, SFCN)
+    # (architecture, constructor arguments) the view loads into, where its shapes do not say
+    source: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,16 @@ def _looped_view(network: nn.Module) -> dict[str, Tensor]:
     return looped_state_dict_view(network)  # type: ignore[arg-type]
 
 
+def _looped_source(network: nn.Module, view: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    from soft_share_cli.folding.looped import looped_source
+
+    return looped_source(network, view)  # type: ignore[arg-type]
+
+
 def _rebuilt_view(
     load: Callable[[str | os.PathLike[str], Any], nn.Module],
     view_of: Callable[[nn.Module], dict[str, Tensor]],
+    source_of: Callable[[nn.Module, dict[str, Tensor]], tuple[str, dict[str, Any]]] | None = None,
 ) -> Callable[[LoadedCheckpoint, dict[str, Any]], FoldedView]:
     """The view of a kind that rebuilds without user code: load it, view it, count it."""
 
@@ -85,7 +94,9 @@ def _rebuilt_view(
 
         network = load(ckpt.path, None)
         name = f"folded {network.describe()}"  # type: ignore[operator]
-        return FoldedView(view_of(network), count_parameters(network), name, refoldable=True)
+        state = view_of(network)
+        source = None if source_of is None else source_of(network, state)
+        return FoldedView(state, count_parameters(network), name, True, source)
 
     return view
 
@@ -113,7 +124,12 @@ KINDS: dict[str, FoldedKind] = {
     kind.program_format: kind
     for kind in (
         FoldedKind("ssc-swrn-loops", False, _load_swrn, _rebuilt_view(_load_swrn, _swrn_view)),
-        FoldedKind("ssc-fcn-loops", False, _load_looped, _rebuilt_view(_load_looped, _looped_view)),
+        FoldedKind(
+            "ssc-fcn-loops",
+            False,
+            _load_looped,
+            _rebuilt_view(_load_looped, _looped_view, _looped_source),
+        ),
         FoldedKind("ssc-user-fold", True, _load_user, _view_user),
     )
 }

@@ -275,7 +275,7 @@ def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
         if not k.startswith(("bank.", "segments."))
     }
     with torch.no_grad():
-        view["bank.templates"] = looped.bank.view_templates()
+        templates = view["bank.templates"] = looped.bank.view_templates()
         for b, (j, t) in enumerate(looped.schedule(looped.trained_iterations)):
             segment = looped.segments[j]
             assert isinstance(segment, LoopSegment)
@@ -286,7 +286,24 @@ def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
                 view[f"body.{b}.conv{r}.coefficients"] = looped.bank.view_coefficients(
                     cluster, gains[t]
                 )
+                # the same tensor under each conv's key, as an SFCN's state dict has it (one
+                # storage: counted once), so the view rebuilds as the SFCN it was folded from
+                view[f"body.{b}.conv{r}.bank.templates"] = templates
     return view
+
+
+def looped_source(looped: LoopedFCN, view: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """The architecture (name, constructor arguments) that :func:`looped_state_dict_view`'s
+    ``view`` of ``looped`` loads into: an SFCN of its trained depth."""
+    p = looped.program()
+    return "sfcn", {
+        "blocks": looped.trained_iterations,
+        "width": p["width"],
+        "num_templates": int(view["bank.templates"].shape[0]),
+        "num_classes": p["num_classes"],
+        "in_channels": p["in_channels"],
+        "recall": p.get("recall", True),
+    }
 
 
 def save_looped(

@@ -154,6 +154,21 @@ def _agreement(a: Scores, b: Scores) -> float:
     return 100.0 * float((a.predictions == b.predictions).float().mean())
 
 
+def _check_data_fits(source: FoldSource, data: Dataset, spec: str) -> None:
+    """Refuse data the network cannot be measured on (DataError, exit 2), as ``ssc eval`` does."""
+    from soft_share_cli.errors import DataError
+
+    channels = getattr(source.model, "in_channels", None)
+    if isinstance(channels, int) and data.in_channels != channels:
+        raise DataError(
+            f"{spec} has {data.in_channels} input channels but {source.architecture} expects "
+            f"{channels}"
+        )
+    if source.model_spec is None and is_task_data(data) != source.is_sfcn:
+        kind = "labels every pixel" if is_task_data(data) else "has one label per image"
+        raise DataError(f"{source.architecture} cannot be measured on {spec}: it {kind}")
+
+
 def _evaluate(
     model: nn.Module, data: Dataset, options: FoldOptions, stage: str, progress: Progress | None
 ) -> Scores:
@@ -209,6 +224,8 @@ def fold_checkpoint(
         raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
     data_spec = parse_data_spec(options.data) if options.data else None
     test = load_data(data_spec, "test") if data_spec else None
+    if test is not None:
+        _check_data_fits(source, test, str(options.data))
     original_eval = _evaluate(source.model, test, options, "original", progress) if test else None
 
     candidates: list[Candidate] = []

@@ -54,9 +54,10 @@ class FoldSource:
             self.architecture = f"user network {model_spec}"
         else:
             from soft_share_cli.models.builder import rebuild_model
+            from soft_share_cli.models.names import SOFT_SHARED
 
             self.model, spec = rebuild_model(ckpt)
-            if spec.arch not in ("swrn", "sfcn"):
+            if spec.arch not in SOFT_SHARED:
                 raise InputError(
                     f"{ckpt.path}: nothing to fold: {spec.describe()} has no template banks "
                     f"({describe_unshared(ckpt.state_dict)}); for your own architecture pass "
@@ -74,13 +75,21 @@ class FoldSource:
         view = folded_view(ckpt)
         if view is None:
             return ckpt
-        if not view.refoldable or model_spec is not None:
+        if not view.refoldable:
             raise InputError(
                 f"{ckpt.path}: a fold of your own network cannot be folded again; fold the "
                 "original checkpoint with a lower --threshold instead"
             )
+        if model_spec is not None:
+            raise InputError(
+                f"{ckpt.path} is a {view.architecture}, which ssc rebuilds itself: --model "
+                "applies to checkpoints of your own network only"
+            )
         self.stored = view.stored
-        return dataclasses.replace(ckpt, state_dict=view.state_dict, container="state_dict")
+        arch, kwargs = view.source if view.source is not None else (None, None)
+        return dataclasses.replace(
+            ckpt, state_dict=view.state_dict, container="state_dict", arch=arch, arch_kwargs=kwargs
+        )
 
     def nothing_saved(self, fold: Fold) -> str | None:
         """Why a re-fold is pointless (it stores no fewer parameters than its input), if it is."""

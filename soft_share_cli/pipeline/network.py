@@ -25,6 +25,11 @@ def open_network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[A
                 f"{path} folds your own network; pass --model MODULE:CALLABLE"
                 + (f" (it was made with --model {made_by})" if made_by else "")
             )
+        if model_spec is not None and not kind.needs_model:
+            raise InputError(
+                f"{path} is a folded network ssc rebuilds itself; --model applies to checkpoints "
+                "of your own network (folded or not) only"
+            )
         network = kind.load(path, model_spec if kind.needs_model else None).eval()
         if kind.needs_model:
             return network, f"folded {model_spec}", 0

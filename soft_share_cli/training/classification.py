@@ -113,7 +113,7 @@ def arch_kwargs(config: TrainConfig, data: Dataset) -> dict[str, Any]:
     return {
         "depth": config.depth,
         "width": config.width,
-        **bank_kwargs(config.arch, "swrn", config.num_templates),
+        **bank_kwargs(config.arch, config.num_templates),
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
     }

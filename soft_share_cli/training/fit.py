@@ -367,10 +367,13 @@ def train_new(
     return model, history, seconds
 
 
-def bank_kwargs(arch: str, shared: str, num_templates: int | None) -> dict[str, Any]:
-    """``{"num_templates": K}`` for the soft-shared architecture ``shared``, ``{}`` for its
-    plain twin; InputError when K is missing for the one or given to the other."""
-    if arch == shared:
+def bank_kwargs(arch: str, num_templates: int | None) -> dict[str, Any]:
+    """``{"num_templates": K}`` for a soft-shared architecture (:data:`~soft_share_cli.models.\
+names.SOFT_SHARED`), ``{}`` for a plain one; InputError when K is missing for the one or given
+    to the other."""
+    from soft_share_cli.models.names import SOFT_SHARED
+
+    if arch in SOFT_SHARED:
         if num_templates is None:
             raise InputError(f"{arch} needs a number of templates per bank (--templates)")
         return {"num_templates": num_templates}

@@ -105,7 +105,7 @@ def task_arch_kwargs(config: TaskTrainConfig, data: Dataset) -> dict[str, Any]:
     return {
         "blocks": config.blocks,
         "width": config.width,
-        **fit.bank_kwargs(config.arch, "sfcn", config.num_templates),
+        **fit.bank_kwargs(config.arch, config.num_templates),
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
         "recall": config.recall,
