@@ -57,8 +57,16 @@ class FoldedBank(nn.Module):
         """A bank holding the given tensors (as parameters, not copies): either ``weights``
         ``(C, O, I, k, k)``, or ``templates`` ``(K, O, I, k, k)`` and ``directions`` ``(C, K)``."""
         if weights is not None and templates is None and directions is None:
+            if weights.dim() < 2:
+                got = tuple(weights.shape)
+                raise ValueError(f"weights must be (C, ...) per-cluster weights, got {got}")
             storage, clusters, k, shape = "weights", weights.shape[0], 0, weights.shape[1:]
         elif weights is None and templates is not None and directions is not None:
+            if templates.dim() < 2 or directions.dim() != 2:
+                raise ValueError("templates must be (K, ...) and directions (C, K)")
+            if directions.shape[1] != templates.shape[0]:
+                mix = tuple(directions.shape)
+                raise ValueError(f"directions {mix} do not mix {templates.shape[0]} templates")
             storage, clusters, k, shape = "templates", *directions.shape, templates.shape[1:]
         else:
             raise ValueError("give either weights, or templates and directions")

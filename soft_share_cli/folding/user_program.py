@@ -138,7 +138,7 @@ def untied_keys(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], di
     tensors: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
     first: dict[tuple[Any, ...], str] = {}
-    buffers: set[int] = set()
+    buffers: set[int | None] = set()  # storages written so far (None: empty tensors)
     for key, value in state_dict.items():
         owner = first.setdefault(storage_id(value), key)
         if owner != key:

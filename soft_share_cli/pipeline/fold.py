@@ -174,7 +174,7 @@ def _evaluate(
 ) -> Scores:
     callback = (lambda done, total: progress(stage, done, total)) if progress else None
     run: Callable[..., Any] = evaluate_task if is_task_data(data) else evaluate
-    return run(  # type: ignore[no-any-return]
+    return run(
         model,
         data,
         batch_size=options.batch_size,

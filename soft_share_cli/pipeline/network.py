@@ -35,8 +35,8 @@ def open_network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[A
             return network, f"folded {model_spec}", 0
         channels = getattr(network, "in_channels", None)
         if channels is None:
-            channels = int(network.program()["in_channels"])
-        return network, network.describe(), int(channels)
+            channels = int(network.program()["in_channels"])  # type: ignore[operator]
+        return network, network.describe(), int(channels)  # type: ignore[operator]
     if model_spec is not None:
         from soft_share_cli.models.user import build_user_model
 

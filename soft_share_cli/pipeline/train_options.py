@@ -8,7 +8,7 @@ of the per-pixel tasks (sfcn, fcn). Importing this module loads no torch (``ssc 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from soft_share_cli.training.classification import TrainConfig
@@ -48,7 +48,7 @@ def train_config(
     """
     from soft_share_cli.training.regularizers import AlignMode
 
-    common = {
+    common: dict[str, Any] = {
         "arch": arch,
         "num_templates": templates if arch in SOFT_SHARED else None,
         "epochs": epochs,

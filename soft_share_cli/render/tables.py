@@ -319,11 +319,14 @@ def render_fold(report: Any) -> None:
         )
         for name in ("network", "top-1", "top-5", "agreement"):
             table.add_column(name, justify="left" if name == "network" else "right")
-        rows = [("original", d.original, ""), ("folded", d.folded, f"{d.agreement:.2f} %")]
+        networks: list[tuple[str, Any, str]] = [
+            ("original", d.original, ""),
+            ("folded", d.folded, f"{d.agreement:.2f} %"),
+        ]
         if d.recalibrated is not None:
             agreement = f"{d.recalibrated_agreement:.2f} %"
-            rows.append(("folded, BN recalibrated", d.recalibrated, agreement))
-        for name, result, agreement in rows:
+            networks.append(("folded, BN recalibrated", d.recalibrated, agreement))
+        for name, result, agreement in networks:
             scores = result.summary()
             table.add_row(name, f"{scores['top1']:.2f} %", _pct(scores["top5"]) or "-", agreement)
         out.print(table)

@@ -341,7 +341,7 @@ def train_new(
     x: Tensor,
     y: Tensor,
     **hooks: Unpack[FitHooks],
-) -> tuple[nn.Module, list[Any], float]:
+) -> tuple[nn.Module, tuple[Any, ...], float]:
     """Build ``config.arch`` from ``config.seed`` on ``config.device`` and :func:`fit` it.
 
     What both trainers do once their config and data are checked: ``x`` goes to the device as
