@@ -301,3 +301,26 @@ def test_hostile_keys_are_shown_escaped(ssc, tmp_path: Path) -> None:
     assert "\\x1b]0;pwned\\x07" in err and "state dicts found under 'teacher'" in err
     err = one_error_line(ssc("eval", str(nothing), "--data", "digits", "--key", EVIL))
     assert "holds an int, not a dict of tensors" in err
+
+
+def test_key_chooses_the_network_for_analyze_plot_and_fold(
+    ssc, tmp_path: Path, weights: dict[str, torch.Tensor]
+) -> None:
+    """--key on the commands that analyse and fold: the chosen entry is what they read."""
+    aligned = load_checkpoint(ROOT / "sample_checkpoints" / "swrn28-1-4_digits_align.pt")
+    path = save(tmp_path, {"teacher": dict(aligned.state_dict), "student": weights})
+    runs = {
+        key: ssc("analyze", str(path), "--key", key, "--json").json()["params"]
+        for key in ("teacher", "student")
+    }
+    assert runs["teacher"] != runs["student"]  # two different networks were read
+    plain = ssc("analyze", str(SAMPLE), "--json").json()["params"]
+    assert runs["student"] == plain
+    plot = ssc("plot-similarity", str(path), "--key", "student", "-o", str(tmp_path / "s.png"))
+    assert plot.code == 0 and (tmp_path / "s.png").stat().st_size > 0, plot.err
+    out = tmp_path / "f.safetensors"
+    fold = ssc("fold", str(path), "--key", "teacher", "-o", str(out), "--json")
+    assert fold.code == 0, fold.err
+    assert fold.json()["params"]["checkpoint_unique"] == runs["teacher"]["checkpoint_unique"]
+    missing = ssc("fold", str(path), "--key", "nope", "-o", str(tmp_path / "g.safetensors"))
+    assert missing.code == 2 and "nope" in missing.err and not (tmp_path / "g.safetensors").exists()

@@ -42,8 +42,8 @@ def analysis_json(path: Path, options: AnalysisOptions, monkeypatch: Any, arrays
 
     original = checkpoint.load_checkpoint
 
-    def load(p: Any, *, mmap: bool = True, arrays: bool = False) -> Any:
-        return original(p, mmap=mmap, arrays=arrays and use_arrays)
+    def load(p: Any, *, mmap: bool = True, arrays: bool = False, key: Any = None) -> Any:
+        return original(p, mmap=mmap, arrays=arrays and use_arrays, key=key)
 
     use_arrays = arrays
     monkeypatch.setattr(checkpoint, "load_checkpoint", load)

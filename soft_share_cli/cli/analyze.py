@@ -16,6 +16,7 @@ from soft_share_cli.cli import common as opts
     type=click.Path(path_type=str),
     help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
 )
+@opts.key_option()
 @opts.json_option
 @opts.common
 def analyze_command(
@@ -25,6 +26,7 @@ def analyze_command(
     linkage: str,
     signed: bool,
     graph_path: str | None,
+    key: str | None,
     as_json: bool,
 ) -> None:
     """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
@@ -36,7 +38,7 @@ def analyze_command(
         graph_format(graph_path)
     opts.check_io({"--graph": graph_path}, checkpoint)
     result = analyze_checkpoint(
-        checkpoint, opts.analysis_options_of(threshold, metric, linkage, signed)
+        checkpoint, opts.analysis_options_of(threshold, metric, linkage, signed), key
     )
     if graph_path is not None:
         export_graph(result.graph, graph_path)
@@ -52,6 +54,7 @@ def analyze_command(
     type=click.Path(path_type=str),
     help="Also draw the recurrence graph to this file (.png, .svg, .pdf).",
 )
+@opts.key_option()
 @opts.common
 def plot_similarity_command(
     checkpoint: str,
@@ -61,6 +64,7 @@ def plot_similarity_command(
     linkage: str,
     signed: bool,
     graph_plot: str | None,
+    key: str | None,
 ) -> None:
     """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
     from soft_share_cli.pipeline.analyze import plot_similarity
@@ -71,8 +75,7 @@ def plot_similarity_command(
         if path is not None:  # refuse a bad output before the work, not after
             figure_format(path)
     opts.check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint)
-    written = plot_similarity(
-        checkpoint, output, opts.analysis_options_of(threshold, metric, linkage, signed), graph_plot
-    )
+    options = opts.analysis_options_of(threshold, metric, linkage, signed)
+    written = plot_similarity(checkpoint, output, options, graph_plot, key)
     for path in written:
         render.err.print(f"wrote {path}")

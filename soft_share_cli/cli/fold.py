@@ -35,6 +35,7 @@ from soft_share_cli.cli import common as opts
 )
 @opts.count_option("--batch-size", 256)
 @opts.device_option
+@opts.key_option()
 @opts.json_option
 @opts.common
 def fold_command(
@@ -53,6 +54,7 @@ def fold_command(
     plot: str | None,
     batch_size: int,
     device: str,
+    key: str | None,
     as_json: bool,
 ) -> None:
     """Rewrite CHECKPOINT with real loops; report savings and what the fold costs."""
@@ -78,6 +80,7 @@ def fold_command(
         recalibrate_bn=recalibrate_bn,
         batch_size=batch_size,
         device=device,
+        key=key,
         model=model_spec,
     )
     with render.progress_bar() as progress:

@@ -19,8 +19,12 @@ from soft_share_cli.analysis.analyze import (
 from soft_share_cli.errors import InputError
 
 
-def analyze_checkpoint(path: str | Path, options: AnalysisOptions | None = None) -> Analysis:
-    """Load ``path`` safely and analyse it; works on any network built from template banks."""
+def analyze_checkpoint(
+    path: str | Path, options: AnalysisOptions | None = None, key: str | None = None
+) -> Analysis:
+    """Load ``path`` safely and analyse it; works on any network built from template banks.
+
+    ``key`` names the entry of a wrapped checkpoint that holds the state dict (``--key``)."""
     options = AnalysisOptions() if options is None else options
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError, CheckpointError
@@ -28,7 +32,7 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions | None = None)
     from soft_share_cli.models.builder import architecture_of
 
     # Without torch where the file allows: the analysis reads coefficients, not the whole file.
-    ckpt = load_checkpoint(path, arrays=True)
+    ckpt = load_checkpoint(path, arrays=True, key=key)
     state_dict = ckpt.state_dict
     stored: int | None = None  # what a folded file stores, where its view differs
     view = folded_view(ckpt)  # a folded file of any kind, seen as soft-shared
@@ -64,7 +68,11 @@ def analyze_checkpoint(path: str | Path, options: AnalysisOptions | None = None)
 
 
 def plot_similarity(
-    path: str | Path, output: str | Path, options: Any, graph_output: str | Path | None = None
+    path: str | Path,
+    output: str | Path,
+    options: Any,
+    graph_output: str | Path | None = None,
+    key: str | None = None,
 ) -> list[str]:
     """Draw every bank's similarity heatmap (and optionally the recurrence graph); return paths."""
     from soft_share_cli.render.graph_plot import graph_figure
@@ -74,7 +82,7 @@ def plot_similarity(
         similarity_figure,
     )
 
-    analysis = analyze_checkpoint(path, options)
+    analysis = analyze_checkpoint(path, options, key)
     panels = [
         HeatmapInput(
             bank=b.bank.name,

@@ -52,6 +52,7 @@ class FoldOptions:
     batch_size: int = 256
     device: str = "cpu"
     model: str | None = None  # "module:callable" building a user network (bring your own)
+    key: str | None = None  # the entry of a wrapped checkpoint that holds the state dict
     probe_samples: int = 16  # random inputs for the function-preservation check
     seed: int = 0
 
@@ -218,7 +219,7 @@ def fold_checkpoint(
         raise InputError("--materialize writes a plain WRN; it is not available with --model")
     if options.recalibrate_bn and options.data is None:
         raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
-    source = FoldSource(load_checkpoint(path), options.model)
+    source = FoldSource(load_checkpoint(path, key=options.key), options.model)
     ckpt = source.ckpt  # a folded input: its soft-shared view
     if materialize is not None and source.is_sfcn:
         raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
