@@ -262,7 +262,7 @@ def test_inert_console_on_a_terminal_prints_names_not_commands(color_system: str
     table.add_row(EVIL)
     console.print(table)
     console.print(EVIL)
-    console.print(render._styled("warning", "yellow", f" {EVIL}"))
+    console.print(render.styled("warning", "yellow", f" {EVIL}"))
     printed = buffer.getvalue()
     own_styling = re.sub(r"\x1b\[[0-9;]*m", "", printed)  # SGR only
     assert_inert(own_styling)

@@ -61,6 +61,7 @@ def fold_command(
     from soft_share_cli.errors import CheckFailed
     from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
     from soft_share_cli.render import tables as render
+    from soft_share_cli.render.fold_tables import render_fold
 
     auto = threshold == "auto"
     outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
@@ -96,6 +97,6 @@ def fold_command(
             report.candidates, report.data.original.headline, chosen, max_drop or 0.0
         )
         save_figure(figure, plot)
-    render.print_json(report.to_dict()) if as_json else render.render_fold(report)
+    render.print_json(report.to_dict()) if as_json else render_fold(report)
     if report.failures:
         raise CheckFailed("; ".join(report.failures) + " (nothing was written)")

@@ -12,29 +12,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from soft_share_cli.analysis.analyze import SCHEMA_VERSION, AnalysisOptions, analyze_state_dict
+from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.clustering import Linkage, merge_heights
-from soft_share_cli.analysis.plan import ParameterCounts
 from soft_share_cli.checkpoints.load import LoadedCheckpoint, load_checkpoint
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import InputError
-from soft_share_cli.evaluation.classification import EvalResult, evaluate
-from soft_share_cli.evaluation.tasks import TaskEvalResult, evaluate_task, is_task_data
+from soft_share_cli.evaluation.classification import evaluate
+from soft_share_cli.evaluation.fidelity import Fidelity, compare_outputs, scores_classes
+from soft_share_cli.evaluation.tasks import evaluate_task, is_task_data
 from soft_share_cli.folding.verify import (
-    Probe,
     compare_on_probe,
     probe_input,
     recalibrate_batchnorm,
 )
+from soft_share_cli.pipeline.fold_report import (
+    Candidate,
+    DataCheck,
+    FidelityCheck,
+    FoldReport,
+    Scores,
+)
 from soft_share_cli.pipeline.fold_source import FoldSource
-
-Scores = EvalResult | TaskEvalResult  # what an evaluation of either kind of data gives
 
 Progress = Callable[[str, int, int], None]
 
@@ -57,102 +61,41 @@ class FoldOptions:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class DataCheck:
-    """Both networks on the same samples."""
-
-    spec: str
-    original: Scores
-    folded: Scores  # before any BN recalibration
-    agreement: float  # percent of samples where both predict the same class
-    recalibrated: Scores | None = None
-    recalibrated_agreement: float | None = None
-
-    @property
-    def final(self) -> Scores:
-        """The network that is written: recalibrated when asked for."""
-        return self.recalibrated or self.folded
-
-    @property
-    def delta_top1(self) -> float:
-        """Folded minus original, in points (negative: the fold costs accuracy)."""
-        return self.final.headline - self.original.headline
-
-    def to_dict(self) -> dict[str, Any]:
-        def acc(r: Scores | None) -> dict[str, Any] | None:
-            return None if r is None else r.summary()
-
-        return {
-            "spec": self.spec,
-            "samples": self.original.samples,
-            "original": acc(self.original),
-            "folded": acc(self.folded),
-            "agreement": self.agreement,
-            "recalibrated": acc(self.recalibrated),
-            "recalibrated_agreement": self.recalibrated_agreement,
-            "delta_top1": self.delta_top1,
-        }
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One row of the ``--threshold auto`` trade-off table."""
-
-    threshold: float
-    distinct_weights: int
-    parameters: int
-    top1: float
-    delta_top1: float
-    within_budget: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class FoldReport:
-    """What ``ssc fold`` did, measured."""
-
-    checkpoint: str
-    output: str | None  # None when a gate failed and nothing was written
-    materialized: str | None
-    architecture: str
-    options: AnalysisOptions
-    params: ParameterCounts
-    banks: tuple[dict[str, Any], ...]
-    loops: tuple[str, ...]
-    probe: Probe
-    data: DataCheck | None
-    candidates: tuple[Candidate, ...] = ()
-    file_bytes: dict[str, int] = field(default_factory=dict)
-    failures: tuple[str, ...] = ()  # gates that did not pass, in words
-    seconds: float = 0.0  # wall time of the whole fold
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form; wall time sits under ``timing``, the rest repeats exactly run to run."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "checkpoint": self.checkpoint,
-            "output": self.output,
-            "materialized": self.materialized,
-            "architecture": self.architecture,
-            **self.options.to_dict(),
-            "params": self.params.to_dict(),
-            "banks": list(self.banks),
-            "loops": list(self.loops),
-            "probe": self.probe.to_dict(),
-            "data": None if self.data is None else self.data.to_dict(),
-            "auto": [c.to_dict() for c in self.candidates],
-            "file_bytes": self.file_bytes,
-            "passed": not self.failures,
-            "failures": list(self.failures),
-            "timing": {"seconds": self.seconds},
-        }
-
-
 def _agreement(a: Scores, b: Scores) -> float:
     assert a.predictions is not None and b.predictions is not None
     return 100.0 * float((a.predictions == b.predictions).float().mean())
+
+
+def _fidelity(
+    source: FoldSource,
+    fold: Any,
+    test: Dataset,
+    options: FoldOptions,
+    data_spec: Any,
+    progress: Progress | None,
+) -> FidelityCheck:
+    """The folded network's outputs against the original's on ``test`` (and again after a
+    BatchNorm recalibration when asked for)."""
+    from soft_share_cli.data.loaders import load_data
+
+    def compare(stage: str) -> Fidelity:
+        callback = (lambda done, total: progress(stage, done, total)) if progress else None
+        return compare_outputs(
+            fold.network,
+            source.model,
+            test,
+            batch_size=options.batch_size,
+            device=options.device,
+            progress=callback,
+        )
+
+    folded = compare("folded")
+    recalibrated = None
+    if options.recalibrate_bn:
+        train = load_data(data_spec, "train")
+        recalibrate_batchnorm(fold.network, train, options.recalibrate_bn, options.batch_size)
+        recalibrated = compare("recalibrated")
+    return FidelityCheck(str(options.data), folded, recalibrated)
 
 
 def _check_data_fits(source: FoldSource, data: Dataset, spec: str) -> None:
@@ -227,7 +170,16 @@ def fold_checkpoint(
     test = load_data(data_spec, "test") if data_spec else None
     if test is not None:
         _check_data_fits(source, test, str(options.data))
-    original_eval = _evaluate(source.model, test, options, "original", progress) if test else None
+    fidelity_only = test is not None and not scores_classes(source.model, test)
+    if fidelity_only and (options.max_drop is not None or options.auto_threshold):
+        raise InputError(
+            f"--max-drop and --threshold auto compare accuracy; {source.architecture}'s outputs "
+            "are not class scores (the fold's output fidelity is measured instead)"
+        )
+    scored = test if not fidelity_only else None
+    original_eval = (
+        _evaluate(source.model, scored, options, "original", progress) if scored else None
+    )
 
     candidates: list[Candidate] = []
     chosen = options.analysis
@@ -261,7 +213,10 @@ def fold_checkpoint(
             f"{path}: the original or folded network gives non-finite outputs on the probe "
             "inputs; nothing was written (ssc analyze shows the coefficients)"
         )
-    data_check = None
+    data_check = fidelity = None
+    if fidelity_only:
+        assert test is not None
+        fidelity = _fidelity(source, fold, test, options, data_spec, progress)
     if test is not None and original_eval is not None:
         folded_eval = _evaluate(fold.network, test, options, "folded", progress)
         recal = recal_agree = None
@@ -308,6 +263,7 @@ def fold_checkpoint(
             **chosen.to_dict(),
             "loops": list(fold.loops),
             "data": None if data_check is None else data_check.to_dict(),
+            "fidelity": None if fidelity is None else fidelity.to_dict(),
         }
         source.write(fold, output, report_meta)
         written = str(output)
@@ -339,7 +295,8 @@ def fold_checkpoint(
         probe,
         data_check,
         tuple(candidates),
-        sizes,
-        tuple(failures),
+        fidelity=fidelity,
+        file_bytes=sizes,
+        failures=tuple(failures),
         seconds=time.perf_counter() - start,
     )

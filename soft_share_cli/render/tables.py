@@ -23,7 +23,7 @@ class InertConsole(Console):
     through :func:`~soft_share_cli.render.text.inert` first, and markup and emoji codes are off, so
     a
     key such as ``[link=http://x]`` or ``\x1b]0;title\x07`` is shown as written, escaped.
-    Our own styling is built as :class:`rich.text.Text` (see :func:`_styled`), never as markup.
+    Our own styling is built as :class:`rich.text.Text` (see :func:`styled`), never as markup.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -38,7 +38,7 @@ out = InertConsole()
 err = InertConsole(stderr=True)
 
 
-def _styled(label: str, style: str, rest: str = "") -> Text:
+def styled(label: str, style: str, rest: str = "") -> Text:
     """``label`` in ``style``, then ``rest`` (made inert) unstyled: markup-free styling."""
     return Text.assemble((label, style), inert(rest))
 
@@ -86,7 +86,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
         yield update
 
 
-def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -96,7 +96,7 @@ def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def _pct(value: Any) -> str | None:
+def pct(value: Any) -> str | None:
     """``12.34 %``; a value that is not a number (metadata is whatever a file says) as it is."""
     if value is None:
         return None
@@ -118,12 +118,12 @@ def render_info(info: Any) -> None:
         ("tensors", info.tensors),
         ("unique parameters", f"{info.unique_parameters:,}"),
         ("data", meta.get("data")),
-        ("test top-1 at save", _pct(meta.get("test_top1"))),
+        ("test top-1 at save", pct(meta.get("test_top1"))),
         ("epoch", meta.get("epoch")),
-        ("best val accuracy", _pct(meta.get("best_val_accuracy"))),
+        ("best val accuracy", pct(meta.get("best_val_accuracy"))),
         ("made by", meta.get("command")),
     ]
-    out.print(_kv_table("Checkpoint", rows))
+    out.print(kv_table("Checkpoint", rows))
 
 
 def render_eval(report: Any) -> None:
@@ -136,13 +136,13 @@ def render_eval(report: Any) -> None:
         ("checkpoint", report.checkpoint),
         ("architecture", report.architecture),
         ("data", f"{report.data} (test split, {r.samples} samples)"),
-        ("top-1", _pct(r.top1)),
-        ("top-5", _pct(r.top5)),
+        ("top-1", pct(r.top1)),
+        ("top-5", pct(r.top5)),
         ("loss", f"{r.loss:.4f}"),
-        ("recorded top-1", _pct(report.recorded_top1)),
+        ("recorded top-1", pct(report.recorded_top1)),
         ("throughput", f"{r.throughput:,.0f} samples/s on {report.device}"),
     ]
-    out.print(_kv_table("Evaluation", rows))
+    out.print(kv_table("Evaluation", rows))
 
 
 def render_train(report: Any) -> None:
@@ -168,7 +168,7 @@ def render_train(report: Any) -> None:
         out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
     out.print(
         f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
-        f"{report.parameters:,} parameters); test top-1 {_pct(report.test_top1) or 'n/a'}"
+        f"{report.parameters:,} parameters); test top-1 {pct(report.test_top1) or 'n/a'}"
     )
 
 
@@ -187,7 +187,7 @@ def render_analysis(analysis: Any) -> None:
             f"clusters at τ = {opts.threshold:g}, {opts.linkage.value} linkage",
         ),
     ]
-    out.print(_kv_table("Checkpoint", rows))
+    out.print(kv_table("Checkpoint", rows))
     for result in analysis.banks:
         bank = result.bank
         o, i, k, _ = bank.template_shape
@@ -223,11 +223,11 @@ def render_analysis(analysis: Any) -> None:
                 f"{fold.residual:.1e}",
             )
         out.print(table)
-    out.print(_styled("Loops", "bold"))
+    out.print(styled("Loops", "bold"))
     for line in analysis.loop_summary or ["none at this threshold"]:
         out.print(f"  • {line}")
     for issue in analysis.issues:
-        out.print(_styled("warning", "yellow", f" {issue.message}"))
+        out.print(styled("warning", "yellow", f" {issue.message}"))
     p = analysis.params
     table = Table(title="Parameters", title_justify="left")
     table.add_column("network")
@@ -236,101 +236,13 @@ def render_analysis(analysis: Any) -> None:
     table.add_row(
         "checkpoint (unique, by storage)",
         f"{p.checkpoint_unique:,}",
-        _pct(p.savings_vs_checkpoint_pct),
+        pct(p.savings_vs_checkpoint_pct),
     )
     table.add_row(
-        "unshared equivalent", f"{p.unshared_equivalent:,}", _pct(p.savings_vs_unshared_pct)
+        "unshared equivalent", f"{p.unshared_equivalent:,}", pct(p.savings_vs_unshared_pct)
     )
     table.add_row(f"folded at τ = {opts.threshold:g}", f"{p.folded:,}", "")
     out.print(table)
-
-
-def render_fold(report: Any) -> None:
-    """``ssc fold``: what was written, what it saves, what it costs."""
-    rows = [
-        ("checkpoint", report.checkpoint),
-        ("architecture", report.architecture),
-        ("threshold", f"τ = {report.options.threshold:g} ({report.options.metric.value})"),
-        ("written", report.output or "nothing (a check failed)"),
-        ("materialized", report.materialized),
-    ]
-    out.print(_kv_table("Fold", rows))
-    table = Table(title="Distinct conv weights per bank", title_justify="left")
-    for name in ("bank", "before", "after", "stored as", "gains", "max residual"):
-        table.add_column(name, justify="left" if name in ("bank", "stored as") else "right")
-    for b in report.banks:
-        table.add_row(
-            b["bank"],
-            str(b["before"]),
-            str(b["after"]),
-            b["storage"],
-            str(b["gains"]),
-            f"{b['max_residual']:.1e}",
-        )
-    out.print(table)
-    out.print(_styled("Loops", "bold"))
-    for line in report.loops or ("none: every block keeps its own weights",):
-        out.print(f"  • {line}")
-    p = report.params
-    sizes = report.file_bytes
-    table = Table(title="Parameters", title_justify="left")
-    for name in ("network", "parameters", "folded saves", "file"):
-        table.add_column(name, justify="left" if name == "network" else "right")
-
-    def mb(key: str) -> str:
-        return f"{sizes[key] / 1e6:.2f} MB" if key in sizes else ""
-
-    table.add_row(
-        "checkpoint (unique)",
-        f"{p.checkpoint_unique:,}",
-        _pct(p.savings_vs_checkpoint_pct),
-        mb("checkpoint"),
-    )
-    table.add_row(
-        "unshared equivalent", f"{p.unshared_equivalent:,}", _pct(p.savings_vs_unshared_pct), ""
-    )
-    table.add_row("folded", f"{p.folded:,}", "", mb("folded"))
-    out.print(table)
-    probe = report.probe
-    out.print(
-        f"function preserved on {probe.shape[0]} random inputs {tuple(probe.shape[1:])}: "
-        f"max |Δlogit| {probe.max_abs_diff:.2e}, mean {probe.mean_abs_diff:.2e}"
-    )
-    if report.candidates:
-        table = Table(title="Thresholds tried (--threshold auto)", title_justify="left")
-        for name in ("τ", "distinct weights", "parameters", "top-1", "Δ top-1", "within budget"):
-            table.add_column(name, justify="right")
-        for c in report.candidates:
-            mark = "✓" if c.within_budget else ""
-            chosen = " ←" if c.threshold == report.options.threshold and report.output else ""
-            table.add_row(
-                f"{c.threshold:.4f}",
-                str(c.distinct_weights),
-                f"{c.parameters:,}",
-                f"{c.top1:.2f}",
-                f"{c.delta_top1:+.2f}",
-                mark + chosen,
-            )
-        out.print(table)
-    d = report.data
-    if d is not None:
-        table = Table(
-            title=f"Accuracy on {d.spec} ({d.original.samples} samples)", title_justify="left"
-        )
-        for name in ("network", "top-1", "top-5", "agreement"):
-            table.add_column(name, justify="left" if name == "network" else "right")
-        networks: list[tuple[str, Any, str]] = [
-            ("original", d.original, ""),
-            ("folded", d.folded, f"{d.agreement:.2f} %"),
-        ]
-        if d.recalibrated is not None:
-            agreement = f"{d.recalibrated_agreement:.2f} %"
-            networks.append(("folded, BN recalibrated", d.recalibrated, agreement))
-        for name, result, agreement in networks:
-            scores = result.summary()
-            table.add_row(name, f"{scores['top1']:.2f} %", _pct(scores["top5"]) or "-", agreement)
-        out.print(table)
-        out.print(f"Δ top-1 (folded − original): {d.delta_top1:+.2f} points")
 
 
 def render_task_eval(report: Any) -> None:
@@ -344,13 +256,13 @@ def render_task_eval(report: Any) -> None:
         ("architecture", report.architecture),
         ("data", f"{report.data}: {report.data_description} (test split, {r.samples} samples)"),
         ("iterations", iterations),
-        ("solved exactly", _pct(r.exact)),
-        ("pixel accuracy", _pct(r.pixel_accuracy)),
+        ("solved exactly", pct(r.exact)),
+        ("pixel accuracy", pct(r.pixel_accuracy)),
         ("loss", f"{r.loss:.4f}"),
-        ("recorded exact", _pct(report.recorded_exact)),
+        ("recorded exact", pct(report.recorded_exact)),
         ("throughput", f"{r.throughput:,.0f} samples/s on {report.device}"),
     ]
-    out.print(_kv_table("Evaluation", rows))
+    out.print(kv_table("Evaluation", rows))
 
 
 def render_task_train(report: Any) -> None:
@@ -382,5 +294,5 @@ def render_task_train(report: Any) -> None:
         out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
     out.print(
         f"saved {report.output} ({report.file_bytes / 1e6:.2f} MB, "
-        f"{report.parameters:,} parameters); test solved exactly {_pct(report.test_exact) or 'n/a'}"
+        f"{report.parameters:,} parameters); test solved exactly {pct(report.test_exact) or 'n/a'}"
     )

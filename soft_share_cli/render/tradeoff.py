@@ -13,7 +13,8 @@ def tradeoff_figure(
 ) -> Figure:
     """Scatter of folded parameters vs top-1 for each tried threshold, budget line and choice.
 
-    ``candidates`` are ``conversion.Candidate`` rows (threshold, parameters, top1, within_budget).
+    ``candidates`` are ``pipeline.fold_report.Candidate`` rows (threshold, parameters, top1,
+    within_budget).
     """
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
