@@ -171,12 +171,24 @@ def test_fold_refuses_a_buildable_network_without_a_bank(ssc, tmp_path: Path) ->
 
 
 def test_analyze_says_what_it_saw(ssc, nets: Path, tmp_path: Path) -> None:
-    ckpt = _save(load_factory(f"{nets}:tied_cnn")(), tmp_path / "tied.pt")
+    """Untied copies of the tied CNN have no bank and no tie: analyze says what it saw."""
+    import torch
+
+    state = {k: v.clone() for k, v in load_factory(f"{nets}:tied_cnn")().state_dict().items()}
+    ckpt = tmp_path / "untied.pt"
+    torch.save(state, ckpt)
     run = ssc("analyze", str(ckpt))
     assert run.code == 2 and len(run.err.strip().splitlines()) == 1
     assert "no template banks found" in run.err
-    for seen in ("30 tensors", "3 conv/linear weights", "coefficient-like tensors: alpha"):
+    for seen in ("30 tensors", "coefficient-like tensors: alpha"):
         assert seen in run.err
+
+
+def test_a_hard_tie_is_analysed_as_a_loop(ssc, nets: Path, tmp_path: Path) -> None:
+    ckpt = _save(load_factory(f"{nets}:tied_cnn")(), tmp_path / "tied.pt")
+    run = ssc("analyze", str(ckpt))
+    assert run.code == 0, run.err
+    assert "repeat one block" in run.out
 
 
 # --- counting by storage ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 from soft_share_cli.analysis.banks import Bank, BankIssue, find_banks
 from soft_share_cli.analysis.clustering import Clusters, Linkage, cluster_layers
 from soft_share_cli.analysis.defaults import DEFAULT_THRESHOLD
+from soft_share_cli.analysis.discovery import HARD_TIE
 from soft_share_cli.analysis.loops import Loop, find_loops, layer_letters, recurrence_graph
 from soft_share_cli.analysis.plan import BankFold, ParameterCounts, parameter_counts, plan_bank
 from soft_share_cli.analysis.similarity import BankSimilarity, Metric, bank_similarity, gram_matrix
@@ -35,17 +36,23 @@ class AnalysisOptions:
     metric: Metric = Metric.COEFFICIENTS  # the paper's LSM, or the generated weights' similarity
     linkage: Linkage = Linkage.COMPLETE  # complete: every pair in a cluster meets the threshold
     signed: bool = False  # report the cosine's sign (clustering always uses its magnitude)
+    # Glob patterns on whole keys replacing the naming rules of find_banks (--bank-key, ...).
+    bank_key: str | None = None
+    coefficient_key: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise InputError(f"--threshold must lie in [0, 1], got {self.threshold}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The options; the key patterns only where given (so reports without them are as ever)."""
+        patterns = {"bank_key": self.bank_key, "coefficient_key": self.coefficient_key}
         return {
             "threshold": self.threshold,
             "metric": Metric(self.metric).value,
             "linkage": Linkage(self.linkage).value,
             "signed": self.signed,
+            **{name: value for name, value in patterns.items() if value is not None},
         }
 
 
@@ -58,6 +65,16 @@ class BankAnalysis:
     clusters: Clusters
     loops: tuple[Loop, ...]
     fold: BankFold
+
+    @property
+    def hard_tie(self) -> bool:
+        """One weight storage used by every layer (:mod:`soft_share_cli.analysis.discovery`)."""
+        return self.bank.kind == HARD_TIE
+
+    @property
+    def distinct_before(self) -> int:
+        """Distinct weights the checkpoint has for these layers: one per layer, one if tied."""
+        return 1 if self.hard_tie and self.bank.layers else len(self.bank.layers)
 
     @property
     def letters(self) -> list[str]:
@@ -87,11 +104,12 @@ class BankAnalysis:
             "keys": list(self.bank.keys),
             "templates": self.bank.num_templates,
             "template_shape": list(self.bank.template_shape),
+            **self.bank.discovery_dict(),  # rule, kind and weight shape, beyond the authors' naming
             "layers": layers,
             "lsm": [[float(x) for x in row] for row in self.similarity.matrix],
             "clusters": [list(c) for c in self.clusters],
             "loops": [loop.to_dict() for loop in self.loops],
-            "distinct_weights": {"before": len(self.bank.layers), "after": len(self.clusters)},
+            "distinct_weights": {"before": self.distinct_before, "after": len(self.clusters)},
         }
 
 
@@ -203,8 +221,15 @@ def analyze_state_dict(
     *,
     with_graph: bool = True,
     stored_parameters: int | None = None,
+    hard_ties: bool | None = None,
 ) -> tuple[tuple[BankAnalysis, ...], tuple[BankIssue, ...], ParameterCounts, nx.DiGraph | None]:
     """Analyse the template banks of any state dict (no architecture needed).
+
+    ``hard_ties`` adds a K = 1 bank per conv or linear weight storage under several keys
+    (:func:`~soft_share_cli.analysis.banks.find_banks`): similarity 1, one cluster, a loop. Its
+    tensor is already counted once by storage, and its uses by the unshared equivalent, so it
+    adds nothing to the parameter figures. ``None`` (the default) means ``with_graph``: the
+    analysis commands report hard ties, a fold (which has nothing to fold in them) leaves them out.
 
     ``with_graph=False`` leaves out the recurrence graph (``None``), and with it networkx's
     import: a fold needs the clusters, not the graph. ``stored_parameters`` is what the file
@@ -212,7 +237,12 @@ def analyze_state_dict(
     coefficients the file does not hold): the checkpoint's count, where the view's own would
     mislead; the unshared and folded counts are the view's, which are exact.
     """
-    discovery = find_banks(state_dict)
+    discovery = find_banks(
+        state_dict,
+        bank_key=options.bank_key,
+        coefficient_key=options.coefficient_key,
+        hard_ties=with_graph if hard_ties is None else hard_ties,
+    )
     metric = Metric(options.metric)
     results = []
     for bank in discovery.banks:
@@ -239,7 +269,7 @@ def analyze_state_dict(
         graph = recurrence_graph(banks, order)
     counts = parameter_counts(
         count_state_dict_parameters(state_dict),
-        tuple(r.fold for r in results),
+        tuple(r.fold for r in results if not r.hard_tie),  # a hard tie is counted by storage
         repeated_layer_parameters(state_dict),
     )
     if stored_parameters is not None:

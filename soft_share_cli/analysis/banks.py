@@ -1,10 +1,15 @@
 """Find the template banks of a state dict and the shared layers that draw from each.
 
-Works on any state dict, not only SWRN: a *bank* is a key whose last component is ``templates``
-holding a 5-d floating tensor ``(K, O, I, k, k)``; a *layer* is a key whose last component is
-``coefficients`` holding K numbers shaped ``(K,)`` or ``(K, 1, 1, 1, 1)``. Keys whose coefficients
-share one storage (one ``nn.Parameter`` given to several layers, or one module reused) are one
-layer per key, each tied to the first (:attr:`Layer.tied_to`): one vector, used several times.
+Works on any state dict, not only SWRN. Under the authors' naming
+(:mod:`~soft_share_cli.analysis.bank_rules`) a *bank* is a key whose last component is
+``templates`` holding a 5-d floating tensor ``(K, O, I, k, k)``; a *layer* is a key whose last
+component is ``coefficients`` holding K numbers shaped ``(K,)`` or ``(K, 1, 1, 1, 1)``. Other
+names and shapes (``alpha``, ``mix``, ... beside a ``(K, O, I, k, k)`` or ``(K, O, I)`` tensor
+under any name), glob overrides, and hard ties are :mod:`~soft_share_cli.analysis.discovery`'s;
+:attr:`Bank.rule` says which rule found each bank (:data:`AUTHORS_RULE` for the authors').
+Keys whose coefficients share one storage (one ``nn.Parameter`` given to several layers, or one
+module reused) are one layer per key, each tied to the first (:attr:`Layer.tied_to`): one
+vector, used several times.
 
 One bank usually appears under several keys, because every module that holds it registers it
 (``bank_1.templates``, ``stage_1.1.bank.templates``, ``stage_1.1.conv1.bank.templates``, ...).
@@ -15,38 +20,36 @@ a group with the same shape, dtype and bit-identical values. Two primary banks (
 ``bank_1`` and ``bank_2``) are never merged, even when equal. Files that kept one key per bank
 (safetensors ``save_model``) need the fallback rules of :func:`find_banks` to map layers.
 
+A *hard tie* (``hard_ties=True``: one conv or linear weight storage under several keys) is a
+:class:`Bank` of kind ``"hard-tie"``: K = 1, its one template the tied weight, one layer per key
+with coefficient 1.0, every layer tied to the first. The similarity, clustering and loop code
+then report it as what it is, one weight used several times; the analysis counts its tensor once.
+
 Problems are reported as :class:`BankIssue` values, never raised: an analysis of a damaged or
 unusual checkpoint should show what it can.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from soft_share_cli.analysis import bank_rules as rules
+from soft_share_cli.analysis import discovery
+from soft_share_cli.analysis.bank_rules import ISSUE_KINDS, BankIssue
+from soft_share_cli.analysis.discovery import AUTHORS_RULE, HARD_TIE, SOFT
 from soft_share_cli.checkpoints import arrays
 from soft_share_cli.errors import InputError
-from soft_share_cli.limits import MAX_BANKS, MAX_LAYERS_PER_BANK, limit_error
+from soft_share_cli.limits import MAX_LAYERS_PER_BANK, limit_error
 from soft_share_cli.models.params import storage_id
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-TEMPLATES = "templates"
-COEFFICIENTS = "coefficients"
-ISSUE_KINDS = (
-    "k-mismatch",
-    "orphan-coefficients",
-    "bank-without-layers",
-    "zero-norm",
-    "non-finite",
-    "ambiguous-bank",
-)
-_STAGE = re.compile(r"stage_(\d+)")
+__all__ = ["AUTHORS_RULE", "ISSUE_KINDS", "Bank", "BankDiscovery", "BankIssue", "Layer"]
 
 
 @dataclass(frozen=True)
@@ -78,26 +81,40 @@ class Bank:
     # The tensor itself (torch, or a StoredArray): may be mmap-backed, so read it only on need.
     templates: Tensor | np.ndarray = field(compare=False, repr=False)
     layers: tuple[Layer, ...] = ()
+    rule: str = AUTHORS_RULE  # which rule found it, for the report
+    kind: str = SOFT  # "soft", or "hard-tie": K = 1, the template is the tied weight
 
     @property
     def num_templates(self) -> int:
         return int(self.templates.shape[0])
 
     @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of one generated weight: ``(O, I, k, k)`` or, for a linear bank, ``(O, I)``."""
+        return tuple(int(s) for s in self.templates.shape[1:])
+
+    @property
     def template_shape(self) -> tuple[int, int, int, int]:
-        o, i, kh, kw = (int(s) for s in self.templates.shape[1:])
+        """``(O, I, kh, kw)``; a linear bank's ``(O, I)`` as the 1×1 conv it equals."""
+        o, i, kh, kw = (*self.weight_shape, 1, 1)[:4]
         return o, i, kh, kw
 
     @property
     def weight_numel(self) -> int:
-        o, i, kh, kw = self.template_shape
-        return o * i * kh * kw
+        return int(np.prod(self.weight_shape, dtype=np.int64))
 
     def coefficient_matrix(self) -> np.ndarray:
         """The ``(L, K)`` float64 matrix of the layers' coefficients, one row per layer."""
         if not self.layers:
             return np.empty((0, self.num_templates), dtype=np.float64)
         return np.stack([layer.coefficients for layer in self.layers])
+
+    def discovery_dict(self) -> dict[str, Any]:
+        """``{"rule", "kind"}`` for a bank found by other than the authors' naming, else ``{}``
+        (so the authors' layout reports exactly what it always did)."""
+        if self.rule == AUTHORS_RULE and self.kind == SOFT:
+            return {}
+        return {"rule": self.rule, "kind": self.kind, "weight_shape": list(self.weight_shape)}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no template values)."""
@@ -107,21 +124,9 @@ class Bank:
             "num_templates": self.num_templates,
             "template_shape": list(self.template_shape),
             "dtype": arrays.dtype_name(self.templates),
+            **self.discovery_dict(),
             "layers": [layer.to_dict() for layer in self.layers],
         }
-
-
-@dataclass(frozen=True)
-class BankIssue:
-    """Something in the state dict that kept a layer or bank from a clean analysis."""
-
-    kind: str  # one of ISSUE_KINDS
-    key: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        """A JSON-ready summary."""
-        return {"kind": self.kind, "key": self.key, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -147,25 +152,22 @@ class BankDiscovery:
         }
 
 
-@dataclass
-class _Group:
-    """Template keys sharing one storage region (or merged as identical alias copies)."""
-
-    keys: list[str]
-    tensor: Any  # a torch tensor or a StoredArray
-    alias_only: bool
-
-
-def find_banks(state_dict: Mapping[str, Any]) -> BankDiscovery:
+def find_banks(
+    state_dict: Mapping[str, Any],
+    *,
+    bank_key: str | None = None,
+    coefficient_key: str | None = None,
+    hard_ties: bool = False,
+) -> BankDiscovery:
     """Find every template bank in ``state_dict`` and map each coefficient vector to one.
 
-    A layer ``L`` is mapped to a bank by the first rule that names exactly one:
-
-    1. a templates key one level below the layer, ``L.<x>.templates`` (SConv2d's ``L.bank``);
-    2. walking up ``L``'s module path, a templates key one level below an ancestor ``P``:
-       ``P.bank.templates`` wins, else the only one (or the only one with the layer's K);
-    3. the SWRN convention: ``[prefix.]stage_<i>.…`` uses ``[prefix.]bank_<i>``;
-    4. the only bank whose K equals the layer's.
+    Coefficients under the authors' naming (or matching the glob ``coefficient_key``) are mapped
+    by :func:`~soft_share_cli.analysis.bank_rules.assign` to the authors' banks (or those
+    matching the glob ``bank_key``), then, failing that, by the module-path and K rules of
+    :func:`~soft_share_cli.analysis.discovery.match_bank` to any bank-shaped tensor; other
+    coefficient-like vectors (``alpha``, ``mix``, ...) by the latter alone, and silently left
+    alone when no bank has their K. ``hard_ties`` adds a bank of kind ``"hard-tie"`` per conv or
+    linear weight storage under several keys.
 
     Issues (never exceptions): ``orphan-coefficients`` (no bank), ``ambiguous-bank`` (several),
     ``k-mismatch`` and ``non-finite`` (layer left out), ``zero-norm`` (layer kept: similarity
@@ -176,48 +178,123 @@ def find_banks(state_dict: Mapping[str, Any]) -> BankDiscovery:
     """
     keys = list(state_dict)
     position = {key: i for i, key in enumerate(keys)}
-    coefficient_keys = [k for k in keys if _is_coefficients(k, state_dict[k])]
-    layer_names = {_module(k) for k in coefficient_keys}
+    if coefficient_key is None:
+        declared = [k for k in keys if rules.is_coefficients(k, state_dict[k])]
+    else:
+        declared = [
+            k for k in keys if discovery.is_coefficient_like(k, state_dict[k], coefficient_key)
+        ]
+    taken = set(declared)
+    others = [
+        k
+        for k in keys
+        if coefficient_key is None
+        and k not in taken
+        and discovery.is_coefficient_like(k, state_dict[k])
+    ]
+    undeclared = set(others)
     issues: list[BankIssue] = []
 
-    groups = _group_templates(state_dict, layer_names, issues)
-    bank_of_key = {key: g for g, group in enumerate(groups) for key in group.keys}
-    children = _children(bank_of_key)
-    names = [_bank_name(group.keys, position) for group in groups]
+    def is_declared_bank(key: str, tensor: Any) -> bool:
+        if bank_key is None:
+            return rules.is_templates(key, tensor)
+        return discovery.matches(key, bank_key) and discovery.is_bank_shaped(tensor)
 
-    members: list[list[tuple[str, np.ndarray]]] = [[] for _ in groups]
-    for key in coefficient_keys:
-        name, raw = _module(key), state_dict[key]
-        found = _assign(name, arrays.numel(raw), groups, bank_of_key, children, names)
+    groups = rules.group_templates(state_dict, {rules.module(k) for k in declared}, issues,
+                                   is_declared_bank)  # fmt: skip
+    bank_of_key = {key: g for g, group in enumerate(groups) for key in group.keys}
+    below = rules.children(bank_of_key)
+    namer = rules.bank_name if bank_key is None else discovery.candidate_name
+    names = [namer(group.keys, position) for group in groups]
+    # Every bank-shaped tensor is a candidate for the other rules; the declared banks first.
+    candidates = [
+        discovery.Candidate(tuple(g.keys), g.tensor, int(g.tensor.shape[0]), True, True)
+        for g in groups
+    ]
+    if bank_key is None:
+        excluded = set(bank_of_key) | taken | undeclared
+        candidates += discovery.bank_candidates(state_dict, excluded)
+    names += [discovery.candidate_name(c.keys, position) for c in candidates[len(groups) :]]
+
+    members: list[list[tuple[str, np.ndarray, str]]] = [[] for _ in candidates]
+    for key in [k for k in keys if k in taken or k in undeclared]:
+        raw, k = state_dict[key], arrays.numel(state_dict[key])
+        found: int | BankIssue | None = None
+        how = "authors"
+        if key in taken:
+            found = rules.assign(rules.module(key), k, groups, bank_of_key, below, names, key)
+        if key not in taken or (not isinstance(found, int) and len(candidates) > len(groups)):
+            match = discovery.match_bank(key, k, candidates)
+            if isinstance(match, tuple):
+                found, how = match
+            elif isinstance(match, str) and found is None:
+                found = BankIssue("ambiguous-bank", key, match)
+        if found is None:
+            continue  # a coefficient-like tensor no bank fits: some other parameter
         if isinstance(found, BankIssue):
             issues.append(found)
             continue
         vector = arrays.to_float64(raw)  # K numbers: all the analysis reads of a layer
-        issue = _check_layer(name, key, vector, names[found], int(groups[found].tensor.shape[0]))
+        layer = rules.module(key)
+        issue = _check_layer(layer, key, vector, names[found], candidates[found].k)
         if issue is not None:
             issues.append(issue)
             if issue.kind != "zero-norm":  # zero-norm layers stay: similarity handles them
                 continue
-        members[found].append((key, vector))
+        members[found].append((key, vector, how))
         if len(members[found]) > MAX_LAYERS_PER_BANK:  # similarity and clustering are quadratic
             raise limit_error(f"bank {names[found]}", f"more than {MAX_LAYERS_PER_BANK} layers",
                               MAX_LAYERS_PER_BANK, "MAX_LAYERS_PER_BANK")  # fmt: skip
 
     banks = []
-    for g, group in enumerate(groups):
+    for c, candidate in enumerate(candidates):
+        if c >= len(groups) and not members[c]:
+            continue  # a bank-shaped tensor no layer draws from: not a bank
         first: dict[tuple[Any, ...], int] = {}  # coefficient storage -> its first layer
         layers = []
-        for index, (key, vector) in enumerate(members[g]):
+        for index, (key, vector, _) in enumerate(members[c]):
             tied = first.setdefault(storage_id(state_dict[key]), index)
-            layers.append(Layer(_module(key), key, vector, index, None if tied == index else tied))
-        ordered = tuple(sorted(group.keys, key=position.__getitem__))  # merges append out of order
-        banks.append(Bank(names[g], ordered, group.tensor, tuple(layers)))
+            layers.append(
+                Layer(rules.module(key), key, vector, index, None if tied == index else tied)
+            )
+        how = (
+            ("authors" if bank_key is None else f"pattern '{bank_key}'")
+            if c < len(groups)
+            else "shape"
+        )
+        rule = discovery.soft_rule(names[c], how, [(key, h) for key, _, h in members[c]])
+        ordered = tuple(
+            sorted(candidate.keys, key=position.__getitem__)
+        )  # merges append out of order
+        banks.append(Bank(names[c], ordered, candidate.tensor, tuple(layers), rule))
         if not layers:
-            message = f"bank {names[g]} has no layer using it; it is kept with no layers"
-            issues.append(BankIssue("bank-without-layers", group.keys[0], message))
+            message = f"bank {names[c]} has no layer using it; it is kept with no layers"
+            issues.append(BankIssue("bank-without-layers", candidate.keys[0], message))
+    if hard_ties:
+        used = {key for bank in banks for key in bank.keys}
+        banks += _hard_tie_banks(state_dict, used, {b.name for b in banks}, position)
     # Stable sort: banks without layers keep their own relative (templates key) order.
     banks.sort(key=lambda b: position[b.layers[0].key] if b.layers else len(keys))
     return BankDiscovery(tuple(banks), tuple(issues))
+
+
+def _hard_tie_banks(
+    state_dict: Mapping[str, Any], used: set[str], taken: set[str], position: dict[str, int]
+) -> list[Bank]:
+    """One K = 1 bank per weight storage under several keys: each key a use, coefficient 1."""
+    banks = []
+    for keys in discovery.hard_ties(state_dict, used):
+        name = rules.bank_name(list(keys), position)
+        name = name if name not in taken else min(keys, key=position.__getitem__)
+        taken.add(name)
+        one = np.ones(1, dtype=np.float64)
+        layers = tuple(
+            Layer(rules.module(key), key, one, i, None if i == 0 else 0)
+            for i, key in enumerate(keys)
+        )
+        rule = f"hard tie: one weight storage under {len(keys)} keys"
+        banks.append(Bank(name, keys, state_dict[keys[0]][None], layers, rule, HARD_TIE))
+    return banks
 
 
 def _check_layer(
@@ -241,155 +318,3 @@ def _check_layer(
         )
         return BankIssue("zero-norm", key, message)
     return None
-
-
-def _is_coefficients(key: str, tensor: Any) -> bool:
-    if key.rsplit(".", 1)[-1] != COEFFICIENTS or not arrays.is_tensor(tensor):
-        return False
-    # (K,) or (K, 1, 1, 1, 1): anything else is some other parameter that happens to share the name.
-    shape = arrays.shape(tensor)
-    return (
-        arrays.is_floating(tensor) and len(shape) >= 1 and shape[0] >= 1 and set(shape[1:]) <= {1}
-    )
-
-
-def _is_templates(key: str, tensor: Any) -> bool:
-    return (
-        key.rsplit(".", 1)[-1] == TEMPLATES
-        and arrays.is_tensor(tensor)
-        and arrays.is_floating(tensor)
-        and len(tensor.shape) == 5
-        and tensor.shape[0] >= 1
-    )
-
-
-def _module(key: str) -> str:
-    return key.rsplit(".", 1)[0] if "." in key else ""
-
-
-def _looks_like_alias(key: str, layer_names: set[str]) -> bool:
-    # A registration of a bank held elsewhere: `<m>.bank.templates` (SConv2d, the authors' Block),
-    # or any `<layer>.<x>.templates` one level below a module that owns coefficients.
-    parts = key.split(".")
-    return len(parts) >= 3 and (parts[-2] == "bank" or ".".join(parts[:-2]) in layer_names)
-
-
-def _group_templates(
-    state_dict: Mapping[str, Any], layer_names: set[str], issues: list[BankIssue]
-) -> list[_Group]:
-    by_storage: dict[tuple[Any, ...], _Group] = {}
-    for key, tensor in state_dict.items():
-        if not _is_templates(key, tensor):
-            continue
-        alias = _looks_like_alias(key, layer_names)
-        storage = storage_id(tensor)  # empty tensors may share a null pointer: never the same
-        if storage in by_storage:
-            group = by_storage[storage]
-            group.keys.append(key)
-            group.alias_only = group.alias_only and alias
-        else:
-            by_storage[storage] = _Group([key], tensor, alias)
-
-    if len(by_storage) > MAX_BANKS:  # the merge below compares banks pairwise
-        raise limit_error("the state dict", f"{len(by_storage)} template banks", MAX_BANKS,
-                          "MAX_BANKS")  # fmt: skip
-    # Identical copies: merge only when one side is nothing but aliases, so two real banks that
-    # happen to be equal (e.g. both freshly zeroed) stay apart.
-    merged: list[_Group] = []
-    for group in by_storage.values():
-        matches = [
-            other
-            for other in merged
-            if (group.alias_only or other.alias_only) and arrays.equal(other.tensor, group.tensor)
-        ]
-        if not matches:
-            merged.append(group)
-            continue
-        target = matches[0]
-        if len(matches) > 1:
-            listed = ", ".join(m.keys[0] for m in matches)
-            message = (
-                f"{group.keys[0]} is a copy equal to several banks ({listed}); "
-                "it was attributed to the first"
-            )
-            issues.append(BankIssue("ambiguous-bank", group.keys[0], message))
-        target.keys.extend(group.keys)
-        if target.alias_only and not group.alias_only:
-            target.tensor = group.tensor  # represent the bank by its primary copy
-        target.alias_only = target.alias_only and group.alias_only
-
-    for group in merged:
-        # Coefficients are checked per layer; a non-finite template poisons every weight.
-        if not arrays.all_finite(group.tensor):  # chunked: a mapped bank is never held whole
-            message = (
-                f"template bank {group.keys[0]} holds NaN or infinite values; every weight "
-                "generated from it is undefined"
-            )
-            issues.append(BankIssue("non-finite", group.keys[0], message))
-    return merged
-
-
-def _bank_name(keys: list[str], position: dict[str, int]) -> str:
-    # Shortest key path (fewest components, then characters), ties by state-dict order.
-    best = min(keys, key=lambda k: (k.count("."), len(k), position[k]))
-    return _module(best) or "<root>"
-
-
-def _children(bank_of_key: dict[str, int]) -> dict[str, dict[str, int]]:
-    """``{module: {child: bank}}`` for every templates key ``module.child.templates``."""
-    children: dict[str, dict[str, int]] = {}
-    for key, g in bank_of_key.items():
-        holder = _module(key)
-        if holder:  # a bare root "templates" key is one level below nothing
-            children.setdefault(_module(holder), {})[holder.rsplit(".", 1)[-1]] = g
-    return children
-
-
-def _assign(
-    layer: str,
-    k: int,
-    groups: list[_Group],
-    bank_of_key: dict[str, int],
-    children: dict[str, dict[str, int]],
-    names: list[str],
-) -> int | BankIssue:
-    """Index of the bank of ``layer`` (K = ``k``), or the issue explaining why there is none."""
-    key = f"{layer}.{COEFFICIENTS}" if layer else COEFFICIENTS
-    # Rule 1: the layer's own registration of its bank.
-    own = set(children.get(layer, {}).values()) if layer else set()
-    if len(own) == 1:
-        return own.pop()
-    # Rule 2: walk up the module path (the layer's parent first, the root last).
-    parts = layer.split(".") if layer else []
-    for depth in range(len(parts) - 1, -1, -1):
-        candidates = children.get(".".join(parts[:depth]), {})
-        if "bank" in candidates:
-            return candidates["bank"]
-        distinct = set(candidates.values())
-        if len(distinct) > 1:
-            distinct = {g for g in distinct if int(groups[g].tensor.shape[0]) == k}
-        if len(distinct) == 1:
-            return distinct.pop()
-    # Rule 3: SWRN, `[prefix.]stage_<i>.…` -> `[prefix.]bank_<i>`.
-    for j, part in enumerate(parts):
-        match = _STAGE.fullmatch(part)
-        if match:
-            prefix = "".join(f"{p}." for p in parts[:j])
-            g = bank_of_key.get(f"{prefix}bank_{match.group(1)}.{TEMPLATES}")
-            if g is not None:
-                return g
-            break
-    # Rule 4: the only bank with K templates.
-    same_k = [g for g, group in enumerate(groups) if int(group.tensor.shape[0]) == k]
-    if len(same_k) == 1:
-        return same_k[0]
-    if same_k:
-        listed = ", ".join(names[g] for g in same_k)
-        message = (
-            f"{layer or key} could belong to any of the banks with {k} templates ({listed}); "
-            "nothing in the key names decides, so the layer is left out"
-        )
-        return BankIssue("ambiguous-bank", key, message)
-    reason = "there is no template bank" if not groups else f"no bank has {k} templates"
-    message = f"{layer or key} has coefficients but {reason}; the layer is left out"
-    return BankIssue("orphan-coefficients", key, message)
