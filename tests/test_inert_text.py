@@ -435,7 +435,7 @@ def test_error_and_warning_lines_from_the_library(ssc, monkeypatch: pytest.Monke
     import soft_share_cli.pipeline.info as pipeline
     from soft_share_cli.errors import InputError
 
-    def failing(path: str) -> None:
+    def failing(path: str, key: str | None = None) -> None:
         warnings.warn(f"about {EVIL}", UserWarning, stacklevel=1)
         raise InputError(f"{path}: bad key {EVIL}")
 
@@ -449,7 +449,7 @@ def test_error_and_warning_lines_from_the_library(ssc, monkeypatch: pytest.Monke
     assert error == f"Error: f.pt: bad key {one_line(EVIL)}"
     assert f"about {SHOWN}" in run.err  # the warning, made inert, on its own line
 
-    def crashing(path: str) -> None:
+    def crashing(path: str, key: str | None = None) -> None:
         raise RuntimeError(EVIL)
 
     monkeypatch.setattr(pipeline, "inspect_checkpoint", crashing)

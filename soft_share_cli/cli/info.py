@@ -17,7 +17,7 @@ def info_command(checkpoint: str, key: str | None, as_json: bool) -> None:
     from soft_share_cli.pipeline.info import inspect_checkpoint
     from soft_share_cli.render import tables as render
 
-    result = inspect_checkpoint(checkpoint) if key is None else inspect_checkpoint(checkpoint, key)
+    result = inspect_checkpoint(checkpoint, key)
     if as_json:
         render.print_json(result.to_dict())
         return
