@@ -303,5 +303,27 @@ def save_safetensors(
 
     def write(tmp: Path) -> None:
         safetensors.torch.save_file(dict(tensors), str(tmp), metadata=dict(metadata or {}))
+        _canonical_header(tmp)
 
     atomic_write(path, write)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, so that one input gives one
+    file byte for byte (safetensors writes the metadata map in a random order).
+
+    The header is re-serialised compactly and padded with spaces (which the format allows) to
+    its old length; the tensor data is not touched. A header that would grow is left as written.
+    """
+    import json
+
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+        ordered.update(header)
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text + b" " * (size - len(text)))

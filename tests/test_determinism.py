@@ -73,3 +73,16 @@ def test_task_train_and_eval_json(ssc, tmp_path: Path) -> None:
     assert all("seconds" not in epoch for epoch in json.loads(first.out)["history"])
     evaluated = twice(ssc, "eval", str(out), "--data", "maze:size=4,count=32", "--json")
     assert_identical_but_timing(*evaluated, {"seconds", "throughput"})
+
+
+def test_written_files_are_byte_identical(ssc, tmp_path: Path) -> None:
+    # safetensors writes its metadata map in a random order: ssc sorts it (files._canonical_header)
+    outputs = []
+    for run in ("a", "b"):
+        folded, plain = tmp_path / f"{run}.safetensors", tmp_path / f"{run}.pt"
+        result = ssc("fold", ALIGNED, "-o", str(folded), "--materialize", str(plain))
+        assert result.code == 0, result.err
+        outputs.append((folded.read_bytes(), plain.read_bytes()))
+    assert outputs[0] == outputs[1]
+    again = ssc("info", str(tmp_path / "a.safetensors"), "--json")
+    assert again.code == 0 and json.loads(again.out)["container"] == "ssc-folded"
