@@ -227,3 +227,20 @@ def test_loading_a_broken_file_is_an_input_error(tmp_path: Path, suffix: str) ->
         load_graph(path)
     with pytest.raises(InputError, match="cannot read"):
         load_graph(tmp_path / f"missing{suffix}")
+
+
+def test_dot_reads_back_cleanly_with_networkx_and_pydot(tmp_path: Path) -> None:
+    pytest.importorskip("pydot")
+    graph = nx.DiGraph(loops=2, summary="bank_1: blocks 1-3")
+    graph.add_node("bank_1:A", bank="bank_1", size=3)
+    graph.add_node("bank_1:B", bank="bank_1", size=3)
+    graph.add_edge("bank_1:A", "bank_1:B", count=3)
+    export_graph(graph, tmp_path / "g.dot")
+    loaded = nx.nx_pydot.read_dot(tmp_path / "g.dot")  # networkx's reader, through pydot
+    assert set(loaded.nodes) == {"bank_1:A", "bank_1:B"}
+    # keys come back as written (no quotes in their names); values as networkx reads DOT text
+    assert loaded.nodes["bank_1:A"] == {"bank": '"bank_1"', "size": "3"}
+    assert [(u, v, dict(d)) for u, v, d in loaded.edges(data=True)] == [
+        ("bank_1:A", "bank_1:B", {"count": "3"})
+    ]
+    assert loaded.graph["graph"] == {"loops": "2", "summary": '"bank_1: blocks 1-3"'}

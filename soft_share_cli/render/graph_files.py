@@ -49,14 +49,23 @@ def _dot_value(value: Any) -> str:
     return text if "." in text else text + ".0"
 
 
+_DOT_KEYWORDS = {"node", "edge", "graph", "digraph", "subgraph", "strict"}
+
+
+def _dot_key(key: str) -> str:
+    # A plain identifier stays bare, so that pydot and networkx read the key back as written.
+    bare = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) and key.lower() not in _DOT_KEYWORDS
+    return key if bare else _dot_value(key)
+
+
 def _dot_attrs(data: dict[str, Any]) -> str:
-    return ", ".join(f"{_dot_value(str(k))}={_dot_value(v)}" for k, v in data.items())
+    return ", ".join(f"{_dot_key(str(k))}={_dot_value(v)}" for k, v in data.items())
 
 
 def _write_dot(graph: nx.DiGraph, path: Path) -> None:
     lines = ["digraph recurrence {"]
-    if graph.graph:
-        lines.append(f"  graph [{_dot_attrs(graph.graph)}];")
+    for key, value in graph.graph.items():  # ``key=value;`` statements: graph attributes
+        lines.append(f"  {_dot_key(str(key))}={_dot_value(value)};")
     for node, data in graph.nodes(data=True):
         lines.append(f"  {_dot_value(str(node))} [{_dot_attrs(data)}];")
     for u, v, data in graph.edges(data=True):
@@ -65,9 +74,11 @@ def _write_dot(graph: nx.DiGraph, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-# One statement a line, as _write_dot writes: ``graph [..];``, ``"a" [..];``, ``"a" -> "b" [..];``
+# One statement a line, as _write_dot writes: ``key=value;`` (a graph attribute), ``graph [..];``
+# (older files), ``"a" [..];``, ``"a" -> "b" [..];``
 _ID = r'"(?:[^"\\]|\\.)*"|[^\s"\[\]=,;]+'
 _DOT_LINE = re.compile(rf"\s*({_ID})(?:\s*->\s*({_ID}))?\s*(?:\[(.*)\])?\s*;?\s*")
+_DOT_GRAPH_ATTR = re.compile(rf"\s*({_ID})\s*=\s*({_ID})\s*;?\s*")
 _DOT_ATTR = re.compile(rf"\s*({_ID})\s*=\s*({_ID})\s*(?:,|$)")
 _UNESCAPE = {"\\": "\\", '"': '"', "n": "\n"}
 
@@ -90,6 +101,10 @@ def _read_dot(path: Path) -> nx.DiGraph:
         raise ValueError("not a digraph written by ssc")
     graph = nx.DiGraph()
     for number, line in enumerate(lines[1:-1], start=2):
+        statement = _DOT_GRAPH_ATTR.fullmatch(line)
+        if statement:
+            graph.graph[str(_dot_parse(statement.group(1)))] = _dot_parse(statement.group(2))
+            continue
         match = _DOT_LINE.fullmatch(line)
         attrs = match.group(3) if match else None
         pairs = _DOT_ATTR.findall(attrs) if attrs else []
