@@ -270,3 +270,23 @@ def test_empty_graph_draws() -> None:
     fig = graph_figure(nx.DiGraph())
     draw(fig)
     assert "empty graph" in [t.get_text() for t in fig.axes[0].texts]
+
+
+@pytest.mark.parametrize(
+    ("value", "threshold", "text"),
+    [
+        (0.9866, 0.99, "0.987"),
+        (0.98999, 0.99, "0.98999"),
+        (0.991, 0.99, "0.99"),
+        (0.5, 0.99, "0.50"),
+        (-0.9866, 0.99, "-0.987"),
+        (0.99, 0.99, "0.99"),
+        (0.9899999999, 0.99, "0.989999"),
+    ],
+)
+def test_cell_values_never_round_across_the_threshold(
+    value: float, threshold: float, text: str
+) -> None:
+    from soft_share_cli.render.plots import cell_text
+
+    assert cell_text(value, threshold) == text

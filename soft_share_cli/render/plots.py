@@ -148,6 +148,17 @@ def _outline_clusters(
         ax.add_collection(outline, autolim=False)
 
 
+def cell_text(value: float, threshold: float) -> str:
+    """``value`` with two decimals, or as many more (up to 6) as it takes for the printed number
+    to fall on the same side of ``threshold`` as the value (0.9866 at τ = 0.99 prints "0.987",
+    not "0.99"); the comparison is on magnitudes, as the clustering's."""
+    for decimals in range(2, 7):
+        text = f"{value:.{decimals}f}"
+        if (abs(float(text)) >= threshold) == (abs(value) >= threshold):
+            return text
+    return f"{math.trunc(value * 1e6) / 1e6:.6f}"  # below it by less than 1e-6: cut, not rounded
+
+
 def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> AxesImage | None:
     matrix, letters = _check(bank)
     n = len(bank.layers)
@@ -189,7 +200,8 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
         for i in range(n):
             for j in range(n):
                 colour = "black" if luma[i, j] > 0.5 else "white"
-                text = ax.text(j, i, f"{matrix[i, j]:.2f}", **CENTRE, size=8, color=colour)
+                value = cell_text(float(matrix[i, j]), threshold)
+                text = ax.text(j, i, value, **CENTRE, size=8, color=colour)
                 text.set_gid("cell-value")
 
     step = max(1, math.ceil(n / _MAX_TICKS))
