@@ -295,3 +295,17 @@ def test_recurrent_penalty_is_zero_for_repeating_blocks_and_one_for_orthogonal()
     assert float(alignment_penalty(alternating, AlignMode.NEAREST).detach()) == pytest.approx(0.0)
     with pytest.raises(ValueError):
         alignment_penalty(alternating, AlignMode.RECURRENT)
+
+
+def test_train_writes_a_line_per_epoch_when_not_on_a_terminal(ssc, tmp_path) -> None:
+    import re
+
+    out = tmp_path / "t.pt"
+    args = ("train", "--data", "digits?limit=100", "--depth", "16", "--templates", "2")
+    result = ssc(*args, "--epochs", "2", "-o", str(out))
+    assert result.code == 0, result.err
+    lines = [ln for ln in result.out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    assert all(re.search(r"loss \d+\.\d{4}  train [\d.]+ %  test [\d.]+ %", ln) for ln in lines)
+    as_json = ssc(*args, "--epochs", "1", "-o", str(tmp_path / "j.pt"), "--json")
+    assert as_json.code == 0 and json.loads(as_json.out)["history"]  # JSON stays pure

@@ -78,8 +78,22 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
     config = train_config(**options)  # every option but the data, the output and the mode
     opts.check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
     command = "ssc " + shlex.join(sys.argv[1:])
+    on_epoch = None
+    if not as_json and not sys.stdout.isatty():  # a log file or a pipe: a line per epoch
+        from soft_share_cli.render.epochs import epoch_line
+
+        def on_epoch(record: Any) -> None:
+            click.echo(epoch_line(record, config.epochs))
+            sys.stdout.flush()
+
     with render.progress_bar() as progress:
         report = run_train(
-            config, data_spec, output, command=command, progress=progress, resume=resume
+            config,
+            data_spec,
+            output,
+            command=command,
+            progress=progress,
+            resume=resume,
+            on_epoch=on_epoch,
         )
     render.print_json(report.to_dict()) if as_json else render.render_train(report)

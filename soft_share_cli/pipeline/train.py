@@ -80,12 +80,14 @@ def run_train(
     command: str | None = None,
     progress: Progress | None = None,
     resume: bool = False,
+    on_epoch: Callable[[Any], None] | None = None,
 ) -> TrainReport | TaskTrainReport:
     """Train ``config`` on ``data_spec`` and write a self-describing checkpoint atomically.
 
     A ``TrainConfig`` trains an image classifier, a ``TaskTrainConfig`` a task network. The
     state after every epoch goes to ``OUTPUT.partial`` (see :mod:`soft_share_cli.training.resume`);
-    ``resume`` continues from it. Ctrl-C raises :class:`~soft_share_cli.errors.Interrupted`
+    ``resume`` continues from it; ``on_epoch`` gets each epoch's record as soon as it is known.
+    Ctrl-C raises :class:`~soft_share_cli.errors.Interrupted`
     saying what was kept; ``output`` is then untouched.
     """
     from soft_share_cli.models.builder import ArchSpec
@@ -110,7 +112,13 @@ def run_train(
 
     def run(on_state: Any, state: Any) -> Any:
         return trainer(
-            config, train_data, test_data, progress=progress, on_state=on_state, resume=state
+            config,
+            train_data,
+            test_data,
+            progress=progress,
+            on_state=on_state,
+            on_epoch=on_epoch,
+            resume=state,
         )
 
     def metadata(result: Any) -> dict[str, Any]:
