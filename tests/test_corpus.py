@@ -313,7 +313,7 @@ def test_train_and_fold_refuse_bad_data_before_writing(
 ) -> None:
     spec, says = next((s, m) for n, s, m in corpus["data"] if n == name)
     out = tmp_path / "out.pt"
-    run = ssc("train", "--data", spec, "--depth", "10", "--epochs", "1", "-o", str(out))
+    run = ssc("train", "--data", spec, "--depth", "16", "--epochs", "1", "-o", str(out))
     assert one_line_error(run, 2, says) is None and run.out == ""
     run = ssc("fold", str(ALIGNED), "-o", str(tmp_path / "f.safetensors"), "--data", spec)
     assert one_line_error(run, 2, says) is None

@@ -44,7 +44,7 @@ def test_info_json(ssc) -> None:
 
 def test_train_json_and_weights(ssc, tmp_path: Path) -> None:
     out = tmp_path / "tiny.pt"
-    args = ("train", "--data", "digits?limit=200", "--depth", "10", "--templates", "2")
+    args = ("train", "--data", "digits?limit=200", "--depth", "16", "--templates", "2")
     args += ("--epochs", "2", "--augment", "-o", str(out), "--json")
     first = ssc(*args)
     weights = torch.load(out, weights_only=True)["state_dict"]

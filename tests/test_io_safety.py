@@ -41,7 +41,7 @@ from soft_share_cli.files import atomic_write, check_output, check_outputs, writ
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIGNED = ROOT / "sample_checkpoints" / "swrn28-1-4_digits_align.pt"
-TINY_TRAIN = ("--data", "digits?limit=100", "--depth", "10", "--templates", "2", "--epochs", "1")
+TINY_TRAIN = ("--data", "digits?limit=100", "--depth", "16", "--templates", "2", "--epochs", "1")
 
 
 def one_line_error(run: Any, code: int = 2) -> str:

@@ -198,7 +198,7 @@ def _user_checkpoint(directory: Path) -> str:
     return str(directory / "user.pt")
 
 
-TINY_TRAIN = ("--data", "digits?limit=100", "--depth", "10", "--templates", "2", "--epochs", "1")
+TINY_TRAIN = ("--data", "digits?limit=100", "--depth", "16", "--templates", "2", "--epochs", "1")
 
 
 def _fold_with_materialize(d: Path) -> list[str]:

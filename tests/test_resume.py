@@ -14,7 +14,7 @@ import soft_share_cli.training.resume as resume_module
 from soft_share_cli.training.resume import partial_path
 
 # --augment: the shuffling generator also draws crops, so its saved state really matters.
-ARGS = ("--data", "digits?limit=240", "--depth", "10", "--templates", "2", "--batch-size", "64")
+ARGS = ("--data", "digits?limit=240", "--depth", "16", "--templates", "2", "--batch-size", "64")
 ARGS += ("--epochs", "3", "--augment", "--seed", "3")
 
 

@@ -309,3 +309,13 @@ def test_train_writes_a_line_per_epoch_when_not_on_a_terminal(ssc, tmp_path) -> 
     assert all(re.search(r"loss \d+\.\d{4}  train [\d.]+ %  test [\d.]+ %", ln) for ln in lines)
     as_json = ssc(*args, "--epochs", "1", "-o", str(tmp_path / "j.pt"), "--json")
     assert as_json.code == 0 and json.loads(as_json.out)["history"]  # JSON stays pure
+
+
+def test_train_refuses_an_swrn_with_no_shared_block(ssc, tmp_path) -> None:
+    out = tmp_path / "x.pt"
+    result = ssc("train", "--data", "digits?limit=50", "--depth", "10", "-o", str(out))
+    assert result.code == 2 and "no layer would use a template bank" in result.err
+    assert not out.exists()
+    plain = ssc("train", "--data", "digits?limit=50", "--arch", "wrn", "--depth", "10")
+    assert plain.code == 2  # (no -o) — the plain network may take depth 10: only -o is missing
+    assert "template bank" not in plain.err

@@ -25,7 +25,7 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_confi
     "swrn",
     "swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
 )
-@click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 10, 16, 22, 28, ...")
+@click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 16, 22, 28, ... (wrn also 10).")
 @opts.count_option("--width", 1)
 @opts.count_option("--templates", 3, "K (swrn, sfcn only).")
 @opts.count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")

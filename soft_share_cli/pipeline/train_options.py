@@ -69,6 +69,14 @@ def train_config(
         return TaskTrainConfig(blocks=blocks, width=channels, lr=lr, supervise=supervise, **common)
     from soft_share_cli.training.classification import Schedule, TrainConfig
 
+    if arch in SOFT_SHARED and depth in (4, 10):
+        from soft_share_cli.errors import InputError
+
+        raise InputError(
+            f"--depth {depth} gives {'one block' if depth == 10 else 'no block'} per stage, and "
+            "an SWRN shares only the blocks after a stage's first: no layer would use a template "
+            "bank; use --depth 16 or more (or --arch wrn for a plain network)"
+        )
     lr = DEFAULT_LR["classifier"] if lr is None else lr
     return TrainConfig(
         depth=depth, width=width, lr=lr, schedule=Schedule(schedule), augment=augment, **common
