@@ -299,31 +299,25 @@ def save_safetensors(
     safetensors writes its own temporary file (mode 0600) and renames it over ours, and reports
     a full disk as ``SafetensorError``: :func:`atomic_write` restores the mode and reports it.
     """
+    import json
+
     import safetensors.torch
 
     def write(tmp: Path) -> None:
         safetensors.torch.save_file(dict(tensors), str(tmp), metadata=dict(metadata or {}))
-        _canonical_header(tmp)
+        # One input, one file byte for byte: safetensors writes its metadata map in a random
+        # order. The header is re-serialised compactly with the metadata keys sorted and padded
+        # with spaces (which the format allows) to its old length; the tensor data is untouched.
+        # A header that would grow is left as written.
+        with open(tmp, "r+b") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            meta = header.pop("__metadata__", None)
+            ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+            ordered.update(header)
+            text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) <= size:
+                f.seek(8)
+                f.write(text + b" " * (size - len(text)))
 
     atomic_write(path, write)
-
-
-def _canonical_header(path: Path) -> None:
-    """Rewrite a safetensors header with its metadata keys sorted, so that one input gives one
-    file byte for byte (safetensors writes the metadata map in a random order).
-
-    The header is re-serialised compactly and padded with spaces (which the format allows) to
-    its old length; the tensor data is not touched. A header that would grow is left as written.
-    """
-    import json
-
-    with open(path, "r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-        meta = header.pop("__metadata__", None)
-        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
-        ordered.update(header)
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) <= size:
-            f.seek(8)
-            f.write(text + b" " * (size - len(text)))

@@ -199,7 +199,7 @@ def test_the_state_file_is_an_ordinary_checkpoint(
         assert train(ssc, out).code == 130
     info = ssc("info", str(partial_path(out)), "--json").json()
     assert info["container"] == "wrapped:model" and info["placeholders"] == []
-    assert info["architecture_name"] == "SWRN 10-1-2 (10 classes, 1 input channel)"
+    assert info["architecture_name"] == "SWRN 16-1-2 (10 classes, 1 input channel)"
     state = torch.load(partial_path(out), weights_only=True)  # no custom globals either
     assert state["format"] == "ssc-train-state" and state["epoch"] == 2
     assert [e["epoch"] for e in state["history"]] == [1, 2]
