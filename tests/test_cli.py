@@ -181,7 +181,7 @@ def test_train_then_eval_reproduces_the_recorded_accuracy(ssc, tmp_path: Path) -
         "--data",
         "digits",
         "--depth",
-        "10",
+        "16",
         "--templates",
         "2",
         "--epochs",
@@ -192,7 +192,7 @@ def test_train_then_eval_reproduces_the_recorded_accuracy(ssc, tmp_path: Path) -
     )
     assert run.code == 0, run.err
     trained = run.json()
-    assert trained["architecture"] == "SWRN 10-1-2 (10 classes, 1 input channel)"
+    assert trained["architecture"] == "SWRN 16-1-2 (10 classes, 1 input channel)"
     assert len(trained["history"]) == 2
     evaluated = ssc("eval", str(out), "--data", "digits", "--json").json()
     assert evaluated["top1"] == trained["test_top1"] == evaluated["recorded_top1"]
