@@ -319,3 +319,17 @@ def test_train_refuses_an_swrn_with_no_shared_block(ssc, tmp_path) -> None:
     plain = ssc("train", "--data", "digits?limit=50", "--arch", "wrn", "--depth", "10")
     assert plain.code == 2  # (no -o) — the plain network may take depth 10: only -o is missing
     assert "template bank" not in plain.err
+
+
+def test_train_refuses_options_its_architecture_does_not_read(ssc, tmp_path) -> None:
+    out = tmp_path / "x.pt"
+    cases = [
+        (("--arch", "wrn", "--data", "digits", "--templates", "3"), "--templates does not apply"),
+        (("--arch", "sfcn", "--data", "maze:size=4", "--depth", "16"), "--depth does not apply"),
+        (("--arch", "swrn", "--data", "digits", "--blocks", "4", "--channels", "8"), "--blocks,"),
+        (("--arch", "fcn", "--data", "maze:size=4", "--align", "1"), "--align does not apply"),
+    ]
+    for args, message in cases:
+        result = ssc("train", *args, "-o", str(out))
+        assert result.code == 2 and message in result.err, result.err
+        assert len(result.err.strip().splitlines()) == 1 and not out.exists()

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from soft_share_cli.cli import common as opts
-from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_config
+from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicable, train_config
 
 
 @click.command("train")
@@ -25,7 +25,9 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, train_confi
     "swrn",
     "swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
 )
-@click.option("--depth", type=int, default=16, show_default=True, help="6n+4: 16, 22, 28, ... (wrn also 10).")
+@click.option(
+    "--depth", type=int, default=16, show_default=True, help="6n+4: 16, 22, 28, ... (wrn also 10)."
+)
 @opts.count_option("--width", 1)
 @opts.count_option("--templates", 3, "K (swrn, sfcn only).")
 @opts.count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")
@@ -75,6 +77,17 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
     from soft_share_cli.render import tables as render
     from soft_share_cli.training.resume import partial_path
 
+    context = click.get_current_context()
+    given = {
+        name
+        for name in options
+        if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    unusable = inapplicable(options["arch"], given)
+    if unusable is not None:
+        from soft_share_cli.errors import InputError
+
+        raise InputError(unusable)
     config = train_config(**options)  # every option but the data, the output and the mode
     opts.check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
     command = "ssc " + shlex.join(sys.argv[1:])

@@ -19,6 +19,33 @@ from soft_share_cli.models.names import CLASSIFIERS, SOFT_SHARED, TASK_NETWORKS
 ARCHS = (*CLASSIFIERS, *TASK_NETWORKS)  # classifiers: depth, width, SGD; task networks: Adam
 DEFAULT_LR = {"classifier": 0.1, "task": 0.002}  # peak learning rate when --lr is not given
 
+# The options only some architectures read: given for another, they would do nothing.
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "depth": CLASSIFIERS,
+    "width": CLASSIFIERS,
+    "augment": CLASSIFIERS,
+    "schedule": CLASSIFIERS,
+    "templates": SOFT_SHARED,
+    "align": SOFT_SHARED,
+    "align_mode": SOFT_SHARED,
+    "blocks": TASK_NETWORKS,
+    "channels": TASK_NETWORKS,
+    "supervise": TASK_NETWORKS,
+}
+
+
+def inapplicable(arch: str, given: set[str]) -> str | None:
+    """Why the options ``given`` on the command line cannot apply to ``arch`` (None: all do)."""
+    unused = sorted(name for name in given if arch not in APPLIES_TO.get(name, (arch,)))
+    if not unused:
+        return None
+    flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+    takers = sorted({a for name in unused for a in APPLIES_TO[name]})
+    return (
+        f"{flags} {'does' if len(unused) == 1 else 'do'} not apply to --arch {arch} "
+        f"(only to {', '.join(takers)}); leave {'it' if len(unused) == 1 else 'them'} out"
+    )
+
 
 def train_config(
     *,
