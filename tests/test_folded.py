@@ -118,8 +118,13 @@ def test_folded_logits_equal_the_original(case: str) -> None:
     # The plan really needed every kind of absorption the case was built for.
     absorbs = {layer.absorb for plan in plans.values() for layer in plan.layers}
     if case == "zero-scale":
-        gains = [s.gain(1, 0) for s in folded.loops(1)]  # the zero layer is a cluster alone
-        assert [None if g is None else float(g.detach()) for g in gains] == [None, 0.0, None]
+        # The zero layer is a cluster alone: its own (zero) coefficients, no gain (UNIT).
+        assert [s.gain(1, 0) for s in folded.loops(1)] == [None, None, None]
+        unit = [x for plan in plans.values() for x in plan.layers if x.absorb is Absorb.UNIT]
+        assert [(x.name, x.scale) for x in unit] == [(f"stage_{i}.2.conv1", 1.0) for i in (1, 2, 3)]
+        for stage, x in enumerate(unit, 1):
+            bank = folded.bank(stage)
+            assert bank is not None and not bool(bank.weight(x.cluster).any())
     elif case == "singletons":  # a lone layer's direction takes its sign: no gain needed
         assert absorbs == {Absorb.BN_STATS, Absorb.BN_AFFINE}
     else:

@@ -17,8 +17,8 @@ from torch import nn
 from soft_share_cli.analysis.analyze import AnalysisOptions, analyze_state_dict
 from soft_share_cli.analysis.banks import find_banks
 from soft_share_cli.errors import CheckpointError
-from soft_share_cli.folding.surgery import load_folded_user_model
-from soft_share_cli.folding.tied import TiedConv2d
+from soft_share_cli.folding.kinds import load_folded
+from soft_share_cli.folding.traced_program import TracedLayer
 from soft_share_cli.folding.user_program import untied_keys, with_aliases
 from soft_share_cli.models.params import count_state_dict_parameters, repeated_layer_parameters
 from soft_share_cli.models.user import load_factory
@@ -212,10 +212,11 @@ def test_tied_coefficients_count_by_storage(nets: Path, factory: str) -> None:
     rest = unique - k * d - 4 * k  # four coefficient storages for six uses
     assert counts.checkpoint_unique == unique
     assert counts.unshared_equivalent == rest + 6 * d  # every use a weight of its own
-    # three clusters stored as weights (or templates), and one gain per coefficient storage
+    # three clusters stored as weights (or templates), and one gain per coefficient storage of
+    # a cluster of several: (1,) and (4, 5) are one storage each, their own direction, no gain
     stored = min(3 * d, k * d + 3 * k)
-    assert r.fold.gains == 4
-    assert counts.folded == rest + stored + 4
+    assert r.fold.gains == 2
+    assert counts.folded == rest + stored + 2
 
 
 def test_a_hard_tied_plain_conv_counts_once_per_use_unshared(nets: Path) -> None:
@@ -248,9 +249,18 @@ def test_looped_fcn_fold_report_is_the_file(ssc, tmp_path: Path) -> None:
     assert report["params"]["checkpoint_unique"] == _info(ssc, ckpt)["unique_parameters"]
 
 
-@pytest.mark.parametrize(
-    "factory", ["aliased", "aliased_small", "aliased_wide", "aliased_tie_plain"]
-)
+def test_a_user_fold_that_saves_nothing_is_refused(ssc, nets: Path, tmp_path: Path) -> None:
+    """K = 2, width 4: 3 weights cost more than the bank; 2 templates, 3 directions and 2 gains
+    (296) cost what the bank and its 4 coefficient storages do (296): nothing is saved."""
+    ckpt = _save(_planted(nets, "aliased_small"), tmp_path / "net.pt")
+    out = tmp_path / "net_folded.safetensors"
+    run = ssc("fold", str(ckpt), "-o", str(out), "--threshold", "1",
+              "--model", f"{nets}:aliased_small")  # fmt: skip
+    assert run.code == 2 and "nothing to fold" in run.err and "296" in run.err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("factory", ["aliased", "aliased_wide", "aliased_tie_plain"])
 def test_user_fold_keeps_ties_and_its_report_is_the_file(
     ssc, nets: Path, tmp_path: Path, factory: str
 ) -> None:
@@ -262,13 +272,14 @@ def test_user_fold_keeps_ties_and_its_report_is_the_file(
     report = _fold(ssc, ckpt, spec, out, "--threshold", "1")
     _assert_report_is_the_file(ssc, report, ckpt, out)
     assert report["params"] == analysis["params"]  # the analysis predicted the file exactly
-    assert report["banks"][0]["after"] == 3 and report["banks"][0]["gains"] == 4
+    assert report["banks"][0]["after"] == 3 and report["banks"][0]["gains"] == 2
     assert report["probe"]["max_abs_diff"] < 1e-4
 
-    folded = load_folded_user_model(out, spec)
+    folded = load_folded(out, model=spec)
     convs = folded.convs
-    assert all(isinstance(c, TiedConv2d) for c in convs)
+    assert all(isinstance(c, TracedLayer) for c in convs)
     assert convs[2].gain is convs[0].gain  # one coefficient storage: one gain
+    assert convs[1].gain is None and convs[4].gain is None  # alone in a cluster: no gain
     assert convs[5] is convs[4]  # one module: still one module
     assert (folded.again is folded.plain) == (factory == "aliased_tie_plain")
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -73,8 +73,11 @@ class BankAnalysis:
 
     @property
     def distinct_before(self) -> int:
-        """Distinct weights the checkpoint has for these layers: one per layer, one if tied."""
-        return 1 if self.hard_tie and self.bank.layers else len(self.bank.layers)
+        """Distinct weights the checkpoint has for these layers: one per coefficient storage
+        (layers sharing one are one weight), one for a hard tie."""
+        if self.hard_tie and self.bank.layers:
+            return 1
+        return sum(layer.tied_to is None for layer in self.bank.layers)
 
     @property
     def letters(self) -> list[str]:
@@ -110,6 +113,9 @@ class BankAnalysis:
             "clusters": [list(c) for c in self.clusters],
             "loops": [loop.to_dict() for loop in self.loops],
             "distinct_weights": {"before": self.distinct_before, "after": len(self.clusters)},
+            # a fold would store more than the checkpoint: it keeps the bank as it is (the loops
+            # above are still what the layers are)
+            **({"kept_as_is": True} if self.fold.kept_as_is else {}),
         }
 
 

@@ -176,6 +176,7 @@ def find_banks(
     Values may be torch tensors or :class:`~soft_share_cli.checkpoints.arrays.StoredArray`; only the
     coefficients are read, and the templates once, to check that they are finite.
     """
+    _check_patterns(state_dict, bank_key, coefficient_key)
     keys = list(state_dict)
     position = {key: i for i, key in enumerate(keys)}
     if coefficient_key is None:
@@ -276,6 +277,29 @@ def find_banks(
     # Stable sort: banks without layers keep their own relative (templates key) order.
     banks.sort(key=lambda b: position[b.layers[0].key] if b.layers else len(keys))
     return BankDiscovery(tuple(banks), tuple(issues))
+
+
+def _check_patterns(
+    state_dict: Mapping[str, Any], bank_key: str | None, coefficient_key: str | None
+) -> None:
+    """Refuse a key pattern that names nothing it could mean (InputError): no silent fallback."""
+    for flag, pattern, fits, wanted in (
+        ("--bank-key", bank_key, discovery.is_bank_shaped, "a (K, O, I, k, k) or (K, O, I) bank"),
+        ("--coefficient-key", coefficient_key, discovery.is_vector, "a vector of K numbers"),
+    ):
+        if pattern is None:
+            continue
+        named = [key for key in state_dict if discovery.matches(key, pattern)]
+        if not named:
+            hint = "" if pattern.startswith("*") else f"; '*.{pattern}' matches it in any module"
+            raise InputError(
+                f"{flag} {pattern!r} matches no key of the state dict (a glob on whole keys{hint})"
+            )
+        if not any(fits(state_dict[key]) for key in named):
+            raise InputError(
+                f"{flag} {pattern!r} matches {len(named)} key(s) ({named[0]}, ...), none of "
+                f"them {wanted}"
+            )
 
 
 def _hard_tie_banks(

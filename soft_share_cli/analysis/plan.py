@@ -19,6 +19,14 @@ Where a scale goes (``Absorb``), for the pre-activation blocks of an SWRN
 * in networks ssc does not know, every scale stays an explicit gain.
 
 The sign of ``u`` is free; it is chosen so that as few scales as possible need a gain.
+
+**A fold never grows.** A cluster of one distinct coefficient storage (a layer alone, or layers
+tied to one vector) whose scale would be an explicit gain keeps its own coefficients as its
+direction, unnormalised, with scale 1 and nothing stored for it (``Absorb.UNIT``): exactly its
+original weight, and one gain fewer. And where a plan would still store more than the checkpoint
+does for its bank (a K = 1 bank whose clusters each need a gain per storage, say), the bank is
+kept as it is (:func:`as_is_plan`: each distinct storage its own cluster, every layer ``UNIT``),
+which costs exactly what the checkpoint stores, or less where its C weights are smaller.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class Absorb(str, enum.Enum):
     BN_STATS = "bn-stats"  # into the following BatchNorm's running statistics (conv1)
     BN_AFFINE = "bn-affine"  # into the preceding BatchNorm's weight and bias (conv2, s > 0)
     GAIN = "gain"  # an explicit per-iteration scalar (a parameter of the folded network)
+    UNIT = "unit"  # scale 1: the direction is the layer's own coefficients; nothing is stored
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,11 @@ class BankFold:
     num_templates: int
     weight_numel: int  # O * I * k * k
     clusters: Clusters
-    directions: np.ndarray = field(compare=False, repr=False)  # (C, K), unit norm in the fit
+    # (C, K): unit norm in the fit; a UNIT cluster's own (unnormalised) coefficients
+    directions: np.ndarray = field(compare=False, repr=False)
     layers: tuple[LayerFold, ...] = ()
+    # The plan would have stored more than the checkpoint: the bank is kept as it is instead.
+    kept_as_is: bool = False
 
     @property
     def stores_weights(self) -> bool:
@@ -119,6 +131,7 @@ class BankFold:
             "parameters": self.parameters,
             "gains": self.gains,
             "max_residual": max((layer.residual for layer in self.layers), default=0.0),
+            **({"kept_as_is": True} if self.kept_as_is else {}),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -205,16 +218,52 @@ def plan_bank(
             rule(n, s) is Absorb.GAIN for n, s in zip(names, scales, strict=True)
         ):
             u, scales = -u, -scales
+        absorbs = [rule(n, float(s)) for n, s in zip(names, scales, strict=True)]
+        if len(distinct) == 1 and Absorb.GAIN in absorbs:
+            # One vector alone: it is its own direction, and needs no gain (Absorb.UNIT).
+            directions[c] = a[distinct[0]]
+            for i, name in zip(members, names, strict=True):
+                folds[i] = LayerFold(name, c, 1.0, 0.0, Absorb.UNIT, tied[i])
+            continue
         directions[c] = u
-        for i, name, s in zip(members, names, scales, strict=True):
+        for i, name, s, absorb in zip(members, names, scales, absorbs, strict=True):
             residual_vec = a[i] - s * u
             norm = np.sqrt(max(inner(a[i], a[i]), 0.0))
             residual = np.sqrt(max(inner(residual_vec, residual_vec), 0.0)) / norm if norm else 0.0
             residual = residual if residual > 1e-12 else 0.0  # rounding noise of an exact fit
-            absorb = rule(name, float(s))
             folds[i] = LayerFold(name, c, float(s), float(residual), absorb, tied[i])
     layers = tuple(folds[i] for i in range(len(bank.layers)))
-    return BankFold(bank.name, bank.num_templates, bank.weight_numel, clusters, directions, layers)
+    plan = BankFold(bank.name, bank.num_templates, bank.weight_numel, clusters, directions, layers)
+    if plan.layers and plan.parameters > plan.shared_parameters:
+        return as_is_plan(bank)  # a fold never stores more than the checkpoint
+    return plan
+
+
+def as_is_plan(bank: Bank) -> BankFold:
+    """``bank`` kept as it is: each distinct coefficient storage its own cluster, its own
+    coefficients as the direction, every layer ``Absorb.UNIT``. It stores C weights or the K
+    templates and C directions, whichever is smaller: never more than the checkpoint."""
+    a = bank.coefficient_matrix()
+    roots = [i if layer.tied_to is None else layer.tied_to for i, layer in enumerate(bank.layers)]
+    order = sorted(set(roots))
+    cluster_of = {root: c for c, root in enumerate(order)}
+    clusters = tuple(tuple(i for i, r in enumerate(roots) if r == root) for root in order)
+    directions = np.array([a[root] for root in order], dtype=np.float64).reshape(
+        len(order), bank.num_templates
+    )
+    layers = tuple(
+        LayerFold(layer.name, cluster_of[roots[i]], 1.0, 0.0, Absorb.UNIT, layer.tied_to)
+        for i, layer in enumerate(bank.layers)
+    )
+    return BankFold(
+        bank.name,
+        bank.num_templates,
+        bank.weight_numel,
+        clusters,
+        directions,
+        layers,
+        kept_as_is=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def _leaves(tensor: Tensor, stop: Callable[[Any], bool] | None = None) -> Iterat
         if variable is not None:
             yield variable
             continue
-        stack.extend(next_node for next_node, _ in node.next_functions)
+        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
 
 
 def _argument(args: Sequence[Any], kwargs: dict[str, Any], position: int, name: str) -> Any:
@@ -125,7 +125,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.on_call = on_call
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         op = OPS.get(func)
@@ -153,6 +153,8 @@ def trace_network(model: nn.Module, probe: Tensor) -> Trace:
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     probe = probe.detach().clone().requires_grad_(True)
+    # The network gets a copy of the leaf: in-place operations on its input are allowed.
+    given = probe.clone()
     stack: list[_ModuleUse] = []
     uses: list[_ModuleUse] = []
     raw: list[dict[str, Any]] = []
@@ -196,7 +198,7 @@ def trace_network(model: nn.Module, probe: Tensor) -> Trace:
             p.requires_grad_(True)
         model.eval()
         with torch.enable_grad(), _Recorder(on_call):
-            model(probe)
+            model(given)
     except InputError:
         raise
     except Exception as exc:
@@ -323,8 +325,8 @@ def probe_shape(model: nn.Module, size: int = 32, channels: int | None = None) -
             break
     firsts = [m.in_features for m in model.modules() if isinstance(m, nn.Linear)][:1]
     candidates = list(dict.fromkeys([*found, 3, 1]))
-    shapes = [(c, size, size) for c in candidates] + [(c, size) for c in candidates]
-    shapes += [(f,) for f in firsts]
+    shapes: list[tuple[int, ...]] = [(c, size, size) for c in candidates]
+    shapes += [(c, size) for c in candidates] + [(f,) for f in firsts]
     was_training = model.training
     model.eval()
     try:
@@ -338,7 +340,4 @@ def probe_shape(model: nn.Module, size: int = 32, channels: int | None = None) -
     finally:
         model.train(was_training)
     tried = ", ".join("×".join(map(str, s)) for s in shapes)
-    raise InputError(
-        f"the network accepts none of the probe inputs tried ({tried}); pass --data so that its "
-        "samples are the probe"
-    )
+    raise InputError(f"the network accepts none of the probe inputs tried ({tried})")

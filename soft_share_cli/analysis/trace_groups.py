@@ -77,9 +77,10 @@ def shared_groups(trace: Trace) -> list[SharedGroup]:
         for key in c.sources:
             users.setdefault(key, []).append(c.index)
     for members in users.values():
-        for i in members[1:]:
-            if shape[i] == shape[members[0]]:
-                parent[root(i)] = root(members[0])
+        first_of_shape: dict[tuple[int, ...], int] = {}  # a store may feed several shapes
+        for i in members:
+            first = first_of_shape.setdefault(shape[i], i)
+            parent[root(i)] = root(first)
     components: dict[int, list[int]] = {}
     for c in calls:
         components.setdefault(root(c.index), []).append(c.index)
@@ -109,10 +110,21 @@ def shared_groups(trace: Trace) -> list[SharedGroup]:
                 groups.append(SharedGroup("", BASIS, tie.shared, tuple(members), weight_shape))
                 grouped.update(members)
     groups.sort(key=lambda g: g.calls[0])
-    return [_named(g, i) for i, g in enumerate(groups)]
+    named: list[SharedGroup] = []
+    for i, group in enumerate(groups):
+        named.append(_named(group, i, {g.name for g in named}))
+    return named
 
 
-def _named(group: SharedGroup, i: int) -> SharedGroup:
+def _named(group: SharedGroup, i: int, taken: set[str]) -> SharedGroup:
+    """``group`` named by its first shared parameter (less a ``.templates`` suffix, as the
+    state-dict analysis names the authors' banks; ``@basis`` for a BASIS group); a name
+    already taken (one store feeding weights of two shapes) gets the weight shape too."""
     base = group.shared[0] if group.shared else f"group_{i}"
+    base = base.removesuffix(".templates") or base  # the authors' bank_1.templates: bank_1
     name = f"{base}@{group.kind}" if group.kind == BASIS else base
+    if name in taken:
+        name = f"{name}@{'x'.join(map(str, group.weight_shape))}"
+    while name in taken:
+        name += "'"
     return SharedGroup(name, group.kind, group.shared, group.calls, group.weight_shape)

@@ -6,6 +6,12 @@ import click
 
 from soft_share_cli.cli import common as opts
 
+MODEL_HELP = (
+    "Build your own network (imports YOUR code) with CHECKPOINT's weights and run it once on a "
+    "probe: every conv/linear call's weight is traced to the parameters it is computed from, "
+    "so sharing is found under any names (soft banks, hard ties, bases, flat stores)."
+)
+
 
 @click.command("analyze")
 @opts.checkpoint_argument
@@ -17,6 +23,7 @@ from soft_share_cli.cli import common as opts
     help="Export the recurrence graph (.graphml, .gexf, .json, .dot).",
 )
 @opts.key_option()
+@opts.model_option(MODEL_HELP)
 @opts.json_option
 @opts.common
 def analyze_command(
@@ -25,8 +32,11 @@ def analyze_command(
     metric: str,
     linkage: str,
     signed: bool,
+    bank_key: str | None,
+    coefficient_key: str | None,
     graph_path: str | None,
     key: str | None,
+    model_spec: str | None,
     as_json: bool,
 ) -> None:
     """Find CHECKPOINT's template banks, their similarity, clusters and loops."""
@@ -36,10 +46,11 @@ def analyze_command(
 
     if graph_path is not None:  # refuse a bad output before the work, not after
         graph_format(graph_path)
-    opts.check_io({"--graph": graph_path}, checkpoint)
-    result = analyze_checkpoint(
-        checkpoint, opts.analysis_options_of(threshold, metric, linkage, signed), key
+    opts.check_io({"--graph": graph_path}, checkpoint, model_spec=model_spec)
+    options = opts.analysis_options_of(
+        threshold, metric, linkage, signed, bank_key, coefficient_key
     )
+    result = analyze_checkpoint(checkpoint, options, key, model_spec)
     if graph_path is not None:
         export_graph(result.graph, graph_path)
     render.print_json(result.to_dict()) if as_json else render.render_analysis(result)
@@ -55,6 +66,7 @@ def analyze_command(
     help="Also draw the recurrence graph to this file (.png, .svg, .pdf).",
 )
 @opts.key_option()
+@opts.model_option(MODEL_HELP)
 @opts.common
 def plot_similarity_command(
     checkpoint: str,
@@ -63,8 +75,11 @@ def plot_similarity_command(
     metric: str,
     linkage: str,
     signed: bool,
+    bank_key: str | None,
+    coefficient_key: str | None,
     graph_plot: str | None,
     key: str | None,
+    model_spec: str | None,
 ) -> None:
     """Draw the Layer Similarity Matrix of every bank of CHECKPOINT, clusters outlined."""
     from soft_share_cli.pipeline.analyze import plot_similarity
@@ -74,8 +89,10 @@ def plot_similarity_command(
     for path in (output, graph_plot):
         if path is not None:  # refuse a bad output before the work, not after
             figure_format(path)
-    opts.check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint)
-    options = opts.analysis_options_of(threshold, metric, linkage, signed)
-    written = plot_similarity(checkpoint, output, options, graph_plot, key)
+    opts.check_io({"-o": output, "--graph-plot": graph_plot}, checkpoint, model_spec=model_spec)
+    options = opts.analysis_options_of(
+        threshold, metric, linkage, signed, bank_key, coefficient_key
+    )
+    written = plot_similarity(checkpoint, output, options, graph_plot, key, model_spec)
     for path in written:
         render.err.print(f"wrote {path}")

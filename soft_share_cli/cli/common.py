@@ -148,8 +148,28 @@ json_option = click.option(
 checkpoint_argument = click.argument("checkpoint", type=click.Path(path_type=str))
 
 
+BANK_KEY_HELP = (
+    "Glob on whole state-dict keys naming the template banks (e.g. '*.w_store'): replaces the "
+    "naming rules (the authors' 5-d '...templates', any (K,O,I,k,k) or (K,O,I) tensor near a "
+    "layer) and counts only the keys it matches. The report names the rule that matched; a "
+    "pattern that matches no bank-shaped tensor is an error."
+)
+COEFFICIENT_KEY_HELP = (
+    "Glob on whole state-dict keys naming the per-layer coefficient vectors (e.g. '*.lam'): "
+    "replaces the naming rules ('...coefficients', alpha, mix, lambdas, ...). The report names "
+    "the rule that matched; a pattern that matches no vector of K numbers is an error."
+)
+
+
+def _pattern_given(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty pattern matches no key", ctx, param)
+    return value
+
+
 def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]], Any]:
-    """The options that decide which layers are the same layer (analyze, plot, fold)."""
+    """The options that decide which layers are the same layer (analyze, plot, fold), and which
+    tensors are banks and coefficients (``--bank-key``, ``--coefficient-key``)."""
     threshold_help = "Layers with similarity >= this may share one weight"
     if allow_auto:
         threshold_help += "; 'auto' searches (needs --data and --max-drop)"
@@ -174,6 +194,13 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
             "complete: every pair in a cluster meets the threshold.",
         ),
         click.option("--signed", is_flag=True, help="Keep the sign of the cosine in the LSM."),
+        click.option("--bank-key", metavar="PATTERN", callback=_pattern_given, help=BANK_KEY_HELP),
+        click.option(
+            "--coefficient-key",
+            metavar="PATTERN",
+            callback=_pattern_given,
+            help=COEFFICIENT_KEY_HELP,
+        ),
     ]
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -184,8 +211,17 @@ def analysis_options(allow_auto: bool = False) -> Callable[[Callable[..., Any]],
     return decorate
 
 
-def analysis_options_of(threshold: float, metric: str, linkage: str, signed: bool) -> Any:
+def analysis_options_of(
+    threshold: float,
+    metric: str,
+    linkage: str,
+    signed: bool,
+    bank_key: str | None = None,
+    coefficient_key: str | None = None,
+) -> Any:
     """The library's :class:`~soft_share_cli.analysis.analyze.AnalysisOptions` of the options."""
     from soft_share_cli.analysis.analyze import AnalysisOptions
 
-    return AnalysisOptions(threshold, Metric(metric), Linkage(linkage), signed)
+    return AnalysisOptions(
+        threshold, Metric(metric), Linkage(linkage), signed, bank_key, coefficient_key
+    )

@@ -45,6 +45,8 @@ def fold_command(
     metric: str,
     linkage: str,
     signed: bool,
+    bank_key: str | None,
+    coefficient_key: str | None,
     data_spec: str | None,
     max_drop: float | None,
     atol: float | None,
@@ -72,7 +74,12 @@ def fold_command(
         figure_format(plot)
     options = FoldOptions(
         analysis=opts.analysis_options_of(
-            DEFAULT_THRESHOLD if auto else float(threshold), metric, linkage, signed
+            DEFAULT_THRESHOLD if auto else float(threshold),
+            metric,
+            linkage,
+            signed,
+            bank_key,
+            coefficient_key,
         ),
         auto_threshold=auto,
         data=data_spec,

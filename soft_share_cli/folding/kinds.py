@@ -5,9 +5,13 @@ A folded file is safetensors weights plus a JSON *program* in its header (contai
 
 * ``ssc-swrn-loops``: a folded SWRN (:mod:`soft_share_cli.folding.swrn`);
 * ``ssc-fcn-loops``: a looped FCN folded from an SFCN (:mod:`soft_share_cli.folding.looped`);
-* ``ssc-user-fold``: a user network folded by module surgery
-  (:mod:`soft_share_cli.folding.surgery`),
-  rebuilt only with the same ``module:callable`` given again (a file never chooses code to run).
+* ``ssc-traced-fold``: a user network folded from its trace (``ssc fold --model``,
+  :mod:`soft_share_cli.folding.traced`, files in :mod:`soft_share_cli.folding.traced_program`);
+* ``ssc-user-fold``: an older fold of a user network by module surgery
+  (:mod:`soft_share_cli.folding.surgery`); still loads.
+
+Folds of a user network rebuild only with the same ``module:callable`` given again (a file never
+chooses code to run).
 
 :func:`load_folded` loads any of them, :func:`folded_view` shows any of them as a soft-shared
 state dict (what ``analyze`` and ``plot-similarity`` read, and what a re-fold folds), and
@@ -120,6 +124,68 @@ def _view_user(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
     )  # fmt: skip
 
 
+def _load_traced(path: str | os.PathLike[str], model: Any) -> nn.Module:
+    from soft_share_cli.folding.traced_program import load_traced
+
+    if model is None:
+        raise InputError(f"{path} folds your own network; pass model='module:callable'")
+    return load_traced(path, model)
+
+
+def traced_view(program: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A traced fold seen as soft-shared, for analysis (no factory needed): each bank of C
+    weights (or K templates) is ``<bank>.templates`` and each layer's coefficients its gain times
+    its cluster's direction (one-hot over C weights), as ``<layer>.coefficients`` with
+    ``<layer>.bank.templates`` naming its bank; the other tensors keep their names."""
+    import torch
+
+    from soft_share_cli.folding.traced_program import read_program
+    from soft_share_cli.folding.user_program import with_aliases
+    from soft_share_cli.models.params import storage_id
+
+    full = with_aliases(program, state_dict)
+    _, layers, _ = read_program(program, full)
+    view: dict[str, Tensor] = {}
+    hidden: set[str] = set()
+    made: dict[tuple[Any, ...], Tensor] = {}
+    named = [(b["module"], b["name"]) for b in program["banks"]]  # checked by read_program
+    counts = {n: sum(m == n for _, m in named) for _, n in named}
+    bank_name = {attr: name if counts[name] == 1 else attr for attr, name in named}
+    for spec in layers:
+        prefix = f"{spec.bank}."
+        stack = full.get(prefix + "weights")
+        if stack is not None:
+            direction = torch.zeros(stack.shape[0], dtype=stack.dtype)
+            direction[spec.cluster] = 1
+        else:
+            stack = full[prefix + "templates"]
+            direction = full[prefix + "directions"][spec.cluster].to(stack.dtype)
+        hidden.update(k for k in full if k.startswith(prefix))
+        gain_key = f"{spec.gain_of or spec.path}.gain"
+        gain = full.get(gain_key) if spec.gain is not None else None
+        if gain is not None:
+            hidden.add(f"{spec.path}.gain")
+        tie = (storage_id(gain) if gain is not None else None, spec.bank, spec.cluster)
+        coefficients = direction * (1.0 if gain is None else gain.reshape(()).to(stack.dtype))
+        shape = (-1,) + (1,) * (stack.dim() - 1)
+        view[f"{bank_name[spec.bank]}.templates"] = stack
+        for path in (spec.path, *spec.also):  # a reused module: one layer per place
+            view[f"{path}.coefficients"] = made.setdefault(tie, coefficients.reshape(shape))
+            view[f"{path}.bank.templates"] = stack
+    view.update({k: v for k, v in full.items() if k not in hidden})
+    return view
+
+
+def _view_traced(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
+    from soft_share_cli.models.params import count_state_dict_parameters
+
+    name = f"folded user network {program.get('model', '')}".strip()
+    return FoldedView(
+        traced_view(program, ckpt.state_dict),
+        count_state_dict_parameters(ckpt.state_dict), name, refoldable=False,
+    )  # fmt: skip
+
+
 KINDS: dict[str, FoldedKind] = {
     kind.program_format: kind
     for kind in (
@@ -131,6 +197,7 @@ KINDS: dict[str, FoldedKind] = {
             _rebuilt_view(_load_looped, _looped_view, _looped_source),
         ),
         FoldedKind("ssc-user-fold", True, _load_user, _view_user),
+        FoldedKind("ssc-traced-fold", True, _load_traced, _view_traced),
     )
 }
 

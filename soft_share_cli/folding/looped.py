@@ -6,7 +6,10 @@ distinct weights are stored once (:class:`~soft_share_cli.folding.bank.FoldedBan
 consecutive blocks whose two convs fall in the same clusters become :class:`LoopSegment`\\ s,
 and a Python ``for`` loop runs each. Every layer's least-squares scale stays an explicit gain
 (there is no BatchNorm to absorb it), one per conv and iteration, so with exactly parallel
-coefficients the fold is exact.
+coefficients the fold is exact; a layer whose cluster is its own coefficients
+(``Absorb.UNIT``) has none. A segment's program lists the iterations whose convs carry a gain
+(``conv1_gain_iterations``, ``conv2_gain_iterations``; files without the lists have a gain at
+every iteration).
 
 **Thinking longer.** ``LoopedFCN.iterations`` (default: the trained number of blocks) is the
 total number of block applications. Fewer stop early; more keep running the *last* segment with
@@ -21,14 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soft_share_cli.analysis.plan import BankFold
+from soft_share_cli.analysis.plan import Absorb, BankFold
 from soft_share_cli.errors import CheckpointError
 from soft_share_cli.folding.bank import STORAGES, FoldedBank
 from soft_share_cli.limits import (
@@ -47,26 +50,55 @@ PROGRAM_VERSION = 1
 
 
 class LoopSegment(nn.Module):
-    """``iterations`` consecutive blocks sharing two weights, each with its own two gains."""
+    """``iterations`` consecutive blocks sharing two weights, each conv with its own gain.
 
-    def __init__(self, conv1_cluster: int, conv2_cluster: int, iterations: int) -> None:
+    Only the iterations listed in ``conv1_gain_iterations`` / ``conv2_gain_iterations`` (None:
+    every iteration) have a gain for that conv (``conv1_gains`` / ``conv2_gains``, one entry per
+    listed iteration, in order); the others run with the cluster's weight as it is.
+    """
+
+    conv1_gains: nn.Parameter | None
+    conv2_gains: nn.Parameter | None
+
+    def __init__(
+        self,
+        conv1_cluster: int,
+        conv2_cluster: int,
+        iterations: int,
+        conv1_gain_iterations: Sequence[int] | None = None,
+        conv2_gain_iterations: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if iterations < 1:
             raise ValueError(f"a loop segment needs at least one iteration, got {iterations}")
         self.conv1_cluster = conv1_cluster
         self.conv2_cluster = conv2_cluster
         self.iterations = iterations
-        self.conv1_gains = nn.Parameter(torch.ones(iterations))
-        self.conv2_gains = nn.Parameter(torch.ones(iterations))
+        self._slots: dict[int, dict[int, int]] = {}
+        for r, listed in ((1, conv1_gain_iterations), (2, conv2_gain_iterations)):
+            listed = list(range(iterations)) if listed is None else list(listed)
+            if not _iterations_list(listed, iterations):
+                raise ValueError(f"gain iterations {listed} must be sorted, unique, valid")
+            self._slots[r] = {t: j for j, t in enumerate(listed)}
+            param = nn.Parameter(torch.ones(len(listed))) if listed else None
+            self.register_parameter(f"conv{r}_gains", param)
+
+    def gain(self, conv: int, t: int) -> Tensor | None:
+        """The explicit gain of conv ``conv`` (1 or 2) at iteration ``t``, or None (none)."""
+        gains = self.conv1_gains if conv == 1 else self.conv2_gains
+        j = self._slots[conv].get(t)
+        return None if j is None or gains is None else gains[j]
 
     def step(self, h: Tensor, recall: Tensor | None, bank: FoldedBank, t: int) -> Tensor:
         """Block ``t`` of the segment: ``h + g2 W2 * relu(g1 W1 * relu(h [+ recall]))``."""
         z = h if recall is None else h + recall
         out = F.conv2d(F.relu(z), bank.weight(self.conv1_cluster), padding=1)
-        out = F.conv2d(
-            F.relu(out * self.conv1_gains[t]), bank.weight(self.conv2_cluster), padding=1
-        )
-        return h + out * self.conv2_gains[t]
+        if (g1 := self.gain(1, t)) is not None:
+            out = out * g1
+        out = F.conv2d(F.relu(out), bank.weight(self.conv2_cluster), padding=1)
+        if (g2 := self.gain(2, t)) is not None:
+            out = out * g2
+        return h + out
 
     def extra_repr(self) -> str:
         return (
@@ -91,7 +123,13 @@ class LoopedFCN(nn.Module):
         width, bank = self.width, p["bank"]
         self.bank = FoldedBank(bank["storage"], bank["clusters"], bank["K"], [width, width, 3, 3])
         self.segments = nn.ModuleList(
-            LoopSegment(s["conv1_cluster"], s["conv2_cluster"], s["iterations"])
+            LoopSegment(
+                s["conv1_cluster"],
+                s["conv2_cluster"],
+                s["iterations"],
+                s.get("conv1_gain_iterations"),
+                s.get("conv2_gain_iterations"),
+            )  # fmt: skip
             for s in p["segments"]
         )
         self.head = Head(self.width, self.num_classes)
@@ -185,8 +223,12 @@ def check_program(p: Any) -> None:
         count(len(segments), "its loop segments", limit=MAX_SEGMENTS, name="MAX_SEGMENTS")
         total = 0
         for s in segments:
-            total += count(s["iterations"], "a loop segment", limit=MAX_ITERATIONS,
-                           name="MAX_ITERATIONS", minimum=1)  # fmt: skip
+            runs = count(s["iterations"], "a loop segment", limit=MAX_ITERATIONS,
+                         name="MAX_ITERATIONS", minimum=1)  # fmt: skip
+            total += runs
+            for listed in (s.get("conv1_gain_iterations"), s.get("conv2_gain_iterations")):
+                if listed is not None and not _iterations_list(listed, runs):
+                    raise ValueError("a segment lists bad gain iterations")
             for r in (1, 2):
                 c = count(s[f"conv{r}_cluster"], "a cluster index", limit=MAX_CLUSTERS,
                           name="MAX_CLUSTERS")  # fmt: skip
@@ -197,6 +239,16 @@ def check_program(p: Any) -> None:
             raise ValueError(f"recall should be true or false, got {p['recall']!r}")
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed looped FCN program ({type(exc).__name__}: {exc})") from None
+
+
+def _iterations_list(listed: Any, runs: int) -> bool:
+    """A sorted list of distinct iteration indices below ``runs`` (checked before it is read)."""
+    return (
+        isinstance(listed, list)
+        and len(listed) <= runs
+        and sorted(set(listed)) == listed
+        and all(type(t) is int and 0 <= t < runs for t in listed)
+    )
 
 
 def is_looped_program(program: Any) -> bool:
@@ -218,12 +270,20 @@ def fold_sfcn(model: SFCN, plan: BankFold) -> LoopedFCN:
     if sorted(layers) != sorted(expected):
         odd = sorted(set(layers) ^ set(expected))[:4]
         raise ValueError(f"the plan does not cover the body's convs exactly ({odd})")
+    odd = [x.name for x in plan.layers if x.absorb not in (Absorb.GAIN, Absorb.UNIT)]
+    if odd:
+        raise ValueError(f"an SFCN has no BatchNorm to absorb a scale into ({odd[:4]})")
     segments: list[dict[str, Any]] = []
     for b in range(model.blocks):
         key = (layers[f"body.{b}.conv1"].cluster, layers[f"body.{b}.conv2"].cluster)
         if not segments or (segments[-1]["conv1_cluster"], segments[-1]["conv2_cluster"]) != key:
-            segments.append({"conv1_cluster": key[0], "conv2_cluster": key[1], "iterations": 0})
-        segments[-1]["iterations"] += 1
+            segments.append({"conv1_cluster": key[0], "conv2_cluster": key[1], "iterations": 0,
+                             "conv1_gain_iterations": [], "conv2_gain_iterations": []})  # fmt: skip
+        last = segments[-1]
+        for r in (1, 2):  # a layer that is its own cluster's coefficients needs no gain
+            if layers[f"body.{b}.conv{r}"].absorb is Absorb.GAIN:
+                last[f"conv{r}_gain_iterations"].append(last["iterations"])
+        last["iterations"] += 1
     program = {
         "format": PROGRAM_FORMAT,
         "version": PROGRAM_VERSION,
@@ -256,8 +316,10 @@ def fold_sfcn(model: SFCN, plan: BankFold) -> LoopedFCN:
         for b, (j, t) in enumerate(looped.schedule()):
             segment = looped.segments[j]
             assert isinstance(segment, LoopSegment)
-            segment.conv1_gains[t] = layers[f"body.{b}.conv1"].scale
-            segment.conv2_gains[t] = layers[f"body.{b}.conv2"].scale
+            for r in (1, 2):
+                gain = segment.gain(r, t)
+                if gain is not None:
+                    gain.fill_(layers[f"body.{b}.conv{r}"].scale)
     return looped.eval()
 
 
@@ -279,12 +341,9 @@ def looped_state_dict_view(looped: LoopedFCN) -> dict[str, Tensor]:
         for b, (j, t) in enumerate(looped.schedule(looped.trained_iterations)):
             segment = looped.segments[j]
             assert isinstance(segment, LoopSegment)
-            for r, cluster, gains in (
-                (1, segment.conv1_cluster, segment.conv1_gains),
-                (2, segment.conv2_cluster, segment.conv2_gains),
-            ):
+            for r, cluster in ((1, segment.conv1_cluster), (2, segment.conv2_cluster)):
                 view[f"body.{b}.conv{r}.coefficients"] = looped.bank.view_coefficients(
-                    cluster, gains[t]
+                    cluster, segment.gain(r, t)
                 )
                 # the same tensor under each conv's key, as an SFCN's state dict has it (one
                 # storage: counted once), so the view rebuilds as the SFCN it was folded from

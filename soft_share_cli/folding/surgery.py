@@ -8,7 +8,9 @@ drawing cluster ``c``'s weight from one :class:`~soft_share_cli.folding.bank.Fol
 bank, times a gain of its own (layers that share one coefficient storage share one gain, and a
 layer reused in several places stays one module: a fold keeps every tie and never clones one).
 Every scale stays an explicit gain: in an unknown network nothing says which BatchNorm could
-absorb it, so plans must be made with ``plan_bank(..., state_dict=None)``.
+absorb it, so plans must be made with ``plan_bank(..., state_dict=None)``. A layer whose
+cluster is its own coefficient vector (``Absorb.UNIT``) has no gain; the program marks it
+(``"gain": false``; files without the mark have a gain on every layer).
 
 The folded network is saved as a state dict plus the JSON program of :func:`user_fold_program`;
 :func:`rebuild_folded_user_model` replays the surgery on a fresh ``factory()`` network without
@@ -49,7 +51,7 @@ from soft_share_cli.models.user import load_factory
 
 
 def _skeleton(plan: BankFold, bank: Bank) -> Skeleton:
-    absorbed = [layer.name for layer in plan.layers if layer.absorb is not Absorb.GAIN]
+    absorbed = [x.name for x in plan.layers if x.absorb not in (Absorb.GAIN, Absorb.UNIT)]
     if absorbed:
         raise InputError(
             f"the plan of bank {plan.bank} absorbs scales into BatchNorm ({', '.join(absorbed)}); "
@@ -82,12 +84,32 @@ def _bank_module(model: nn.Module, sk: Skeleton) -> tuple[nn.Module, Tensor]:
     return found, templates
 
 
+def _ungained(plans: Mapping[str, BankFold]) -> set[str]:
+    """The layers of ``plans`` that store no gain (``Absorb.UNIT``)."""
+    return {x.name for p in plans.values() for x in p.layers if x.absorb is Absorb.UNIT}
+
+
+def _ungained_in_program(program: Mapping[str, Any]) -> set[str]:
+    """The layers a stored program marks ``"gain": false`` (checked: a flag, if present)."""
+    found = set()
+    for bank in program["banks"]:  # its shape was checked by skeletons_from_program
+        for layer in bank["layers"]:
+            flag = layer.get("gain", True)
+            if type(flag) is not bool:
+                raise CheckpointError(f"malformed user-fold program: gain flag {flag!r}")
+            if not flag:
+                found.add(layer["name"])
+    return found
+
+
 def _operate(
     model: nn.Module,
     skeletons: Sequence[Skeleton],
     make_shared: Callable[[Skeleton, Tensor], FoldedBank],
+    ungained: set[str] | frozenset[str] = frozenset(),
 ) -> nn.Module:
-    """Replace the planned layers of ``model`` in place and drop the banks they used."""
+    """Replace the planned layers of ``model`` in place and drop the banks they used
+    (the layers named in ``ungained`` get no gain)."""
     doomed: dict[int, str] = {}  # id(TemplateBank module) -> bank name
     # A layer reused in several places stays one module; layers that share one coefficient
     # storage share one gain: a fold keeps every tie of the original (never clones one).
@@ -111,8 +133,11 @@ def _operate(
                     f"{path} is a {type(layer).__name__} that does not draw from "
                     f"bank {sk.name}'s module; cannot fold it"
                 )
-            tied = replaced.get(id(layer)) or TiedConv2d(shared, cluster, scale, layer)
-            tied.gain = gains.setdefault(id(layer.coefficients), tied.gain)
+            tied = replaced.get(id(layer)) or TiedConv2d(
+                shared, cluster, scale, layer, gained=path not in ungained
+            )
+            if tied.gain is not None:
+                tied.gain = gains.setdefault(id(layer.coefficients), tied.gain)
             replaced[id(layer)] = tied
             parent_path, _, child = path.rpartition(".")
             if not child:
@@ -140,7 +165,8 @@ def fold_user_model(
     """A deep copy of ``model`` with every layer of a planned bank tied to its cluster's weight.
 
     ``plans`` (keyed by bank name) must come from ``plan_bank(..., state_dict=None)``: every
-    layer keeps an explicit gain, initialised to its least-squares scale. The result's output
+    layer keeps an explicit gain, initialised to its least-squares scale, except those whose
+    cluster is their own coefficients (``Absorb.UNIT``), which need none. The result's output
     equals the original's when each cluster's coefficients are exactly parallel, and its
     parameter count equals ``parameter_counts(...).folded``.
     """
@@ -163,12 +189,13 @@ def fold_user_model(
             return FoldedBank.holding(weights=torch.tensordot(u, t.double(), dims=1).to(t.dtype))
         return FoldedBank.holding(templates=t.clone(), directions=u.to(t.dtype))
 
-    return _operate(copy.deepcopy(model), skeletons, materialise)
+    return _operate(copy.deepcopy(model), skeletons, materialise, _ungained(plans))
 
 
 def user_fold_program(plans: Mapping[str, BankFold], banks: Sequence[Bank]) -> dict[str, Any]:
     """The JSON-ready surgery program stored next to the folded weights."""
     by_name = {bank.name: bank for bank in banks}
+    ungained = _ungained(plans)
     out = []
     for name, plan in plans.items():
         sk = _skeleton(plan, by_name[name])
@@ -179,7 +206,15 @@ def user_fold_program(plans: Mapping[str, BankFold], banks: Sequence[Bank]) -> d
                 "storage": "weights" if sk.stores_weights else "templates",
                 "clusters": [list(c) for c in plan.clusters],
                 "bank_modules": list(sk.modules),
-                "layers": [{"name": n, "cluster": c, "scale": s} for n, c, s in sk.layers],
+                "layers": [
+                    {
+                        "name": n,
+                        "cluster": c,
+                        "scale": s,
+                        **({"gain": False} if n in ungained else {}),
+                    }
+                    for n, c, s in sk.layers
+                ],
             }
         )
     return {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION, "banks": out}
@@ -200,7 +235,7 @@ def rebuild_folded_user_model(
             templates=torch.zeros_like(templates), directions=templates.new_zeros((c, k))
         )
 
-    model = _operate(load_factory(spec)(), skeletons, empty)
+    model = _operate(load_factory(spec)(), skeletons, empty, _ungained_in_program(program))
     load_state_dict_checked(model, state_dict, f"the folded network built by {spec}")
     return model.eval()
 
@@ -259,6 +294,7 @@ def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor
     names.
     """
     skeletons = skeletons_from_program(program)
+    ungained = _ungained_in_program(program)
     state_dict = with_aliases(program, state_dict)
     view: dict[str, Tensor] = {}
     hidden: set[str] = set()
@@ -282,14 +318,17 @@ def folded_user_view(program: Mapping[str, Any], state_dict: Mapping[str, Tensor
             hidden.update(k for k in state_dict if k.startswith(prefix))
             view[f"{sk.name}.templates"] = stack
             for name, cluster, _ in sk.layers:
-                gain = state_dict[f"{name}.gain"].reshape(()).to(stack.dtype)
+                if name in ungained:  # its cluster's direction is its own coefficients
+                    gain, tie = torch.ones((), dtype=stack.dtype), (sk.name, cluster)
+                else:
+                    gain = state_dict[f"{name}.gain"].reshape(()).to(stack.dtype)
+                    tie = (storage_id(state_dict[f"{name}.gain"]), cluster)
                 if sk.stores_weights:  # one-hot over the stored weights
                     direction = torch.zeros(stack.shape[0], dtype=stack.dtype)
                     direction[cluster] = 1
                 else:
                     direction = directions[cluster]
                 # a tensor per gain, so counting by storage sees each once (a shared gain once)
-                tie = (storage_id(state_dict[f"{name}.gain"]), cluster)
                 view[f"{name}.coefficients"] = coefficients.setdefault(
                     tie, (direction * gain).reshape(-1, 1, 1, 1, 1)
                 )

@@ -5,7 +5,8 @@ each layer's scale goes.
 (:func:`soft_share_cli.folding.swrn.fold_swrn`). Each shared layer ``i`` of cluster ``c`` is
 ``s_i W(u_c)``; the block computes with ``W(u_c)`` and puts ``s_i`` where that is exact in eval
 mode: conv1's scale into its iteration's bn2 running statistics, a positive conv2 scale into
-that bn2's weight and bias, any other scale into an explicit gain.
+that bn2's weight and bias, any other scale into an explicit gain; a layer whose cluster is its
+own coefficients (``Absorb.UNIT``, scale 1) needs none of these.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def place_scales(segment: LoopedBlock, t: int, conv1: LayerFold, conv2: LayerFol
         bn.running_mean.copy_(mean / s)
     elif conv1.absorb is Absorb.GAIN:
         _set_gain(segment, 1, t, s)
-    else:
+    elif conv1.absorb is not Absorb.UNIT:
         raise ValueError(f"{conv1.name}: conv1's scale cannot go to {conv1.absorb.value}")
     s = conv2.scale
     if conv2.absorb is Absorb.BN_AFFINE and s > 0:
@@ -133,7 +134,7 @@ def place_scales(segment: LoopedBlock, t: int, conv1: LayerFold, conv2: LayerFol
         bn.bias.copy_(_f64(bn.bias) * s)
     elif conv2.absorb is Absorb.GAIN:
         _set_gain(segment, 2, t, s)
-    else:
+    elif conv2.absorb is not Absorb.UNIT:
         raise ValueError(f"{conv2.name}: conv2's scale cannot go to {conv2.absorb.value}")
 
 

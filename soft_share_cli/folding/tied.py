@@ -17,7 +17,9 @@ from soft_share_cli.folding.bank import FoldedBank
 
 
 class TiedConv2d(nn.Module):
-    """A folded shared conv: ``gain * conv2d(x, shared.weight(cluster))``, no bias.
+    """A folded shared conv: ``gain * conv2d(x, shared.weight(cluster))``, no bias; without the
+    gain (``gained=False``: the cluster's weight is the layer's own, ``Absorb.UNIT``) when the
+    plan stores none.
 
     ``shared`` is owned (registered) by the network's top level; here it is a plain reference,
     so parameters are counted once and the state dict has one key per tensor. The geometry
@@ -27,7 +29,11 @@ class TiedConv2d(nn.Module):
 
     shared: FoldedBank
 
-    def __init__(self, shared: FoldedBank, cluster: int, scale: float, replaced: Any) -> None:
+    gain: nn.Parameter | None
+
+    def __init__(
+        self, shared: FoldedBank, cluster: int, scale: float, replaced: Any, gained: bool = True
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "shared", shared)  # bypasses nn.Module's submodule registration
         self.cluster = cluster
@@ -36,13 +42,13 @@ class TiedConv2d(nn.Module):
         self.dilation = getattr(replaced, "dilation", 1)
         self.groups = getattr(replaced, "groups", 1)
         like = next(shared.parameters())
-        self.gain = nn.Parameter(torch.tensor(float(scale), dtype=like.dtype, device=like.device))
+        gain = torch.tensor(float(scale), dtype=like.dtype, device=like.device)
+        self.register_parameter("gain", nn.Parameter(gain) if gained else None)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.shared.weight(self.cluster)
-        return self.gain * F.conv2d(
-            x, w, None, self.stride, self.padding, self.dilation, self.groups
-        )
+        out = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+        return out if self.gain is None else self.gain * out
 
     def extra_repr(self) -> str:
         return f"cluster={self.cluster}, stride={self.stride}, padding={self.padding}"

@@ -36,7 +36,8 @@ def probe_input(ckpt: LoadedCheckpoint, model: nn.Module, samples: int, seed: in
     """
     from soft_share_cli.models.wrn import SWRN, WRN
 
-    digits = ckpt.metadata.get("preprocessing", {}).get("dataset") == "digits"
+    preprocessing = ckpt.metadata.get("preprocessing")  # whatever the file says: maybe no dict
+    digits = isinstance(preprocessing, dict) and preprocessing.get("dataset") == "digits"
     size = 8 if digits or isinstance(model, SWRN | WRN) else 32
     channels = 3
     for module in model.modules():

@@ -2,11 +2,14 @@
 
 A file of any kind (a soft-shared checkpoint, or a folded network of any kind seen as the
 soft-shared network it came from) goes through :func:`analyze_checkpoint`; the analysis itself is
-:func:`soft_share_cli.analysis.analyze.analyze_state_dict`.
+:func:`soft_share_cli.analysis.analyze.analyze_state_dict`. With ``--model`` the user's network
+is built, run once on a probe and analysed by what its calls share
+(:func:`soft_share_cli.analysis.traced.analyze_traced`), with no naming assumption.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,32 @@ from soft_share_cli.analysis.analyze import (
 )
 from soft_share_cli.errors import InputError
 
+PROBE_SEED = 0
+
+
+@dataclass(frozen=True)
+class TracedReport(Analysis):
+    """An :class:`Analysis` found by tracing the network (``--model``): each group a bank."""
+
+    trace: dict[str, Any] = field(default_factory=dict)  # what the trace saw (calls, probe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "discovery": "traced", "trace": self.trace}
+
 
 def analyze_checkpoint(
-    path: str | Path, options: AnalysisOptions | None = None, key: str | None = None
+    path: str | Path,
+    options: AnalysisOptions | None = None,
+    key: str | None = None,
+    model: str | None = None,
 ) -> Analysis:
     """Load ``path`` safely and analyse it; works on any network built from template banks.
 
-    ``key`` names the entry of a wrapped checkpoint that holds the state dict (``--key``)."""
+    ``key`` names the entry of a wrapped checkpoint that holds the state dict (``--key``);
+    ``model`` (``--model MODULE:CALLABLE``) builds the user's network and traces it instead."""
     options = AnalysisOptions() if options is None else options
+    if model is not None:
+        return analyze_model(path, model, options, key)
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError, CheckpointError
     from soft_share_cli.folding.kinds import folded_view
@@ -54,7 +75,8 @@ def analyze_checkpoint(
     if not banks:
         raise InputError(
             f"{path}: no template banks found ({describe_unshared(state_dict)}); "
-            "is this a soft-shared network?"
+            "to find sharing by running the network (a shared basis, a flat parameter store, "
+            "any names), pass --model MODULE:CALLABLE"
         )
     facts = {
         "path": str(path),
@@ -67,12 +89,77 @@ def analyze_checkpoint(
     return Analysis(facts, options, banks, issues, counts, graph)
 
 
+def analyze_model(
+    path: str | Path, model: str, options: AnalysisOptions, key: str | None = None
+) -> TracedReport:
+    """Build ``model`` with ``path``'s weights, run it once on a seeded probe and analyse the
+    parameters its conv and linear calls share (exit 2 where nothing is shared)."""
+    import torch
+
+    from soft_share_cli.analysis.trace import probe_shape
+    from soft_share_cli.analysis.traced import analyze_traced, describe_trace
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.folding.kinds import kind_of
+    from soft_share_cli.models.user import build_user_model
+
+    if options.bank_key is not None or options.coefficient_key is not None:
+        raise InputError(
+            "--bank-key and --coefficient-key name state-dict keys; --model finds what is "
+            "shared by running the network, so they do not apply with it"
+        )
+    ckpt = load_checkpoint(path, key=key)
+    if kind_of(ckpt) is not None:
+        raise InputError(
+            f"{path} is a folded network; --model traces a checkpoint of your own network "
+            "(analyze a fold without --model)"
+        )
+    network = build_user_model(model, ckpt.state_dict)
+    preprocessing = ckpt.metadata.get("preprocessing")  # data from the file: any type
+    digits = isinstance(preprocessing, dict) and preprocessing.get("dataset") == "digits"
+    sizes = (8, 32) if digits else (32, 8)
+    try:
+        shape = probe_shape(network, size=sizes[0])
+    except InputError:
+        try:
+            shape = probe_shape(network, size=sizes[1])
+        except InputError as exc:
+            raise InputError(f"{path}: {exc} at {sizes[0]} or {sizes[1]} pixels") from None
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    probe = torch.randn(2, *shape, generator=generator)
+    traced = analyze_traced(network, probe, options)
+    if not traced.groups:
+        raise InputError(
+            f"{path}: no parameters shared between conv/linear calls "
+            f"({len(traced.trace.calls)} calls traced)"
+        )
+    facts = {
+        "path": str(path),
+        "format": ckpt.format,
+        "container": ckpt.container,
+        "stripped_prefix": ckpt.stripped_prefix,
+        "placeholders": list(ckpt.placeholders),
+        "architecture": f"your network ({model})",
+        "model": model,
+    }
+    assert traced.graph is not None
+    return TracedReport(
+        facts,
+        options,
+        traced.results,
+        traced.issues,
+        traced.counts,
+        traced.graph,
+        describe_trace(traced.trace),
+    )
+
+
 def plot_similarity(
     path: str | Path,
     output: str | Path,
     options: Any,
     graph_output: str | Path | None = None,
     key: str | None = None,
+    model: str | None = None,
 ) -> list[str]:
     """Draw every bank's similarity heatmap (and optionally the recurrence graph); return paths."""
     from soft_share_cli.render.graph_plot import graph_figure
@@ -82,7 +169,7 @@ def plot_similarity(
         similarity_figure,
     )
 
-    analysis = analyze_checkpoint(path, options, key)
+    analysis = analyze_checkpoint(path, options, key, model)
     panels = [
         HeatmapInput(
             bank=b.bank.name,
@@ -92,7 +179,12 @@ def plot_similarity(
         )
         for b in analysis.banks
     ]
-    metric = "LSM" if options.metric.value == "coefficients" else "weight similarity"
+    used = {b.similarity.metric.value for b in analysis.banks}  # a traced group may fall back
+    metric = " / ".join(
+        name
+        for value, name in (("coefficients", "LSM"), ("weight", "weight similarity"))
+        if value in used
+    )
     title = f"{Path(path).name}: {metric}"
     save_figure(
         similarity_figure(panels, options.threshold, title=title, signed=options.signed), output

@@ -38,7 +38,7 @@ from soft_share_cli.pipeline.fold_report import (
     FoldReport,
     Scores,
 )
-from soft_share_cli.pipeline.fold_source import FoldSource
+from soft_share_cli.pipeline.fold_source import FoldSource, NothingToFold
 
 Progress = Callable[[str, int, int], None]
 
@@ -128,9 +128,15 @@ def _evaluate(
     )
 
 
-def candidate_thresholds(ckpt: LoadedCheckpoint, options: AnalysisOptions) -> list[float]:
-    """Every threshold at which some bank's clustering changes (and 1.0), highest first."""
-    results, _, _, _ = analyze_state_dict(ckpt.state_dict, options, with_graph=False)
+def candidate_thresholds(
+    ckpt: LoadedCheckpoint, options: AnalysisOptions, source: FoldSource | None = None
+) -> list[float]:
+    """Every threshold at which some bank's clustering changes (and 1.0), highest first; with
+    --model, of the traced analysis' groups (hard ties, one cluster always, left out)."""
+    if source is not None and source.model_spec is not None:
+        results = tuple(r for r in source.traced(options).results if not r.hard_tie)
+    else:
+        results, _, _, _ = analyze_state_dict(ckpt.state_dict, options, with_graph=False)
     heights = {1.0}
     for r in results:
         matrix = abs(r.similarity.matrix)
@@ -162,7 +168,7 @@ def fold_checkpoint(
         raise InputError("--materialize writes a plain WRN; it is not available with --model")
     if options.recalibrate_bn and options.data is None:
         raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
-    source = FoldSource(load_checkpoint(path, key=options.key), options.model)
+    source = FoldSource(load_checkpoint(path, key=options.key), options.model, options.analysis)
     ckpt = source.ckpt  # a folded input: its soft-shared view
     if materialize is not None and source.is_sfcn:
         raise InputError("--materialize writes a plain WRN; it is not available for an SFCN")
@@ -186,8 +192,11 @@ def fold_checkpoint(
     if options.auto_threshold:
         assert test is not None and original_eval is not None and options.max_drop is not None
         best: tuple[int, float] | None = None
-        for t in candidate_thresholds(ckpt, options.analysis):
-            trial = source.fold(replace(options.analysis, threshold=t))
+        for t in candidate_thresholds(ckpt, options.analysis, source):
+            try:
+                trial = source.fold(replace(options.analysis, threshold=t))
+            except NothingToFold:
+                continue  # at this threshold every group is kept as it is
             result = _evaluate(trial.network, test, options, f"τ = {t:.4f}", progress)
             delta = result.headline - original_eval.headline
             ok = -delta <= options.max_drop
@@ -206,7 +215,9 @@ def fold_checkpoint(
     probe = compare_on_probe(
         source.model,
         fold.network,
-        probe_input(ckpt, source.model, options.probe_samples, options.seed),
+        source.probe_input(options.probe_samples, options.seed)
+        if options.model is not None
+        else probe_input(ckpt, source.model, options.probe_samples, options.seed),
     )
     if not math.isfinite(probe.max_abs_diff):  # e.g. coefficients too extreme to refactor
         raise InputError(
@@ -280,6 +291,7 @@ def fold_checkpoint(
             "storage": "weights" if p.stores_weights else "templates",
             "gains": p.gains,
             "max_residual": max((layer.residual for layer in p.layers), default=0.0),
+            **({"kept_as_is": True} if p.kept_as_is else {}),
         }
         for name, p in fold.plans.items()
     )

@@ -15,11 +15,14 @@ from soft_share_cli.analysis.analyze import (
     analyze_state_dict,
     describe_unshared,
 )
-from soft_share_cli.analysis.banks import find_banks
-from soft_share_cli.analysis.plan import BankFold, ParameterCounts, plan_bank
+from soft_share_cli.analysis.plan import BankFold, ParameterCounts
 from soft_share_cli.checkpoints.load import LoadedCheckpoint
 from soft_share_cli.errors import InputError
 from soft_share_cli.models.params import count_state_dict_parameters
+
+
+class NothingToFold(InputError):
+    """No group of the network folds to fewer parameters (exit 2, nothing written)."""
 
 
 @dataclass
@@ -37,20 +40,26 @@ class Fold:
 class FoldSource:
     """The original network and how to fold it (SWRN, or a user network via --model)."""
 
-    def __init__(self, ckpt: LoadedCheckpoint, model_spec: str | None):
+    def __init__(
+        self,
+        ckpt: LoadedCheckpoint,
+        model_spec: str | None,
+        options: AnalysisOptions | None = None,  # only its --bank-key, --coefficient-key
+    ):
         self.stored: int | None = None  # a folded input: the parameters it already stores
         self.ckpt = ckpt = self._refold_view(ckpt, model_spec)
         self.model_spec = model_spec
         if model_spec is not None:
             from soft_share_cli.models.user import build_user_model
 
-            if not any(bank.layers for bank in find_banks(ckpt.state_dict).banks):
-                # A fold of it would only untie what the network shares: refuse, write nothing.
+            patterns = AnalysisOptions() if options is None else options
+            if patterns.bank_key is not None or patterns.coefficient_key is not None:
                 raise InputError(
-                    f"{ckpt.path}: nothing to fold: no template bank with layers "
-                    f"({describe_unshared(ckpt.state_dict)}); nothing was written"
+                    "--bank-key and --coefficient-key name tensors of a state dict; with --model "
+                    "the network is traced and no naming is used: drop them"
                 )
             self.model = build_user_model(model_spec, ckpt.state_dict)
+            self._traced_probe()
             self.architecture = f"user network {model_spec}"
         else:
             from soft_share_cli.models.builder import rebuild_model
@@ -65,6 +74,67 @@ class FoldSource:
                 )
             self.architecture = spec.describe()
         self.model.eval()
+
+    def _traced_probe(self) -> None:
+        """With --model: the probe the network is traced on (seeded), and nothing-to-fold."""
+        import torch
+
+        from soft_share_cli.analysis.trace import probe_shape
+        from soft_share_cli.analysis.trace_groups import HARD_TIE, shared_groups
+
+        shape = probe_shape(self.model)
+        generator = torch.Generator().manual_seed(0)
+        self.probe = torch.randn(2, *shape, generator=generator)
+        device = next(self.model.parameters(), self.probe).device
+        self.probe = self.probe.to(device)
+        from soft_share_cli.analysis.trace import trace_network
+
+        trace = trace_network(self.model, self.probe)
+        groups = shared_groups(trace)
+        self._refuse_non_finite(trace, groups)
+        if not any(g.kind != HARD_TIE for g in groups):
+            ties = sum(g.kind == HARD_TIE for g in groups)
+            seen = f"{ties} hard tie(s), already one tensor each" if ties else "no shared weights"
+            raise NothingToFold(
+                f"{self.ckpt.path}: nothing to fold: the traced network has {seen} (its state "
+                f"dict: {describe_unshared(self.ckpt.state_dict)}); nothing was written"
+            )
+
+    def _refuse_non_finite(self, trace: Any, groups: Any) -> None:
+        """A weight to fold with NaN or infinite values has no direction: refuse (exit 2)."""
+        import torch
+
+        from soft_share_cli.analysis.trace_groups import call_names
+
+        names = call_names(trace)
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        for group in groups:
+            for i in group.calls:
+                call = trace.calls[i]
+                if bool(torch.isfinite(call.weight).all()):
+                    continue
+                own = [k for k in call.sources if k not in group.shared and k in params]
+                bad = [k for k in own if not bool(torch.isfinite(params[k]).all())]
+                what = f"nan or infinite coefficients ({', '.join(bad)})" if bad else (
+                    "a nan or infinite weight"
+                )  # fmt: skip
+                raise InputError(f"{self.ckpt.path}: cannot fold: {names[i]} has {what}")
+
+    def probe_input(self, samples: int, seed: int) -> Any:
+        """Seeded random inputs of the traced probe's shape (--model), else None."""
+        if self.model_spec is None:
+            return None
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        shape = tuple(self.probe.shape[1:])
+        return torch.randn(samples, *shape, generator=generator).to(self.probe.device)
+
+    def traced(self, options: AnalysisOptions) -> Any:
+        """The traced analysis of the --model network at ``options``."""
+        from soft_share_cli.analysis.traced import analyze_traced
+
+        return analyze_traced(self.model, self.probe, options, with_graph=False)
 
     def _refold_view(self, ckpt: LoadedCheckpoint, model_spec: str | None) -> LoadedCheckpoint:
         """A folded input is folded again as its soft-shared view (an SWRN or SFCN again)."""
@@ -117,6 +187,8 @@ class FoldSource:
         return fold
 
     def _fold(self, options: AnalysisOptions) -> Fold:
+        if self.model_spec is not None:
+            return self._fold_traced(options)
         state = self.ckpt.state_dict
         results, issues, counts, _ = analyze_state_dict(
             state, options, with_graph=False, stored_parameters=self.stored
@@ -139,36 +211,29 @@ class FoldSource:
             assert len(plans) == 1  # an SFCN has exactly one bank
             looped = fold_sfcn(self.model, next(iter(plans.values())))  # type: ignore[arg-type]
             return Fold(options, looped, plans, counts, loops, None)
-        if self.model_spec is None:
-            from soft_share_cli.folding.swrn import fold_swrn
-            from soft_share_cli.models.wrn import SWRN
+        from soft_share_cli.folding.swrn import fold_swrn
+        from soft_share_cli.models.wrn import SWRN
 
-            assert isinstance(self.model, SWRN)
-            plans = {r.bank.name: r.fold for r in results}
-            return Fold(options, fold_swrn(self.model, plans), plans, counts, loops, None)
-        from soft_share_cli.analysis.plan import parameter_counts
-        from soft_share_cli.analysis.similarity import Metric, gram_matrix
-        from soft_share_cli.folding.surgery import fold_user_model, user_fold_program
-        from soft_share_cli.models.params import repeated_layer_parameters
+        assert isinstance(self.model, SWRN)
+        plans = {r.bank.name: r.fold for r in results}
+        return Fold(options, fold_swrn(self.model, plans), plans, counts, loops, None)
 
-        # Unknown network: no BatchNorm can be assumed, every scale stays an explicit gain.
-        plans = {
-            r.bank.name: plan_bank(
-                r.bank,
-                r.clusters,
-                gram=gram_matrix(r.bank.templates) if options.metric == Metric.WEIGHT else None,
-                state_dict=None,
-            )
-            for r in results
-        }
-        banks = [r.bank for r in results]
-        counts = parameter_counts(
-            count_state_dict_parameters(state),
-            tuple(plans.values()),
-            repeated_layer_parameters(state),
+    def _fold_traced(self, options: AnalysisOptions) -> Fold:
+        """--model: discovery is the trace; the one traced engine folds every kind."""
+        from soft_share_cli.folding.traced import fold_traced
+
+        analysis = self.traced(options)
+        folded = fold_traced(self.model, analysis, self.probe)
+        if not folded.plans:
+            why = "; ".join(f"{name}: {reason}" for name, reason in folded.kept) or "no group"
+            raise NothingToFold(f"{self.ckpt.path}: nothing to fold ({why}); nothing was written")
+        loops = tuple(
+            f"{r.bank.name}: {loop.description}"
+            for r in analysis.results
+            if r.bank.name in folded.plans or r.bank.kind == "hard-tie"
+            for loop in r.loops
         )
-        network = fold_user_model(self.model, plans, banks)
-        return Fold(options, network, plans, counts, loops, user_fold_program(plans, banks))
+        return Fold(options, folded.network, folded.plans, analysis.counts, loops, folded.program)
 
     def write(self, fold: Fold, output: str | Path, report: dict[str, Any]) -> None:
         """Write ``fold`` in its kind's format (atomically), ``report`` in its header."""
@@ -181,10 +246,10 @@ class FoldSource:
 
             save_folded(fold.network, output, report=report)  # type: ignore[arg-type]
         else:
-            from soft_share_cli.folding.surgery import save_folded_user_model
+            from soft_share_cli.folding.traced_program import save_traced
 
             assert self.model_spec is not None
-            save_folded_user_model(fold.network, output, self.model_spec, fold.program, report)
+            save_traced(fold.network, output, self.model_spec, fold.program, report)
 
     def write_materialized(self, fold: Fold, path: str | Path, report: dict[str, Any]) -> None:
         """Write ``fold`` as a plain WRN checkpoint (every loop unrolled into convs)."""

@@ -27,7 +27,7 @@ def render_fold(report: Any) -> None:
             b["bank"],
             str(b["before"]),
             str(b["after"]),
-            b["storage"],
+            b["storage"] + (" (kept as is)" if b.get("kept_as_is") else ""),
             str(b["gains"]),
             f"{b['max_residual']:.1e}",
         )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -189,40 +189,7 @@ def render_analysis(analysis: Any) -> None:
     ]
     out.print(kv_table("Checkpoint", rows))
     for result in analysis.banks:
-        bank = result.bank
-        o, i, k, _ = bank.template_shape
-        title = (
-            f"{bank.name}: {bank.num_templates} templates of {o}×{i}×{k}×{k}, "
-            f"{len(bank.layers)} layers → {len(result.clusters)} distinct weights"
-        )
-        table = Table(title=title, title_justify="left")
-        for name, justify in (
-            ("#", "right"),
-            ("layer", "left"),
-            ("cluster", "center"),
-            ("‖α‖", "right"),
-            ("nearest", "left"),
-            ("S", "right"),
-            ("scale", "right"),
-            ("residual", "right"),
-        ):
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
-        letters = result.letters
-        nearest = result.similarity.nearest()
-        for n, layer in enumerate(bank.layers):
-            j, s = nearest[n]
-            fold = result.fold.layers[n]
-            table.add_row(
-                str(n),
-                layer.name,
-                letters[n],
-                f"{result.similarity.norms[n]:.3f}",
-                "-" if j is None else bank.layers[j].name,
-                "-" if j is None else f"{s:.3f}",
-                f"{fold.scale:+.3f}",
-                f"{fold.residual:.1e}",
-            )
-        out.print(table)
+        out.print(_hard_tie_table(result) if result.hard_tie else _bank_table(result))
     out.print(styled("Loops", "bold"))
     for line in analysis.loop_summary or ["none at this threshold"]:
         out.print(f"  • {line}")
@@ -243,6 +210,76 @@ def render_analysis(analysis: Any) -> None:
     )
     table.add_row(f"folded at τ = {opts.threshold:g}", f"{p.folded:,}", "")
     out.print(table)
+
+
+def _shape(shape: Any) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def _found_by(result: Any) -> str | None:
+    """How a bank beyond the authors' naming was found, and whether a fold keeps it as it is."""
+    bank, notes = result.bank, []
+    if bank.discovery_dict():
+        notes.append(f"found by {bank.rule} ({bank.kind})")
+    if result.fold.kept_as_is:
+        notes.append("a fold keeps it as it is (merging would store more than the checkpoint)")
+    return "; ".join(notes) or None
+
+
+def _hard_tie_table(result: Any) -> Group:
+    """A hard tie: one weight used N times (not a bank of one template)."""
+    bank = result.bank
+    uses = len(bank.layers)
+    title = (
+        f"{bank.name}: hard tie: one {_shape(bank.weight_shape)} weight, "
+        f"{uses} use{'s' if uses != 1 else ''}"
+    )
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("use", justify="left")
+    table.add_column("key", justify="left")
+    for n, layer in enumerate(bank.layers):
+        table.add_row(str(n), layer.name, layer.key)
+    # Title and caption as lines of their own: a narrow table would wrap them.
+    return Group(Text(inert(title), style="italic"), table, Text(inert(f"found by {bank.rule}")))
+
+
+def _bank_table(result: Any) -> Table | Group:
+    """A soft bank: its layers, clusters, nearest neighbours, scales and residuals."""
+    bank = result.bank
+    title = (
+        f"{bank.name}: {bank.num_templates} templates of {_shape(bank.weight_shape)}, "
+        f"{len(bank.layers)} layers → {len(result.clusters)} distinct weights"
+    )
+    table = Table(title=title, title_justify="left")
+    for name, justify in (
+        ("#", "right"),
+        ("layer", "left"),
+        ("cluster", "center"),
+        ("‖α‖", "right"),
+        ("nearest", "left"),
+        ("S", "right"),
+        ("scale", "right"),
+        ("residual", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    letters = result.letters
+    nearest = result.similarity.nearest()
+    for n, layer in enumerate(bank.layers):
+        j, s = nearest[n]
+        fold = result.fold.layers[n]
+        table.add_row(
+            str(n),
+            layer.name,
+            letters[n],
+            f"{result.similarity.norms[n]:.3f}",
+            "-" if j is None else bank.layers[j].name,
+            "-" if j is None else f"{s:.3f}",
+            "own" if fold.absorb.value == "unit" else f"{fold.scale:+.3f}",
+            f"{fold.residual:.1e}",
+        )
+    found = _found_by(result)  # a line of its own: a narrow table would wrap it as a caption
+    return table if found is None else Group(table, Text(inert(found)))
 
 
 def render_task_eval(report: Any) -> None:

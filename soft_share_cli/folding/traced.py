@@ -1,0 +1,393 @@
+"""Fold any network whose sharing the trace found (``ssc fold --model``): one engine for all kinds.
+
+The input is a :class:`~soft_share_cli.analysis.traced.TracedAnalysis`: groups of conv/linear
+calls that share parameters (a soft bank under any names, a flat store, ``W_i = M_i · B``, the
+per-layer convs of a shared basis), each analysed as a bank with a fold plan. For each folded
+group the network gets one :class:`~soft_share_cli.folding.bank.FoldedBank` (registered on the top
+module as ``ssc_folded_<name>``) holding cluster ``c``'s weight ``tensordot(directions[c],
+templates, 1)`` (summed in float64), or the templates and directions where that is smaller; every
+call's *layer module* is replaced, wherever that module object appears (a reused module stays one
+module: ties are kept), by a :class:`TracedLayer` = ``gain * op(x, bank.weight(c)) + bias`` with
+the call's own geometry and the original bias Parameter (no gain where the plan needs none).
+Hard-tied groups are left as they are: they already are one tensor used in a loop.
+
+Then the parameters only the replaced calls used are dropped: each is removed from the modules
+holding it and the probe is run again; where the forward fails or its output changes it is put
+back (and stays counted). A call whose weight is computed from a dropped parameter but which is
+in no group (a linear layer cutting its weight from the same flat store as the convs) is replaced
+too, by its own fixed weight. **A fold never grows**: calls joined by shared parameters fold as one
+unit, and a unit whose folded storage (weights, gains) is not smaller than what it frees is kept
+as it is (reported, with why).
+
+What the surgery did is the *program* (:mod:`soft_share_cli.folding.traced_program`): the same
+:func:`apply_program` replays it on a fresh ``factory()`` network to load a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from soft_share_cli.analysis.plan import Absorb, BankFold
+from soft_share_cli.analysis.trace_groups import HARD_TIE, call_names
+from soft_share_cli.errors import InputError
+from soft_share_cli.folding.bank import FoldedBank
+from soft_share_cli.folding.traced_program import (
+    SHARED_PREFIX,
+    LayerSpec,
+    apply_program,
+    drop_parameter,
+    restore_parameter,
+    run_probe,
+    same_outputs,
+)
+
+if TYPE_CHECKING:
+    from soft_share_cli.analysis.trace import Call, Trace
+    from soft_share_cli.analysis.traced import TracedAnalysis
+
+
+@dataclass
+class _Unit:
+    """Calls joined by shared parameters: they fold, or stay as they are, together."""
+
+    groups: list[int] = field(default_factory=list)  # indices into analysis.groups
+    satellites: list[int] = field(default_factory=list)  # calls folded to their own weight
+    calls: set[int] = field(default_factory=set)
+    freeable: set[str] = field(default_factory=set)
+    cost: int = 0
+
+
+@dataclass(frozen=True)
+class TracedFold:
+    """A folded copy of the network, its program, the plans of the folded groups and why the
+    other groups were kept as they are."""
+
+    network: nn.Module
+    program: dict[str, Any]
+    plans: dict[str, BankFold]
+    kept: tuple[tuple[str, str], ...]
+
+
+def _holders(model: nn.Module, p: nn.Parameter) -> list[tuple[str, nn.Module, str]]:
+    """Every (module path, module, attribute) registering ``p``."""
+    out = []
+    for path, module in model.named_modules(remove_duplicate=False):
+        for name, q in module._parameters.items():
+            if q is p:
+                out.append((path, module, name))
+    return out
+
+
+def _attribute(name: str, taken: set[str]) -> str:
+    base = SHARED_PREFIX + re.sub(r"\W", "_", name)
+    attr, n = base, 2
+    while attr in taken:
+        attr, n = f"{base}_{n}", n + 1
+    taken.add(attr)
+    return attr
+
+
+def _geometry(call: Call) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in call.geometry}
+
+
+def _refuse_inline(analysis: TracedAnalysis, names: list[str]) -> None:
+    calls = analysis.trace.calls
+    for group in analysis.groups:
+        if group.kind == HARD_TIE:
+            continue
+        for i in group.calls:
+            call = calls[i]
+            if call.layer is None:
+                raise InputError(
+                    f"cannot fold {names[i]}: its {call.op} is called inline by the forward of "
+                    f"{call.module or 'the network'}, and no module stands for that call alone "
+                    "(wrap it in a module of its own); nothing was written"
+                )
+            if call.bias == "":
+                raise InputError(
+                    f"cannot fold {names[i]}: its bias is computed, not a stored parameter; "
+                    "nothing was written"
+                )
+
+
+def _satellites(trace: Trace, taken: set[int]) -> list[int]:
+    """Calls in no folded group whose computed weight shares a parameter with the folded calls
+    (closed under sharing): replaced by their own fixed weight, so the parameter can go."""
+    by_layer: dict[str, list[Call]] = {}
+    for call in trace.calls:
+        if call.layer is not None:
+            by_layer.setdefault(call.layer, []).append(call)
+    keys = {k for i in taken for k in trace.calls[i].sources}
+    out: list[int] = []
+    grown = True
+    while grown:
+        grown = False
+        for call in trace.calls:
+            if (
+                call.index in taken
+                or call.dynamic
+                or call.direct is not None
+                or call.layer is None
+                or call.bias == ""
+                or not set(call.sources) & keys
+            ):
+                continue
+            uses = by_layer[call.layer]
+            if not all(torch.equal(u.weight, call.weight) for u in uses):
+                continue  # one module computing different weights: no fixed weight stands for it
+            taken.update(u.index for u in uses)
+            out.append(uses[0].index)
+            keys.update(k for u in uses for k in u.sources)
+            grown = True
+    return out
+
+
+def _units(analysis: TracedAnalysis, candidates: list[int], satellites: list[int]) -> list[_Unit]:
+    trace = analysis.trace
+    calls = {i for g in candidates for i in analysis.groups[g].calls}
+    by_layer: dict[str, list[int]] = {}
+    for call in trace.calls:
+        if call.layer is not None:
+            by_layer.setdefault(call.layer, []).append(call.index)
+    for s in satellites:
+        calls.update(by_layer[trace.calls[s].layer])  # type: ignore[index]
+    parent = {i: i for i in calls}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    uses = trace.uses()
+    for users in uses.values():
+        inside = [i for i in users if i in calls]
+        for i in inside[1:]:
+            parent[root(i)] = root(inside[0])
+    for g in candidates:
+        members = analysis.groups[g].calls
+        for i in members[1:]:
+            parent[root(i)] = root(members[0])
+    units: dict[int, _Unit] = {}
+    for g in candidates:
+        unit = units.setdefault(root(analysis.groups[g].calls[0]), _Unit())
+        unit.groups.append(g)
+        unit.cost += analysis.results[g].fold.parameters
+    for s in satellites:
+        unit = units.setdefault(root(s), _Unit())
+        unit.satellites.append(s)
+        unit.cost += trace.calls[s].weight_numel
+    biases = {c.bias for c in trace.calls if c.bias}
+    for i in calls:
+        units[root(i)].calls.add(i)
+    for unit in units.values():
+        keys = {k for i in unit.calls for k in trace.calls[i].sources}
+        unit.freeable = {k for k in keys if set(uses[k]) <= unit.calls and k not in biases}
+    return list(units.values())
+
+
+def _group_specs(
+    analysis: TracedAnalysis, g: int, attr: str, names: list[str]
+) -> tuple[FoldedBank, list[LayerSpec]]:
+    group, result = analysis.groups[g], analysis.results[g]
+    plan, bank, calls = result.fold, result.bank, analysis.trace.calls
+    dtype = calls[group.calls[0]].weight.dtype
+    templates = torch.as_tensor(bank.templates).detach()
+    u = torch.as_tensor(np.asarray(plan.directions), dtype=torch.float64, device=templates.device)
+    if plan.stores_weights:  # summed in float64, so exact folds stay exact after rounding
+        shared = FoldedBank.holding(
+            weights=torch.tensordot(u, templates.double(), dims=1).to(dtype).clone()
+        )
+    else:
+        shared = FoldedBank.holding(templates=templates.to(dtype).clone(), directions=u.to(dtype))
+    specs: dict[str, LayerSpec] = {}
+    for j, i in enumerate(group.calls):
+        call, layer = calls[i], plan.layers[j]
+        path = call.layer
+        assert path is not None
+        if layer.absorb not in (Absorb.GAIN, Absorb.UNIT):
+            raise InputError(f"the plan of {group.name} puts {names[i]}'s scale in a BatchNorm")
+        gain = float(layer.scale) if layer.absorb is Absorb.GAIN else None
+        if path in specs:
+            first = specs[path]
+            if first.cluster != layer.cluster or (first.gain is None) != (gain is None):
+                raise InputError(
+                    f"cannot fold {names[i]}: module {path} runs calls that fold differently"
+                )
+            continue
+        gain_of = None
+        if gain is not None and layer.tied_to is not None:
+            other = calls[group.calls[layer.tied_to]].layer
+            if other != path and other in specs and specs[other].gain is not None:
+                gain_of = other
+        specs[path] = LayerSpec(
+            path, call.op, _geometry(call), attr, layer.cluster, gain, gain_of, call.bias
+        )
+    return shared, list(specs.values())
+
+
+def _satellite_specs(call: Call, attr: str) -> tuple[FoldedBank, LayerSpec]:
+    shared = FoldedBank.holding(weights=call.weight.detach().clone()[None])
+    assert call.layer is not None
+    return shared, LayerSpec(call.layer, call.op, _geometry(call), attr, 0, None, None, call.bias)
+
+
+def _build(
+    model: nn.Module,
+    analysis: TracedAnalysis,
+    units: list[_Unit],
+    probe: Tensor,
+    names: list[str],
+) -> tuple[nn.Module, dict[str, Any], dict[int, int]]:
+    """Fold ``units`` into a copy of ``model``; the program, and per unit what it really freed."""
+    network = copy.deepcopy(model).eval()
+    params = dict(network.named_parameters(remove_duplicate=False))
+    taken = {name for name, _ in network.named_children()} | set(vars(network))
+    banks: dict[str, FoldedBank] = {}
+    layers: list[LayerSpec] = []
+    records: list[dict[str, Any]] = []
+    for unit in units:
+        for g in unit.groups:
+            group = analysis.groups[g]
+            attr = _attribute(group.name, taken)
+            banks[attr], specs = _group_specs(analysis, g, attr, names)
+            layers += specs
+            records.append(_bank_record(group.name, group.kind, attr, banks[attr]))
+        for s in unit.satellites:
+            attr = _attribute(names[s], taken)
+            banks[attr], spec = _satellite_specs(analysis.trace.calls[s], attr)
+            layers.append(spec)
+            records.append(_bank_record(names[s], "own-weight", attr, banks[attr]))
+    apply_program(network, banks, layers)
+    paths: dict[int, list[str]] = {}
+    for path, module in network.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    layers = [
+        replace(s, also=tuple(p for p in paths[id(network.get_submodule(s.path))] if p != s.path))
+        for s in layers
+    ]
+    _check_calls(network, analysis.trace, layers, probe)
+    reference = run_probe(network, probe)
+    if reference is None:
+        raise InputError("the folded network fails on the probe; nothing was written")
+    dropped: list[str] = []
+    for unit in units:
+        for key in sorted(unit.freeable):
+            p = params.get(key)
+            holders = _holders(network, p) if p is not None else []
+            if not holders:
+                continue  # it went with the modules that were replaced
+            owners = list({(id(m), n): (m, n) for _, m, n in holders}.values())
+            for module, name in owners:
+                drop_parameter(module, name)
+            if same_outputs(run_probe(network, probe), reference):
+                dropped += [f"{path}.{name}" if path else name for path, _, name in holders]
+            else:
+                for module, name in owners:
+                    restore_parameter(module, name, p)
+    present = {id(p) for p in network.parameters()}
+    freed = {
+        n: sum(
+            analysis.trace.parameters.get(k, 0)
+            for k in unit.freeable
+            if k in params and id(params[k]) not in present
+        )
+        for n, unit in enumerate(units)
+    }
+    program = {
+        "banks": records,
+        "layers": [spec.to_dict() for spec in layers],
+        "dropped": dropped,
+    }
+    return network, program, freed
+
+
+def _bank_record(name: str, kind: str, attr: str, bank: FoldedBank) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": kind,
+        "module": attr,
+        "storage": bank.storage,
+        "clusters": bank.clusters,
+    }
+
+
+def _check_calls(network: nn.Module, trace: Trace, layers: list[LayerSpec], probe: Tensor) -> None:
+    """Each tied layer runs as often as its module did: a module the forward reaches outside the
+    module tree (a plain list of modules) would escape the surgery."""
+    expected: dict[str, int] = {}
+    for call in trace.calls:
+        if call.layer is not None:
+            expected[call.layer] = expected.get(call.layer, 0) + 1
+    counts: dict[str, int] = {}
+    handles = []
+    for spec in layers:
+        module = network.get_submodule(spec.path)
+
+        def hook(*_: Any, path: str = spec.path) -> None:
+            counts[path] = counts.get(path, 0) + 1
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        run_probe(network, probe)
+    finally:
+        for h in handles:
+            h.remove()
+    for spec in layers:
+        if counts.get(spec.path, 0) != expected.get(spec.path, 0):
+            raise InputError(
+                f"cannot fold {spec.path}: the forward reaches that module other than through "
+                "the module tree (a plain list or attribute?), so it cannot be replaced; "
+                "nothing was written"
+            )
+
+
+def fold_traced(model: nn.Module, analysis: TracedAnalysis, probe: Tensor) -> TracedFold:
+    """A folded copy of ``model`` (which ``analysis`` traced on ``probe``); never grows.
+
+    Raises :class:`InputError` (one line) where a group's call has no module of its own, or its
+    bias is computed. A fold where every group is kept has an empty ``plans``.
+    """
+    names = call_names(analysis.trace)
+    _refuse_inline(analysis, names)
+    kept: list[tuple[str, str]] = []
+    candidates = []
+    for g, group in enumerate(analysis.groups):
+        if group.kind == HARD_TIE:
+            kept.append((group.name, "a hard tie: one tensor already, kept as a loop"))
+        elif analysis.results[g].fold.clusters:
+            candidates.append(g)
+    taken = {i for g in candidates for i in analysis.groups[g].calls}
+    satellites = _satellites(analysis.trace, set(taken))
+    units = _units(analysis, candidates, satellites)
+    while True:
+        frees = [sum(analysis.trace.parameters.get(k, 0) for k in u.freeable) for u in units]
+        growing = [u for u, f in zip(units, frees, strict=True) if u.cost >= f]
+        for u, f in zip(units, frees, strict=True):
+            if u in growing:
+                kept += _why(analysis, u, f)
+        units = [u for u in units if u not in growing]
+        network, program, freed = _build(model, analysis, units, probe, names)
+        late = [u for n, u in enumerate(units) if u.cost >= freed[n]]
+        if not late:
+            break
+        for n, u in enumerate(units):
+            if u in late:
+                kept += _why(analysis, u, freed[n])
+        units = [u for u in units if u not in late]
+    plans = {analysis.groups[g].name: analysis.results[g].fold for u in units for g in u.groups}
+    program["kept"] = [{"group": name, "why": why} for name, why in kept]
+    return TracedFold(network, program, plans, tuple(kept))
+
+
+def _why(analysis: TracedAnalysis, unit: _Unit, freed: int) -> list[tuple[str, str]]:
+    why = f"kept as it is: folding would store {unit.cost:,} numbers for the {freed:,} it frees"
+    return [(analysis.groups[g].name, why) for g in unit.groups]
