@@ -20,6 +20,7 @@ legacy pre-1.6 format.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "sample_checkpoints"
+SHARING_HEADING = "## Other sharing schemes (`sharing/`)"  # scripts/make_sharing_samples.py
 COMMON = "--data digits --arch swrn --depth 28 --width 1 --templates 4 --epochs 40 --seed 0"
 TRAINED = {
     "swrn28-1-4_digits_align.pt": f"{COMMON} --align 1.0",
@@ -151,6 +153,12 @@ def main() -> None:
     manifest.update(tasks)
     listed.write_text(json.dumps(manifest, indent=2) + "\n")
     lines = readme(manifest)
+    # scripts/make_sharing_samples.py owns its section (up to the next "## "): keep it, in place
+    old_text = (OUT / "README.md").read_text() if (OUT / "README.md").exists() else ""
+    kept = [p for p in re.split(r"\n(?=## )", old_text) if p.startswith(SHARING_HEADING)]
+    if kept:
+        at = lines.index("## Maze solvers") if "## Maze solvers" in lines else len(lines)
+        lines[at:at] = [*kept[0].strip("\n").splitlines(), ""]
     (OUT / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
