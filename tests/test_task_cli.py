@@ -100,7 +100,10 @@ def test_fold_then_think_longer(ssc, trained: Path, tmp_path: Path) -> None:
         (("--data", "digits", *TINY), "per-pixel tasks"),
         (("--data", "maze:size=3,count=8", "--arch", "swrn"), "--arch sfcn"),
         (("--data", "maze:size=3,count=8", *TINY, "--augment"), "--augment does not apply"),
-        (("--data", "maze:size=3,count=8", *TINY, "--schedule", "step"), "--schedule does not apply"),
+        (
+            ("--data", "maze:size=3,count=8", *TINY, "--schedule", "step"),
+            "--schedule does not apply",
+        ),
         (("--data", "maze:sizes=3", *TINY), "bad option"),
     ],
 )
