@@ -414,10 +414,11 @@ def test_cli_commands_refuse_hostile_data(ssc, tmp_path: Path) -> None:
     out = tmp_path / "out.pt"
     _one_error_line(ssc("eval", str(ALIGNED), "--data", huge), "huge.npz", "holds")
     _one_error_line(ssc("eval", str(ALIGNED), "--data", f"folder:{loop}"), "symbolic links")
-    _one_error_line(ssc("fold", str(ALIGNED), "-o", str(out), "--data", huge), "huge.npz")
+    folded = tmp_path / "out.safetensors"
+    _one_error_line(ssc("fold", str(ALIGNED), "-o", str(folded), "--data", huge), "huge.npz")
     _one_error_line(ssc("train", "--data", f"folder:{loop}", "-o", str(out), "--epochs", "1"),
                     "symbolic links")  # fmt: skip
-    assert not out.exists()
+    assert not out.exists() and not folded.exists()
 
 
 # ---------------------------------------------------------------- what used to hang

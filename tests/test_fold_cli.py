@@ -256,3 +256,22 @@ def test_info_describes_folded_files(ssc, tmp_path: Path) -> None:
     assert info["container"] == "ssc-folded"
     assert info["architecture_name"].endswith("with loops 3, 3, 3")
     assert info["unique_parameters"] == sum(p.numel() for p in load_folded(out).parameters())
+
+
+def test_options_that_cannot_apply_are_refused(ssc, tmp_path: Path) -> None:
+    out = tmp_path / "f.safetensors"
+    cases = [
+        (("--max-drop", "1"), "--max-drop needs --data"),
+        (("--device", "cuda"), "--device cuda applies to the evaluation on --data"),
+        (("--plot", str(tmp_path / "t.png")), "needs --threshold auto"),
+        (("--recalibrate-bn", "2"), "--recalibrate-bn needs --data"),
+    ]
+    for args, message in cases:
+        run = ssc("fold", ALIGNED, "-o", str(out), *args)
+        assert run.code == 2 and message in run.err, run.err
+        assert run.err.count("\n") == 1
+    misnamed = ssc("fold", ALIGNED, "-o", str(tmp_path / "f.pt"))
+    assert misnamed.code == 2 and "name it *.safetensors" in misnamed.err
+    plain = ssc("fold", ALIGNED, "-o", str(out), "--materialize", str(tmp_path / "p.safetensors"))
+    assert plain.code == 2 and "name it *.pt" in plain.err
+    assert list(tmp_path.iterdir()) == []

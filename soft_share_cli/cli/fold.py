@@ -68,6 +68,12 @@ def fold_command(
     auto = threshold == "auto"
     outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
     opts.check_io(outputs, checkpoint, data_spec, model_spec)
+    if plot is not None and not auto:
+        from soft_share_cli.errors import InputError
+
+        raise InputError(
+            "--plot draws the trade-off of --threshold auto; it needs --threshold auto"
+        )
     if plot is not None:
         from soft_share_cli.render.plots import figure_format
 

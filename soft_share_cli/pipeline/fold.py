@@ -145,6 +145,18 @@ def candidate_thresholds(
     return sorted((h for h in heights if 0.0 <= h <= 1.0), reverse=True)
 
 
+def _check_names(output: str | Path, materialize: str | Path | None) -> None:
+    """The file names must say what is written: a folded network is safetensors, the plain WRN
+    of --materialize a torch checkpoint (a .pt name on a safetensors file misleads every tool)."""
+    if Path(output).suffix.lower() != ".safetensors":
+        raise InputError(f"-o {output}: ssc fold writes a safetensors file; name it *.safetensors")
+    if materialize is not None and Path(materialize).suffix.lower() == ".safetensors":
+        raise InputError(
+            f"--materialize {materialize}: the plain network is written as a torch checkpoint; "
+            "name it *.pt"
+        )
+
+
 def fold_checkpoint(
     path: str | Path,
     output: str | Path,
@@ -168,6 +180,14 @@ def fold_checkpoint(
         raise InputError("--materialize writes a plain WRN; it is not available with --model")
     if options.recalibrate_bn and options.data is None:
         raise InputError("--recalibrate-bn needs --data (statistics come from its train split)")
+    if options.max_drop is not None and options.data is None:
+        raise InputError("--max-drop needs --data (it compares top-1 of both networks on it)")
+    if options.device != "cpu" and options.data is None:
+        raise InputError(
+            f"--device {options.device} applies to the evaluation on --data; without --data the "
+            "fold runs on the CPU (leave --device out)"
+        )
+    _check_names(output, materialize)
     source = FoldSource(load_checkpoint(path, key=options.key), options.model, options.analysis)
     ckpt = source.ckpt  # a folded input: its soft-shared view
     if materialize is not None and source.is_sfcn:
