@@ -222,3 +222,17 @@ def test_cifar_reader_refuses_code(ssc, tmp_path: Path) -> None:
         (folder / name).write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
     run = ssc("eval", str(SAMPLES / "swrn28-1-4_digits.pt"), "--data", f"cifar10:{tmp_path}")
     assert run.code == 2 and not marker.exists()
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    import click
+
+    from soft_share_cli.cli import cli
+
+    missing = [
+        f"ssc {name} {param.opts[0]}"
+        for name, command in cli.commands.items()
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.help or "").strip()
+    ]
+    assert not missing, missing

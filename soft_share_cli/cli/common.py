@@ -141,7 +141,14 @@ def key_option(help: str | None = None) -> Any:
     return click.option("--key", "key", metavar="NAME", callback=_key_given, help=text)
 
 
-device_option = choice_option("--device", ["cpu", "cuda"], "cpu")
+def device_option(
+    help: str = "Where the networks run (cuda needs a GPU and a CUDA build of torch; "
+    "refused where there is none).",
+) -> Any:
+    """``--device cpu|cuda``."""
+    return choice_option("--device", ["cpu", "cuda"], "cpu", help)
+
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout."
 )

@@ -10,8 +10,8 @@ from soft_share_cli.cli import common as opts
 @click.command("eval")
 @opts.checkpoint_argument
 @opts.data_option(required=True)
-@opts.device_option
-@opts.count_option("--batch-size", 256)
+@opts.device_option()
+@opts.count_option("--batch-size", 256, "Samples per evaluation batch.")
 @opts.model_option(
     "Build your own network (imports YOUR code) for a checkpoint of it, folded or not."
 )

@@ -33,8 +33,8 @@ from soft_share_cli.cli import common as opts
     type=click.Path(path_type=str),
     help="With --threshold auto: draw parameters against accuracy (.png/.svg/.pdf).",
 )
-@opts.count_option("--batch-size", 256)
-@opts.device_option
+@opts.count_option("--batch-size", 256, "Samples per evaluation batch (with --data).")
+@opts.device_option("Where the evaluation on --data runs (the fold itself runs on the CPU).")
 @opts.key_option()
 @opts.json_option
 @opts.common

@@ -18,7 +18,10 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
 
 @click.command("train")
 @opts.data_option(required=True)
-@opts.output_option()
+@opts.output_option(
+    "Checkpoint to write (torch format, atomically; each epoch's state goes to OUTPUT.partial "
+    "until the run completes)."
+)
 @opts.choice_option(
     "--arch",
     ARCHS,
@@ -28,23 +31,31 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
 @click.option(
     "--depth", type=int, default=16, show_default=True, help="6n+4: 16, 22, 28, ... (wrn also 10)."
 )
-@opts.count_option("--width", 1)
+@opts.count_option("--width", 1, "Width multiplier k of WRN-d-k (swrn, wrn only).")
 @opts.count_option("--templates", 3, "K (swrn, sfcn only).")
 @opts.count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")
 @opts.count_option("--channels", 32, "fcn, sfcn only.")
 @opts.count_option(
     "--supervise", 1, "fcn, sfcn: score the read-outs of the last N blocks (1: the output only)."
 )
-@opts.count_option("--epochs", 30)
-@opts.count_option("--batch-size", 64)
+@opts.count_option("--epochs", 30, "Passes over the training split.")
+@opts.count_option("--batch-size", 64, "Samples per optimizer step.")
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
     help=f"Peak learning rate [default: {DEFAULT_LR['classifier']} (swrn/wrn, SGD); "
     f"{DEFAULT_LR['task']} (sfcn/fcn, Adam)].",
 )
-@opts.amount_option("--weight-decay", 5e-4)
-@opts.choice_option("--schedule", ["cosine", "step"], "cosine")
+@opts.amount_option(
+    "--weight-decay", 5e-4, "L2 weight decay on every parameter except the coefficients."
+)
+@opts.choice_option(
+    "--schedule",
+    ["cosine", "step"],
+    "cosine",
+    "Learning rate: cosine decay per step, or step (x0.2 at 30 %, 60 %, 80 % of the epochs); "
+    "swrn, wrn only.",
+)
 @opts.amount_option(
     "--align",
     0.0,
@@ -57,9 +68,20 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
     "recurrent: same-role layers of consecutive blocks align (loops); signed: the same, "
     "sign included (networks without BatchNorm: sfcn); nearest: any pair.",
 )
-@click.option("--augment/--no-augment", default=False, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@opts.device_option
+@click.option(
+    "--augment/--no-augment",
+    default=False,
+    show_default=True,
+    help="Random crops (and flips, for RGB images) of the training images; swrn, wrn only.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds initialisation, shuffling and augmentation (deterministic on one machine).",
+)
+@opts.device_option()
 @click.option(
     "--resume",
     is_flag=True,
@@ -68,7 +90,7 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
 @opts.json_option
 @opts.common
 def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **options: Any) -> None:
-    """Train an SWRN (or plain WRN) and write a self-describing checkpoint to OUTPUT.
+    """Train a network (--arch swrn, wrn, sfcn, fcn); write a self-describing checkpoint.
 
     The state after each epoch is kept in OUTPUT.partial until the run completes, so an
     interrupted run can be continued with --resume.
