@@ -275,3 +275,19 @@ def test_options_that_cannot_apply_are_refused(ssc, tmp_path: Path) -> None:
     plain = ssc("fold", ALIGNED, "-o", str(out), "--materialize", str(tmp_path / "p.safetensors"))
     assert plain.code == 2 and "name it *.pt" in plain.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_both_deltas_are_labelled_after_a_recalibration(ssc, tmp_path: Path) -> None:
+    out = tmp_path / "f.safetensors"
+    args = ("--data", "digits?limit=100", "--recalibrate-bn", "2", "--threshold", "0.8")
+    run = ssc("fold", PLAIN, "-o", str(out), *args)
+    assert run.code == 0, run.err
+    text = " ".join(run.out.split())
+    report = ssc("fold", PLAIN, "-o", str(tmp_path / "g.safetensors"), *args, "--json").json()
+    data = report["data"]
+    before = data["folded"]["top1"] - data["original"]["top1"]
+    assert f"Δ top-1 (folded − original): {before:+.2f} points" in text
+    assert (
+        f"Δ top-1 (folded, BN recalibrated − original): {data['delta_top1']:+.2f} points"
+        " (the network written)" in text
+    )

@@ -94,7 +94,15 @@ def render_fold(report: Any) -> None:
             scores = result.summary()
             table.add_row(name, f"{scores['top1']:.2f} %", pct(scores["top5"]) or "-", agreement)
         out.print(table)
-        out.print(f"Δ top-1 (folded − original): {d.delta_top1:+.2f} points")
+        before = d.folded.headline - d.original.headline
+        if d.recalibrated is None:
+            out.print(f"Δ top-1 (folded − original): {before:+.2f} points")
+        else:  # the written network is the recalibrated one: both deltas, each labelled
+            out.print(f"Δ top-1 (folded − original): {before:+.2f} points")
+            out.print(
+                f"Δ top-1 (folded, BN recalibrated − original): {d.delta_top1:+.2f} points "
+                "(the network written)"
+            )
     f = report.fidelity
     if f is not None:
         table = Table(
