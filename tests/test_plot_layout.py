@@ -293,3 +293,33 @@ def test_a_huge_graph_draws_its_first_clusters_and_says_how_many_are_left_out() 
     assert any("20 more clusters not drawn" in t.get_text() for t in fig.axes[0].texts)
     width, height = fig.get_size_inches()
     assert max(width, height) * 150 < 2**16  # Agg's limit at the dpi figures are saved at
+
+
+def test_a_cluster_has_one_colour_in_the_heatmap_and_the_graph() -> None:
+    from soft_share_cli.pipeline.analyze import analyze_checkpoint
+    from soft_share_cli.render.plots import HeatmapInput, cluster_colours, similarity_figure
+
+    import pathlib
+
+    sample = pathlib.Path(__file__).resolve().parent.parent / "sample_checkpoints"
+    analysis = analyze_checkpoint(str(sample / "swrn28-1-4_digits_align.pt"))
+    banks = [
+        HeatmapInput(b.bank.name, [lay.name for lay in b.bank.layers], b.similarity.matrix,
+                     b.clusters)  # fmt: skip
+        for b in analysis.banks
+    ]
+    figure = similarity_figure(banks, 0.99)
+    nodes = [n for n in analysis.graph.nodes]  # the graph colours its nodes in this order
+    assert len(nodes) == sum(len(b.clusters) for b in banks)
+    colours = cluster_colours(sum(len(b.clusters) for b in banks))
+    offset = 0
+    for ax, bank in zip(figure.axes, banks, strict=False):
+        first = bank.clusters[0][0]  # a clustered layer of this bank: its tick is coloured
+        tick = ax.get_yticklabels()[first]
+        assert to_rgb(tick.get_color()) == to_rgb(colours[offset])
+        offset += len(bank.clusters)
+    assert offset == len(colours)
+    graph = graph_figure(analysis.graph)
+    _render(graph)
+    badges = [p for ax in graph.axes for p in ax.patches if isinstance(p, Circle)]
+    assert [to_rgb(b.get_facecolor()) for b in badges] == [to_rgb(c) for c in colours]

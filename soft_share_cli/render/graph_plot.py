@@ -8,7 +8,6 @@ node across the figure (bank 1's are the heatmap's letter colours).
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +15,13 @@ from typing import Any
 import networkx as nx
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path as MplPath
 from matplotlib.text import Text
 
-from soft_share_cli.render.plots import CENTRE, label_text, letter_color, plural, short_layer_name
+from soft_share_cli.render.plots import CENTRE, label_text, plural, short_layer_name
+from soft_share_cli.render.plots import cluster_colours as node_colours
 
 _GAP = 0.8  # inches between neighbouring cards (room for a count label and its arrow)
 _PAD = 0.07  # inside a card
@@ -33,23 +32,6 @@ _MAX_NODES = 300  # the first this many clusters are drawn
 _ARROW: dict[str, Any] = {"arrowstyle": "-|>", "mutation_scale": 12, "color": "0.25", "lw": 1.2}
 _LEGEND = "arrow: next cluster in execution order; label: times it happens"
 _BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "0.6", "lw": 0.6}
-
-
-def node_colours(count: int) -> list[str]:
-    """``count`` distinct colours dark enough for white letters: the heatmap's eight, then each
-    next one the farthest (in RGB) from those taken, out of a grid of dark hues."""
-    colours = [letter_color(chr(65 + i)) for i in range(min(count, 8))]
-    steps = max(24, count // 4 + 1)
-    grid = np.array([colorsys.hls_to_rgb(h / steps, light, sat) for h in range(steps)
-                     for light in (0.25, 0.35, 0.45, 0.55) for sat in (0.55, 0.85)])  # fmt: skip
-    grid = grid[grid @ np.array([0.299, 0.587, 0.114]) <= 0.45]
-    taken = np.array([to_rgb(c) for c in colours])
-    gap = np.linalg.norm(grid[:, None] - taken[None], axis=2).min(axis=1)
-    while len(colours) < count:
-        k = int(np.argmax(gap))
-        colours.append(to_hex(grid[k]))
-        gap = np.minimum(gap, np.linalg.norm(grid - grid[k], axis=1))
-    return colours
 
 
 @dataclass

@@ -8,6 +8,7 @@ global plotting state and works headless; the caller decides where a figure goes
 
 from __future__ import annotations
 
+import colorsys
 import math
 import re
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import numpy as np
 from matplotlib import colormaps, rc_context
 from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
-from matplotlib.colors import to_rgba
+from matplotlib.colors import to_hex, to_rgb, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.path import Path as MplPath
@@ -83,6 +84,27 @@ def letter_color(letter: str, fallback: int = 0) -> str:
     return _PALETTE[fallback % len(_PALETTE)]
 
 
+def cluster_colours(count: int) -> list[str]:
+    """``count`` distinct colours dark enough for white letters: the eight of the palette, then
+    each next one the farthest (in RGB) from those taken, out of a grid of dark hues. Both
+    figures colour the clusters of all banks, in order, from one such list, so a cluster has one
+    colour in the heatmap and the graph and no two clusters of a figure share one."""
+    colours = [letter_color(chr(65 + i)) for i in range(min(count, 8))]
+    if count <= len(colours):
+        return colours
+    steps = max(24, count // 4 + 1)
+    grid = np.array([colorsys.hls_to_rgb(h / steps, light, sat) for h in range(steps)
+                     for light in (0.25, 0.35, 0.45, 0.55) for sat in (0.55, 0.85)])  # fmt: skip
+    grid = grid[grid @ np.array([0.299, 0.587, 0.114]) <= 0.45]
+    taken = np.array([to_rgb(c) for c in colours])
+    gap = np.linalg.norm(grid[:, None] - taken[None], axis=2).min(axis=1)
+    while len(colours) < count:
+        k = int(np.argmax(gap))
+        colours.append(to_hex(grid[k]))
+        gap = np.minimum(gap, np.linalg.norm(grid - grid[k], axis=1))
+    return colours
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -123,7 +145,7 @@ def _boundaries(n: int, clusters: Sequence[Sequence[int]]) -> tuple[np.ndarray, 
 
 
 def _outline_clusters(
-    ax: Axes, n: int, clusters: Sequence[Sequence[int]], letters: Sequence[str]
+    ax: Axes, n: int, clusters: Sequence[Sequence[int]], colours: Sequence[str]
 ) -> None:
     segments, owners = _boundaries(n, clusters)
     if not len(segments):
@@ -137,7 +159,7 @@ def _outline_clusters(
         verts = segments[owners == cid].reshape(-1, 2)
         codes = np.tile([MplPath.MOVETO, MplPath.LINETO], len(verts) // 2)
         paths.append(MplPath(verts, codes.astype(MplPath.code_type)))
-    colours = [letter_color(letters[c], c) for c in ids]
+    colours = [colours[c] for c in ids]
     width = 2.0 if n <= _ANNOTATE_MAX else 2.0 * math.sqrt(_ANNOTATE_MAX / n)
     strokes = (("white", width * 2.6), ("black", width * 1.8), (colours, width))
     for colour, lw in strokes:
@@ -159,7 +181,9 @@ def cell_text(value: float, threshold: float) -> str:
     return f"{math.trunc(value * 1e6) / 1e6:.6f}"  # below it by less than 1e-6: cut, not rounded
 
 
-def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> AxesImage | None:
+def _draw_bank(
+    ax: Axes, bank: HeatmapInput, threshold: float, signed: bool, colours: Sequence[str]
+) -> AxesImage | None:
     matrix, letters = _check(bank)
     n = len(bank.layers)
     multi = sum(len(c) >= 2 for c in bank.clusters)
@@ -184,14 +208,14 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
         strip = np.ones((n, 1, 4))
         for cid, members in enumerate(bank.clusters):
             if len(members) >= 2:
-                strip[list(members), 0] = to_rgba(letter_color(letters[cid], cid))
+                strip[list(members), 0] = to_rgba(colours[cid])
         side = ax.inset_axes((1.015, 0.0, 0.03, 1.0))
         side.imshow(strip, aspect="auto", interpolation="nearest")
         side.set_xticks([])
         side.set_yticks([])
         side.set_gid("cluster-strip")
     else:
-        _outline_clusters(ax, n, bank.clusters, letters)
+        _outline_clusters(ax, n, bank.clusters, colours)
 
     if n <= _ANNOTATE_MAX:
         # Text colour by the luminance of the cell it sits on, for contrast on any colormap.
@@ -216,7 +240,7 @@ def _draw_bank(ax: Axes, bank: HeatmapInput, threshold: float, signed: bool) -> 
     for axis_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         for label, i in zip(axis_labels, ticks, strict=True):
             if owner[i] >= 0 and len(bank.clusters[owner[i]]) >= 2:
-                label.set_color(letter_color(letters[owner[i]], owner[i]))
+                label.set_color(colours[owner[i]])
                 label.set_fontweight("bold")
     # The letter sequence in execution order is how loops read: "A B A B A B" = (A B) x 3.
     order = " ".join(letters[o] if o >= 0 else "·" for o in owner)
@@ -250,7 +274,12 @@ def similarity_figure(
     side = min(8.5, max(4.6, 2.2 + 0.5 * largest))  # room for cells and long tick labels
     fig = Figure(figsize=(side * ncols * 0.92 + 1.0, side * nrows + 0.5), layout="constrained")
     axes = [fig.add_subplot(nrows, ncols, k + 1) for k in range(len(banks))]
-    images = [_draw_bank(ax, bank, threshold, signed) for ax, bank in zip(axes, banks, strict=True)]
+    colours = cluster_colours(sum(len(bank.clusters) for bank in banks))
+    offsets = np.cumsum([0, *(len(bank.clusters) for bank in banks)])
+    images = [
+        _draw_bank(ax, bank, threshold, signed, colours[offsets[k] :])
+        for k, (ax, bank) in enumerate(zip(axes, banks, strict=True))
+    ]
     shown = [im for im in images if im is not None]
     if shown:
         # All panels share one scale, so one bar says it once instead of once per panel.

@@ -183,7 +183,7 @@ def render_analysis(analysis: Any) -> None:
         ("architecture", facts["architecture"] or "not a known architecture (banks analysed)"),
         (
             "similarity",
-            f"{opts.metric.value} metric{', signed' if opts.signed else ''}; "
+            f"{_metrics_used(analysis)}{', signed' if opts.signed else ''}; "
             f"clusters at τ = {opts.threshold:g}, {opts.linkage.value} linkage",
         ),
     ]
@@ -210,6 +210,39 @@ def render_analysis(analysis: Any) -> None:
     )
     table.add_row(f"folded at τ = {opts.threshold:g}", f"{p.folded:,}", "")
     out.print(table)
+    note = getattr(analysis, "fold_note", None)  # --model: why the fold would store it as it is
+    if note:
+        out.print(styled("note", "cyan", f" {note}"))
+    if p.unshared_equivalent < p.checkpoint_unique:
+        out.print(styled("note", "cyan", f" {SMALLER_UNSHARED_NOTE}"))
+    if "model" not in facts and any(b.hard_tie for b in analysis.banks):
+        out.print(styled("note", "cyan", f" {HOLDER_NOTE}"))
+
+
+#: Why a network can have fewer parameters unshared than shared.
+SMALLER_UNSHARED_NOTE = (
+    "the unshared equivalent is smaller than the checkpoint: a bank or store here holds more "
+    "numbers than the weights made from it (at least as many templates as layers, or parts no "
+    "layer uses)"
+)
+#: From the state dict alone every key of a tied weight is a use.
+HOLDER_NOTE = (
+    "from the state dict alone every key of a tied weight counts as one use: a module "
+    "registered only to hold it (self.shared = conv) adds one to the unshared equivalent; "
+    "--model counts the calls"
+)
+
+
+def _metrics_used(analysis: Any) -> str:
+    """The metric each bank was compared by (a traced group that is not a bank with per-layer
+    coefficients uses the weight metric whatever was asked); hard ties (similarity 1) aside."""
+    banks = [b for b in analysis.banks if not b.hard_tie] or list(analysis.banks)
+    by_metric: dict[str, list[str]] = {}
+    for b in banks:
+        by_metric.setdefault(b.similarity.metric.value, []).append(b.bank.name)
+    if len(by_metric) <= 1:
+        return f"{next(iter(by_metric), analysis.options.metric.value)} metric"
+    return "; ".join(f"{m} metric ({', '.join(names)})" for m, names in by_metric.items())
 
 
 def _shape(shape: Any) -> str:
@@ -256,7 +289,7 @@ def _bank_table(result: Any) -> Table | Group:
         ("#", "right"),
         ("layer", "left"),
         ("cluster", "center"),
-        ("‖α‖", "right"),
+        ("‖α‖" if result.similarity.metric.value == "coefficients" else "‖W‖", "right"),
         ("nearest", "left"),
         ("S", "right"),
         ("scale", "right"),
