@@ -296,16 +296,17 @@ def test_a_huge_graph_draws_its_first_clusters_and_says_how_many_are_left_out() 
 
 
 def test_a_cluster_has_one_colour_in_the_heatmap_and_the_graph() -> None:
+    import pathlib
+
     from soft_share_cli.pipeline.analyze import analyze_checkpoint
     from soft_share_cli.render.plots import HeatmapInput, cluster_colours, similarity_figure
-
-    import pathlib
 
     sample = pathlib.Path(__file__).resolve().parent.parent / "sample_checkpoints"
     analysis = analyze_checkpoint(str(sample / "swrn28-1-4_digits_align.pt"))
     banks = [
-        HeatmapInput(b.bank.name, [lay.name for lay in b.bank.layers], b.similarity.matrix,
-                     b.clusters)  # fmt: skip
+        HeatmapInput(
+            b.bank.name, [lay.name for lay in b.bank.layers], b.similarity.matrix, b.clusters
+        )  # fmt: skip
         for b in analysis.banks
     ]
     figure = similarity_figure(banks, 0.99)
