@@ -19,6 +19,14 @@ c. shared bases: :class:`BasisNet` (``W_i = M_i · B`` computed in forward, then
    and :class:`BasisBNNet` (basis conv → BatchNorm → per-layer 1×1 conv ``M_i``);
 d. a flat store: :class:`StoreNet` (one 1-d ``store``; each layer mixes ``K_i`` overlapping
    windows of it, and so does the final linear layer).
+
+Every network whose shared weights are computed makes its conv/linear calls inline in a parent's
+``forward`` (``ssc fold --model`` refuses those: no module stands for the call alone); with
+``wrap=True`` each such call is a module of its own (:class:`MixConv`, :class:`BankLinear`,
+:class:`BasisConv`, :class:`WindowOp`) that takes the input and the parameters its weight is made
+of, and returns the call's output: what ``ssc fold --model`` replaces. The state dict (its keys and
+values for a seed) is the same either way. :class:`TiedBlocksNet` and :class:`BasisBNNet` call
+``nn.Conv2d`` modules already.
 """
 
 from __future__ import annotations
@@ -67,20 +75,39 @@ class _Net(nn.Module):
 # --- a. soft sharing under other names and shapes ------------------------------------------------
 
 
+def mix(alpha: Tensor, bank: Tensor) -> Tensor:
+    """``Σ_k alpha_k · bank_k`` for a bank ``(K, *weight)``."""
+    return torch.tensordot(alpha.reshape(-1), bank, 1)
+
+
+class MixConv(nn.Module):
+    """``conv2d(x, Σ_k alpha_k · bank_k, padding=1)`` as a module of its own (``wrap=True``): the
+    parent passes the coefficients and the bank."""
+
+    def forward(self, x: Tensor, alpha: Tensor, bank: Tensor) -> Tensor:
+        return F.conv2d(x, mix(alpha, bank), padding=1)
+
+
 class BankConv(nn.Module):
     """``conv2d(x, Σ_k alpha_k · bank_k)`` then its own BatchNorm; the bank is not registered here
-    (the module holding the bank passes it in, or a tuple keeps a reference to it)."""
+    (the module holding the bank passes it in, or a tuple keeps a reference to it). With ``wrap``
+    the conv is the child module ``conv`` (:class:`MixConv`), else it is called inline."""
 
-    def __init__(self, k: int, width: int, alpha_shape: str, bank: nn.Parameter | None = None):
+    def __init__(
+        self, k: int, width: int, alpha_shape: str, bank: nn.Parameter | None = None,
+        wrap: bool = False,
+    ):  # fmt: skip
         super().__init__()
         self.alpha = nn.Parameter(torch.randn(ALPHA_SHAPES[alpha_shape](k)))
         self.bn = nn.BatchNorm2d(width)
         self._bank = (bank,)  # a tuple: not a registration
+        self.conv = MixConv() if wrap else None
 
     def forward(self, x: Tensor, bank: Tensor | None = None) -> Tensor:
         bank = self._bank[0] if bank is None else bank
-        w = torch.einsum("k,koihw->oihw", self.alpha.reshape(-1), bank)
-        return F.relu(self.bn(F.conv2d(x, w, padding=1)))
+        if self.conv is not None:
+            return F.relu(self.bn(self.conv(x, self.alpha, bank)))
+        return F.relu(self.bn(F.conv2d(x, mix(self.alpha, bank), padding=1)))
 
 
 class SoftBankNet(_Net):
@@ -101,11 +128,12 @@ class SoftBankNet(_Net):
         tied: Sequence[tuple[int, int]] = (),
         in_channels: int = 1,
         classes: int = 10,
+        wrap: bool = False,
     ):
         super().__init__(in_channels, width, classes)
         self.w_bank = nn.Parameter(torch.randn(k, width, width, 3, 3) / (3 * width**0.5))
         convs = [
-            BankConv(k, width, alpha_shapes[i % len(alpha_shapes)], self.w_bank)
+            BankConv(k, width, alpha_shapes[i % len(alpha_shapes)], self.w_bank, wrap)
             for i in range(layers)
         ]
         for i, j in tied:
@@ -138,10 +166,10 @@ class SoftBankNet(_Net):
 class BankStage(nn.Module):
     """A stage holding its own bank ``w_bank`` and the BankConvs drawing from it."""
 
-    def __init__(self, k: int, width: int, layers: int):
+    def __init__(self, k: int, width: int, layers: int, wrap: bool = False):
         super().__init__()
         self.w_bank = nn.Parameter(torch.randn(k, width, width, 3, 3) / (3 * width**0.5))
-        self.layers = nn.ModuleList(BankConv(k, width, "k") for _ in range(layers))
+        self.layers = nn.ModuleList(BankConv(k, width, "k", wrap=wrap) for _ in range(layers))
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.layers:
@@ -155,12 +183,12 @@ class TwoBankNet(_Net):
 
     def __init__(
         self, k: tuple[int, int] = (3, 3), width: int = 4, layers: tuple[int, int] = (3, 3),
-        in_channels: int = 1, classes: int = 10,
+        in_channels: int = 1, classes: int = 10, wrap: bool = False,
     ):  # fmt: skip
         super().__init__(in_channels, width, classes)
-        self.stage1 = BankStage(k[0], width, layers[0])
+        self.stage1 = BankStage(k[0], width, layers[0], wrap)
         self.widen = nn.Conv2d(width, 2 * width, 1)
-        self.stage2 = BankStage(k[1], 2 * width, layers[1])
+        self.stage2 = BankStage(k[1], 2 * width, layers[1], wrap)
         self.head = nn.Linear(2 * width, classes)
 
     def body(self, x: Tensor) -> Tensor:
@@ -170,27 +198,39 @@ class TwoBankNet(_Net):
         return [c.alpha for s in (self.stage1, self.stage2) for c in s.layers]
 
 
-class MixLinear(nn.Module):
-    """``linear(x, Σ_k mix_k · bank_k) + bias``: ``mix`` shaped ``(K, 1)``."""
+class BankLinear(nn.Module):
+    """``linear(x, Σ_k mix_k · bank_k, bias)`` as a module of its own (``wrap=True``)."""
 
-    def __init__(self, k: int, width: int):
+    def forward(self, x: Tensor, coefficients: Tensor, bank: Tensor, bias: Tensor) -> Tensor:
+        return F.linear(x, mix(coefficients, bank), bias)
+
+
+class MixLinear(nn.Module):
+    """``linear(x, Σ_k mix_k · bank_k) + bias``: ``mix`` shaped ``(K, 1)``; with ``wrap`` the call
+    is the child ``linear`` (:class:`BankLinear`)."""
+
+    def __init__(self, k: int, width: int, wrap: bool = False):
         super().__init__()
         self.mix = nn.Parameter(torch.randn(k, 1))
         self.bias = nn.Parameter(torch.zeros(width))
+        self.linear = BankLinear() if wrap else None
 
     def forward(self, x: Tensor, bank: Tensor) -> Tensor:
-        return F.relu(F.linear(x, torch.einsum("k,koi->oi", self.mix.reshape(-1), bank), self.bias))
+        if self.linear is not None:
+            return F.relu(self.linear(x, self.mix, bank, self.bias))
+        return F.relu(F.linear(x, mix(self.mix, bank), self.bias))
 
 
 class LinearBankNet(_Net):
     """Conv stem, pool, then ``layers`` linear layers from one bank ``lin_bank`` ``(K, W, W)``."""
 
     def __init__(
-        self, k: int = 3, width: int = 4, layers: int = 4, in_channels: int = 1, classes: int = 10
-    ):
+        self, k: int = 3, width: int = 4, layers: int = 4, in_channels: int = 1,
+        classes: int = 10, wrap: bool = False,
+    ):  # fmt: skip
         super().__init__(in_channels, width, classes)
         self.lin_bank = nn.Parameter(torch.randn(k, width, width) / width**0.5)
-        self.mlp = nn.ModuleList(MixLinear(k, width) for _ in range(layers))
+        self.mlp = nn.ModuleList(MixLinear(k, width, wrap) for _ in range(layers))
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.stem(x)).mean(dim=(2, 3))
@@ -238,13 +278,32 @@ class TiedBlocksNet(_Net):
 # --- c. shared bases ---------------------------------------------------------------------------
 
 
+def basis_weight(m: Tensor, basis: Tensor, matmul: bool) -> Tensor:
+    """``M · B``: ``(O, R)`` times a basis ``(R, I, kh, kw)``, by einsum or by a matmul."""
+    r, i, kh, kw = basis.shape
+    if matmul:
+        return (m @ basis.reshape(r, -1)).reshape(-1, i, kh, kw)
+    return torch.einsum("or,rihw->oihw", m, basis)
+
+
+class BasisConv(nn.Module):
+    """``conv2d(x, M · B, padding=1)`` as a module of its own (``wrap=True``)."""
+
+    def __init__(self, matmul: bool):
+        super().__init__()
+        self.matmul = matmul
+
+    def forward(self, x: Tensor, m: Tensor, basis: Tensor) -> Tensor:
+        return F.conv2d(x, basis_weight(m, basis, self.matmul), padding=1)
+
+
 class BasisNet(_Net):
     """A shared basis ``basis`` ``(R, W, 3, 3)``; layer i's weight is ``M_i · B`` with its own
     ``layers.<i>.m`` ``(W, R)``, computed in forward; its own BatchNorm after each conv."""
 
     def __init__(
         self, rank: int = 3, width: int = 4, layers: int = 4, in_channels: int = 1,
-        classes: int = 10, matmul: bool = False,
+        classes: int = 10, matmul: bool = False, wrap: bool = False,
     ):  # fmt: skip
         super().__init__(in_channels, width, classes)
         self.basis = nn.Parameter(torch.randn(rank, width, 3, 3) / (3 * width**0.5))
@@ -253,17 +312,18 @@ class BasisNet(_Net):
             layer = nn.Module()
             layer.m = nn.Parameter(torch.randn(width, rank))
             layer.bn = nn.BatchNorm2d(width)
+            if wrap:
+                layer.conv = BasisConv(matmul)
             self.layers.append(layer)
-        self.matmul = matmul
+        self.matmul, self.wrap = matmul, wrap
 
     def body(self, x: Tensor) -> Tensor:
-        r, i, kh, kw = self.basis.shape
         for layer in self.layers:
-            if self.matmul:
-                w = (layer.m @ self.basis.reshape(r, -1)).reshape(-1, i, kh, kw)
+            if self.wrap:
+                y = layer.conv(x, layer.m, self.basis)
             else:
-                w = torch.einsum("or,rihw->oihw", layer.m, self.basis)
-            x = F.relu(layer.bn(F.conv2d(x, w, padding=1)))
+                y = F.conv2d(x, basis_weight(layer.m, self.basis, self.matmul), padding=1)
+            x = F.relu(layer.bn(y))
         return x
 
     def mixing(self) -> list[nn.Parameter]:
@@ -300,6 +360,30 @@ class BasisBNNet(_Net):
 # --- d. a flat parameter store -------------------------------------------------------------------
 
 
+def windows(store: Tensor, coef: Tensor, start: int, step: int, size: int) -> Tensor:
+    """``Σ_j coef_j · store[start + j·step : start + j·step + size]``."""
+    cut = [store[start + j * step : start + j * step + size] for j in range(len(coef))]
+    return torch.einsum("k,kd->d", coef, torch.stack(cut))
+
+
+class WindowOp(nn.Module):
+    """A conv (``padding=1``) or linear call whose weight mixes windows of a flat store, as a
+    module of its own (``wrap=True``): ``forward(x, coef, store[, bias])``."""
+
+    def __init__(self, shape: tuple[int, ...], start: int, step: int):
+        super().__init__()
+        self.shape, self.start, self.step = shape, start, step
+
+    def forward(self, x: Tensor, coef: Tensor, store: Tensor, bias: Tensor | None = None) -> Tensor:
+        size = 1
+        for n in self.shape:
+            size *= n
+        weight = windows(store, coef, self.start, self.step, size).reshape(self.shape)
+        if len(self.shape) == 2:
+            return F.linear(x, weight, bias)
+        return F.conv2d(x, weight, bias, padding=1)
+
+
 class StoreNet(_Net):
     """One 1-d Parameter ``store``. Conv layer i mixes ``K_i`` windows of ``d = W·W·9`` numbers
     starting at ``offset_i · d/2`` and ``d/2`` apart (so windows overlap, within a layer and
@@ -308,11 +392,12 @@ class StoreNet(_Net):
 
     ``layout``: ``(offset_i, K_i)`` per conv layer. Layers with one offset draw from the same
     windows, the first ``min(K)`` of them: that is where :func:`plant` can make them parallel.
+    With ``wrap`` each call is a :class:`WindowOp` (``layers.<i>.conv``, ``fc.op``).
     """
 
     def __init__(
         self, width: int = 4, layout: Sequence[tuple[int, int]] = ((0, 2), (1, 3), (0, 3), (2, 2)),
-        fc_k: int = 2, in_channels: int = 1, classes: int = 10,
+        fc_k: int = 2, in_channels: int = 1, classes: int = 10, wrap: bool = False,
     ):  # fmt: skip
         super().__init__(in_channels, width, classes)
         del self.head
@@ -327,30 +412,37 @@ class StoreNet(_Net):
         end = max(conv_end, self.fc_offset + (fc_k - 1) * self.fc_step + fc_d)
         self.store = nn.Parameter(torch.randn(end) / (3 * width**0.5))
         self.layers = nn.ModuleList()
-        for _, k in self.layout:
+        for offset, k in self.layout:
             layer = nn.Module()
             layer.coef = nn.Parameter(torch.randn(k))
             layer.bn = nn.BatchNorm2d(width)
+            if wrap:
+                layer.conv = WindowOp((width, width, 3, 3), offset * self.step, self.step)
             self.layers.append(layer)
         self.fc = nn.Module()
         self.fc.coef = nn.Parameter(torch.randn(fc_k))
         self.fc.bias = nn.Parameter(torch.zeros(classes))
-
-    def _mixed(self, coef: Tensor, start: int, step: int, size: int) -> Tensor:
-        windows = [self.store[start + j * step : start + j * step + size] for j in range(len(coef))]
-        return torch.einsum("k,kd->d", coef, torch.stack(windows))
+        if wrap:
+            self.fc.op = WindowOp((classes, width), self.fc_offset, self.fc_step)
+        self.wrap = wrap
 
     def body(self, x: Tensor) -> Tensor:
         w, d = self.width, self.width * self.width * 9
         for (offset, _), layer in zip(self.layout, self.layers, strict=True):
-            weight = self._mixed(layer.coef, offset * self.step, self.step, d)
-            x = F.relu(layer.bn(F.conv2d(x, weight.reshape(w, w, 3, 3), padding=1)))
+            if self.wrap:
+                y = layer.conv(x, layer.coef, self.store)
+            else:
+                weight = windows(self.store, layer.coef, offset * self.step, self.step, d)
+                y = F.conv2d(x, weight.reshape(w, w, 3, 3), padding=1)
+            x = F.relu(layer.bn(y))
         return x
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.body(F.relu(self.stem(x))).mean(dim=(2, 3))
+        if self.wrap:
+            return self.fc.op(x, self.fc.coef, self.store, self.fc.bias)
         fc_d = self.classes * self.width
-        weight = self._mixed(self.fc.coef, self.fc_offset, self.fc_step, fc_d)
+        weight = windows(self.store, self.fc.coef, self.fc_offset, self.fc_step, fc_d)
         return F.linear(x, weight.reshape(self.classes, self.width), self.fc.bias)
 
     def mixing(self) -> list[nn.Parameter]:

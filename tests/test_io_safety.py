@@ -175,12 +175,16 @@ for name, args in cases.items():
     results[name] = [code, err.getvalue()]
 """
 
-DEVICE_SCRIPT = r"""
+DEVICE_SCRIPT = (
+    r"""
 import contextlib, io, json, sys
 from soft_share_cli.cli import _state, main
 cases = json.loads(sys.argv[1])
-""" + _RUN_CASES + r"""print(json.dumps(results))
 """
+    + _RUN_CASES
+    + r"""print(json.dumps(results))
+"""
+)
 
 
 def test_character_devices_are_refused_without_reading_them(tmp_path: Path) -> None:
@@ -247,14 +251,29 @@ def writing_commands(d: Path) -> dict[str, Callable[[Path], list[str]]]:
         "analyze --graph": lambda o: ["analyze", ck, "--graph", f"{o}.json"],
         "plot-similarity -o": lambda o: ["plot-similarity", ck, "-o", f"{o}.png"],
         "plot-similarity --graph-plot": lambda o: [
-            "plot-similarity", ck, "-o", str(d / "fine.png"), "--graph-plot", f"{o}.svg"
+            "plot-similarity",
+            ck,
+            "-o",
+            str(d / "fine.png"),
+            "--graph-plot",
+            f"{o}.svg",
         ],
         "fold -o": lambda o: ["fold", ck, "-o", f"{o}.safetensors"],
         "fold --materialize": lambda o: [
-            "fold", ck, "-o", str(d / "fine.safetensors"), "--materialize", f"{o}.pt"
+            "fold",
+            ck,
+            "-o",
+            str(d / "fine.safetensors"),
+            "--materialize",
+            f"{o}.pt",
         ],
         "fold --plot": lambda o: [
-            "fold", ck, "-o", str(d / "fine.safetensors"), "--plot", f"{o}.png"
+            "fold",
+            ck,
+            "-o",
+            str(d / "fine.safetensors"),
+            "--plot",
+            f"{o}.png",
         ],
         "train -o": lambda o: ["train", *TINY_TRAIN, "-o", f"{o}.pt"],
     }
@@ -418,14 +437,17 @@ def test_check_outputs_protects_the_files_of_a_data_directory(tmp_path: Path) ->
 
 # --- 5. failed writes ----------------------------------------------------------------------------
 
-FSIZE_SCRIPT = r"""
+FSIZE_SCRIPT = (
+    r"""
 import contextlib, io, json, os, resource, signal, sys
 import matplotlib, torch, safetensors.torch, networkx  # imported (and cached) before the limit
 from soft_share_cli.cli import _state, main
 cases, limit = json.loads(sys.argv[1]), int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-""" + _RUN_CASES + r"""
+"""
+    + _RUN_CASES
+    + r"""
 # torch's path writer dropped the error of its last buffered write: every limit short of the
 # whole file must be an error, never a truncated file reported as written.
 from soft_share_cli.checkpoints.load import save_checkpoint
@@ -446,6 +468,7 @@ for cut in (1, 8, 22, 64, 100, 300, 1000, 5000, full // 2):
 results["save_checkpoint truncations"] = truncated
 print(json.dumps(results))
 """
+)
 
 
 def fsize_cases(d: Path) -> dict[str, tuple[list[str], str]]:
@@ -580,7 +603,9 @@ def test_every_writer_fsyncs_its_file_and_directory(
 
     monkeypatch.setattr(os, "fsync", fsync)
     d = tmp_path
-    run = ssc("fold", str(ALIGNED), "-o", str(d / "f.st"), "--materialize", str(d / "m.pt"))
+    run = ssc(
+        "fold", str(ALIGNED), "-o", str(d / "f.safetensors"), "--materialize", str(d / "m.pt")
+    )
     assert run.code == 0, run.err
     assert ssc("analyze", str(ALIGNED), "--graph", str(d / "g.graphml")).code == 0
     assert ssc("plot-similarity", str(ALIGNED), "-o", str(d / "p.pdf")).code == 0
@@ -591,9 +616,7 @@ def test_every_writer_fsyncs_its_file_and_directory(
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
-def test_every_output_gets_the_umask_mode(
-    ssc, tmp_path: Path, umask: int, mode: int
-) -> None:
+def test_every_output_gets_the_umask_mode(ssc, tmp_path: Path, umask: int, mode: int) -> None:
     d = tmp_path
     previous = os.umask(umask)
     try:

@@ -649,3 +649,71 @@ def test_the_sample_swrn_traced_agrees_with_its_state_dict(ssc, tmp_path: Path) 
     for figure in ("checkpoint_unique", "unshared_equivalent"):
         assert t["params"][figure] == p["params"][figure]
     assert p["params"]["folded"] <= t["params"]["folded"] < p["params"]["checkpoint_unique"]
+
+
+SHARING = Path(__file__).resolve().parent.parent / "sample_checkpoints" / "sharing"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sharing.py"
+
+
+@pytest.mark.parametrize("name", ["soft", "tied", "basis", "basis_bn", "store"])
+def test_analyze_with_model_reports_what_the_fold_writes(ssc, tmp_path: Path, name: str) -> None:
+    """Every sample of sample_checkpoints/sharing: ``analyze --model``'s ``folded`` is the fold's
+    own figure and ``ssc info`` on the written file; where the fold refuses (exit 2), it is the
+    checkpoint's count and the report says why."""
+    ckpt, spec = str(SHARING / f"{name}.pt"), f"{EXAMPLES}:{name}"
+    analyzed = ssc("analyze", ckpt, "--model", spec, "--json")
+    assert analyzed.code == 0, analyzed.err
+    report = analyzed.json()
+    unique = ssc("info", ckpt, "--json").json()["unique_parameters"]
+    assert report["params"]["checkpoint_unique"] == unique
+    out = tmp_path / "folded.safetensors"
+    fold = ssc("fold", ckpt, "--model", spec, "-o", str(out), "--json")
+    if fold.code == 2:
+        assert not out.exists() and len(fold.err.strip().splitlines()) == 1
+        assert report["params"]["folded"] == unique
+        assert "ssc fold would refuse" in report["fold_note"]
+        assert name == "tied"  # only hard ties: already one tensor each
+        return
+    assert fold.code == 0, fold.err
+    written = ssc("info", str(out), "--json").json()["unique_parameters"]
+    assert report["params"]["folded"] == fold.json()["params"]["folded"] == written < unique
+    assert report["fold_note"] is None
+    text = ssc("analyze", ckpt, "--model", spec)
+    assert text.code == 0 and f"{written:,}" in text.out
+
+
+def test_the_header_names_the_metric_each_bank_used(ssc) -> None:
+    """--metric coefficients on a store (no per-layer coefficient vectors): its group is compared
+    by the weight metric, and the header and the norm column say so; a true bank keeps
+    coefficients."""
+    store = ssc("analyze", str(SHARING / "store.pt"), "--model", f"{EXAMPLES}:store")
+    assert store.code == 0, store.err
+    header = next(line for line in store.out.splitlines() if line.startswith("similarity"))
+    assert "weight metric" in header and "coefficients metric" not in header
+    assert "‖W‖" in store.out and "‖α‖" not in store.out
+    soft = ssc("analyze", str(SHARING / "soft.pt"), "--model", f"{EXAMPLES}:soft")
+    assert soft.code == 0, soft.err
+    header = next(line for line in soft.out.splitlines() if line.startswith("similarity"))
+    assert "coefficients metric" in header and "‖α‖" in soft.out
+
+
+def test_the_header_lists_both_metrics_when_banks_differ() -> None:
+    from types import SimpleNamespace as NS
+
+    from soft_share_cli.render.tables import _metrics_used
+
+    def bank(name: str, metric: Metric, tie: bool = False) -> NS:
+        return NS(bank=NS(name=name), similarity=NS(metric=metric), hard_tie=tie)
+
+    analysis = NS(
+        options=NS(metric=Metric.COEFFICIENTS),
+        banks=[
+            bank("w_bank", Metric.COEFFICIENTS),
+            bank("store", Metric.WEIGHT),
+            bank("tie", Metric.COEFFICIENTS, tie=True),  # similarity 1: left out
+            bank("basis", Metric.WEIGHT),
+        ],
+    )
+    assert _metrics_used(analysis) == "coefficients metric (w_bank); weight metric (store, basis)"
+    analysis.banks = [bank("tie", Metric.COEFFICIENTS, tie=True)]
+    assert _metrics_used(analysis) == "coefficients metric"

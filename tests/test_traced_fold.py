@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from soft_share_cli.analysis.analyze import AnalysisOptions
-from soft_share_cli.errors import CheckpointError, InputError
+from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
 from soft_share_cli.folding.kinds import load_folded
 from soft_share_cli.models.user import load_factory
 from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
@@ -233,6 +233,72 @@ NETS = textwrap.dedent(
 
     def inline():
         return seeded(InlineNet)
+
+
+    class TanhConv(MBConv):  # W_i = tanh(M_i) @ B: not linear in M_i
+        def forward(self, x):
+            return F.conv2d(x, (torch.tanh(self.m) @ self.basis.b).reshape(W, W, 3, 3), padding=1)
+
+
+    class TanhNet(BasisNet):
+        def __init__(self, layers=6, clusters=1, rank=3):
+            super().__init__(layers, 1, rank)
+            self.layers = nn.ModuleList(TanhConv(self.basis, rank) for _ in range(layers))
+            with torch.no_grad():  # planted: tanh(M_i) proportional within a cluster
+                for i, layer in enumerate(self.layers):
+                    layer.m.copy_(torch.tanh(layer.m) * 0.8)
+                    if i >= clusters:
+                        c = (-0.3, 0.5, 0.9, -0.7, 0.6)[(i - clusters) % 5]
+                        layer.m.copy_(torch.atanh(c * torch.tanh(self.layers[i % clusters].m)))
+
+
+    class ListConv(nn.Module):  # its alpha is an entry of the parent's ParameterList
+        def __init__(self, i):
+            super().__init__()
+            self.i = i
+
+        def forward(self, x, alphas, bank):
+            return F.conv2d(x, torch.tensordot(alphas[self.i], bank, 1), padding=1)
+
+
+    class ListNet(Head):
+        def __init__(self, k=2, layers=4):
+            super().__init__()
+            self.bank = nn.Parameter(torch.randn(k, W, W, 3, 3) / 6)
+            self.alphas = nn.ParameterList(nn.Parameter(torch.randn(k)) for _ in range(layers))
+            self.layers = nn.ModuleList(ListConv(i) for i in range(layers))
+            with torch.no_grad():
+                for i in range(2, layers):
+                    self.alphas[i].copy_((i - 3.5) * self.alphas[i % 2])
+
+        def forward(self, x):
+            x = F.relu(self.stem(x))
+            for layer in self.layers:
+                x = F.relu(layer(x, self.alphas, self.bank))
+            return self.fc(x.mean((2, 3))) + self.bank.sum()  # the bank also acts outside
+
+
+    class DeficientNet(BasisNet):  # B of rank 2: M_i + N with N @ B = 0 makes the same W_i
+        def __init__(self):
+            super().__init__()
+            with torch.no_grad():
+                self.basis.b[2] = self.basis.b[0] + self.basis.b[1]
+                null = torch.tensor([1.0, 1.0, -1.0])
+                for i, layer in enumerate(self.layers[1:]):
+                    layer.m.add_(torch.randn(W, 1) * null)  # still proportional weights
+
+
+    def tanh():
+        return seeded(TanhNet)
+
+    def basis_deficient():
+        return seeded(DeficientNet)
+
+    def tanh_grows():
+        return seeded(lambda: TanhNet(layers=4, clusters=2))
+
+    def plist():
+        return seeded(lambda: ListNet(k=3, layers=6))
     """
 )
 
@@ -281,8 +347,20 @@ CASES = {
     "soft": (2 * D + 4, K * D + 4 * K),
     # the same; the hard-tied conv is kept as it is
     "soft_tied": (2 * D + 4, K * D + 4 * K),
-    # 6 proportional M_i: 1 weight + 6 gains, for B (3 x 36) and 6 M_i (4 x 3)
-    "basis": (D + 6, 3 * W * 9 + 6 * W * 3),
+    # 6 proportional M_i (4 x 3): B kept, 1 direction + 6 gains for the 6 M_i (1 weight + 6
+    # gains for B (3 x 36) and the M_i would save 30 numbers, the directions 54)
+    "basis": (W * 3 + 6, 6 * W * 3),
+    # 4 M_i in 2 clusters: 2 directions + 4 gains for 4 M_i (2 weights would grow)
+    "basis_grows": (2 * W * 3 + 4, 4 * W * 3),
+    # the bank also acts outside its layers, so it stays: 2 directions (K) + 4 gains, 4 alphas
+    "soft_uses_bank": (2 * K + 4, 4 * K),
+    # 6 layers of tanh(M_i) @ B: not linear in M_i, so weights: 1 weight + 6 gains for B and M_i
+    "tanh": (D + 6, 3 * W * 9 + 6 * W * 3),
+    # the M_i are not proportional (their weights are): weights, as for tanh
+    "basis_deficient": (D + 6, 3 * W * 9 + 6 * W * 3),
+    # 6 alphas (3 numbers each) of a ParameterList in 2 clusters, the bank used elsewhere:
+    # 2 directions + 6 gains
+    "plist": (2 * 3 + 6, 6 * 3),
     # 4 proportional 1x1 convs M_i (4 x 3): 1 weight + 4 gains for 4 weights
     "basis_conv": (W * 3 + 4, 4 * W * 3),
     # 4 parallel windows mixes: 1 weight + 4 gains, plus the linear layer's own weight (40);
@@ -346,10 +424,10 @@ def test_threshold_auto_searches_the_traced_similarities(ssc, nets: Path) -> Non
     assert out.exists()
 
 
-@pytest.mark.parametrize("factory", ["basis_grows", "soft_uses_bank"])
+@pytest.mark.parametrize("factory", ["tanh_grows"])
 def test_a_fold_that_would_grow_writes_nothing(ssc, nets: Path, factory: str) -> None:
-    """4 layers in 2 clusters: 2 weights (288) and 4 gains cost more than B and the M_i (156);
-    a bank the forward also uses stays, and 2 weights cost more than the 4 alphas it frees."""
+    """4 layers in 2 clusters: 2 weights (288) and 4 gains cost more than B and the M_i (156),
+    and tanh(M_i) @ B is not linear in M_i: no directions either."""
     path, spec, _ = _checkpoint(nets, factory)
     out = nets.parent / "grows.safetensors"
     run = ssc("fold", str(path), "--model", spec, "-o", str(out), "--threshold", "0.99")
@@ -425,3 +503,104 @@ def test_load_folded_needs_the_factory(nets: Path) -> None:
     _, out, _, _ = _fold(nets, "soft")
     with pytest.raises(InputError, match="module:callable"):
         load_folded(out)
+
+
+# --- directions mode: the shared basis/bank kept, each per-call parameter gain · direction -----
+
+
+@pytest.mark.parametrize(
+    ("factory", "mode"),
+    [("basis", "directions"), ("basis_grows", "directions"), ("soft_uses_bank", "directions"),
+     ("plist", "directions"), ("tanh", "weights"), ("basis_deficient", "weights"),
+     ("soft", "weights"), ("store", "weights")],
+)  # fmt: skip
+def test_each_group_stores_the_cheaper_mode(nets: Path, factory: str, mode: str) -> None:
+    _, out, _, _ = _fold(nets, factory)
+    with safe_open(str(out), "pt") as f:
+        program = json.loads(f.metadata()["program"])
+    assert set(program["modes"].values()) == {mode}
+    assert bool(program["computed"]) is (mode == "directions")
+
+
+def test_a_per_call_parameter_becomes_its_gain_times_the_direction(nets: Path) -> None:
+    """basis_grows: M_2 = 2.5 M_0 and M_3 = 3.5 M_1; each M_i is computed, B stays stored."""
+    _, out, spec, model = _fold(nets, "basis_grows")
+    folded = load_folded(out, model=spec)
+    state = folded.state_dict()
+    assert "basis.b" in state and not any(k.endswith(".m") for k in state)
+    (attr,) = {k.split(".")[0] for k in state if k.startswith("ssc_folded_")}
+    bank = getattr(folded, attr)
+    assert tuple(bank.directions.shape) == (2, W, 3) and tuple(bank.gains.shape) == (4,)
+    for i, layer in enumerate(folded.layers):
+        assert not isinstance(layer.m, torch.nn.Parameter)
+        assert torch.allclose(layer.m, model.layers[i].m, rtol=1e-5, atol=1e-6)
+    m0, m2 = (bank.gains[i] * bank.directions[0] for i in range(2))  # the first cluster
+    assert torch.allclose(m2, 2.5 * m0, rtol=1e-5)
+
+
+def test_a_parameter_list_entry_is_computed_too(nets: Path) -> None:
+    _, out, spec, model = _fold(nets, "plist")
+    folded = load_folded(out, model=spec)
+    assert not any(k.startswith("alphas.") for k in folded.state_dict())
+    assert torch.allclose(folded.alphas[5], model.alphas[5], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(list(folded.alphas)[4], model.alphas[4], rtol=1e-5, atol=1e-6)
+
+
+def test_the_basis_sample_folds_by_directions(ssc, tmp_path: Path) -> None:
+    """sample_checkpoints/sharing/basis.pt: M_0 and M_2 are proportional (B: 4 x 8 x 3 x 3 =
+    288 numbers; 1 weight of 576 would grow): one direction (8 x 4) and 2 gains replace them."""
+    root = Path(__file__).resolve().parent.parent
+    sample, spec = root / "sample_checkpoints/sharing/basis.pt", f"{root}/examples/sharing.py:basis"
+    out = tmp_path / "basis.safetensors"
+    run = ssc("fold", str(sample), "--model", spec, "-o", str(out), "--json")
+    assert run.code == 0, run.err
+    params = run.json()["params"]
+    assert params["folded"] == params["checkpoint_unique"] - 2 * 8 * 4 + (8 * 4 + 2)
+    info = ssc("info", str(out), "--json")
+    assert info.code == 0 and info.json()["unique_parameters"] == params["folded"]
+    model = load_factory(spec)()
+    model.load_state_dict(torch.load(sample, weights_only=True))
+    folded = load_folded(out, model=spec)
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ya, yb = model.eval()(x), folded(x)
+    assert float((ya - yb).norm() / ya.norm()) < 1e-5
+    ev = ssc("eval", str(out), "--model", spec, "--data", "digits?limit=30", "--json")
+    assert ev.code == 0, ev.err
+
+
+def test_a_weight_not_linear_in_its_parameter_is_never_a_direction(nets: Path) -> None:
+    """tanh(M_i) @ B with tanh(M_i) planted proportional: M_i are not, so directions fitted in
+    M-space would be wrong; the homogeneity check sends the group to weights."""
+    from soft_share_cli.analysis.traced import analyze_traced
+    from soft_share_cli.folding.traced_directions import plan_directions
+
+    for factory, expected in (("tanh", False), ("basis", True)):
+        model = load_factory(f"{nets}:{factory}")()
+        probe = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        analysis = analyze_traced(model, probe, AnalysisOptions(threshold=0.99), with_graph=False)
+        (plan,) = plan_directions(analysis, probe, model)
+        assert (plan.saving > 0) is expected and (plan.fold is not None) is expected
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: p["computed"][0].update(cluster=5),
+        lambda p: p["computed"][0].update(gain=99),
+        lambda p: p["computed"][0].update(gain=True),
+        lambda p: p["computed"][0].update(attr="__class__"),
+        lambda p: p["computed"][0].update(path="no.such"),
+        lambda p: p["computed"][0].update(path="stem", attr="weight"),
+        lambda p: p["computed"][0].update(bank="ssc_folded_other"),
+        lambda p: p["computed"].append(dict(p["computed"][0])),
+        lambda p: p["directions"][0].update(module="__class__"),
+        lambda p: p["directions"][0].update(clusters=3),
+        lambda p: p.update(computed="everything"),
+        lambda p: p.pop("computed"),  # the M_i the file lacks: refused by the strict load
+    ],
+)
+def test_a_forged_directions_program_is_refused(nets: Path, edit) -> None:
+    _, out, spec, _ = _fold(nets, "basis_grows")
+    with pytest.raises((CheckpointError, ArchitectureError)):
+        load_folded(_forge(out, edit), model=spec)

@@ -29,7 +29,9 @@ gain: the network is not ssc's own).
 Counts: ``checkpoint_unique`` by storage (as ``ssc info``); ``unshared_equivalent`` gives every
 conv/linear call a weight (and bias) of its own — a hard-tied weight once per use — beside the
 parameters no call's weight uses; ``folded`` replaces what each group's calls alone use
-(:attr:`TracedAnalysis.consumed`) by what its plan stores, or keeps it where that is smaller.
+(:attr:`TracedAnalysis.consumed`) by what its plan stores, or keeps it where that is smaller: an
+estimate (``ssc analyze --model`` and ``ssc fold --model`` report the fold's own figure, which
+also drops or keeps the parameters the fold engine can or cannot free).
 Input-dependent weights (hypernetworks) are never grouped and are reported as issues.
 """
 

@@ -16,8 +16,10 @@ holding it and the probe is run again; where the forward fails or its output cha
 back (and stays counted). A call whose weight is computed from a dropped parameter but which is
 in no group (a linear layer cutting its weight from the same flat store as the convs) is replaced
 too, by its own fixed weight. **A fold never grows**: calls joined by shared parameters fold as one
-unit, and a unit whose folded storage (weights, gains) is not smaller than what it frees is kept
-as it is (reported, with why).
+unit (:mod:`~soft_share_cli.folding.traced_units`), and each unit takes the cheapest of: its
+clusters' weights; *directions* (:mod:`~soft_share_cli.folding.traced_directions`: the shared
+basis/bank/store kept, each call's own parameter ``P_j`` replaced by ``gain_j · D_c``, where the
+weight is linear in it; the only mode for calls made inline); as it is (reported, with why).
 
 What the surgery did is the *program* (:mod:`soft_share_cli.folding.traced_program`): the same
 :func:`apply_program` replays it on a fresh ``factory()`` network to load a file.
@@ -38,6 +40,11 @@ from soft_share_cli.analysis.plan import Absorb, BankFold
 from soft_share_cli.analysis.trace_groups import HARD_TIE, call_names
 from soft_share_cli.errors import InputError
 from soft_share_cli.folding.bank import FoldedBank
+from soft_share_cli.folding.traced_directions import (
+    DirectionsPlan,
+    build_directions,
+    plan_directions,
+)
 from soft_share_cli.folding.traced_program import (
     SHARED_PREFIX,
     LayerSpec,
@@ -47,21 +54,11 @@ from soft_share_cli.folding.traced_program import (
     run_probe,
     same_outputs,
 )
+from soft_share_cli.folding.traced_units import Unit, find_satellites, find_units
 
 if TYPE_CHECKING:
     from soft_share_cli.analysis.trace import Call, Trace
     from soft_share_cli.analysis.traced import TracedAnalysis
-
-
-@dataclass
-class _Unit:
-    """Calls joined by shared parameters: they fold, or stay as they are, together."""
-
-    groups: list[int] = field(default_factory=list)  # indices into analysis.groups
-    satellites: list[int] = field(default_factory=list)  # calls folded to their own weight
-    calls: set[int] = field(default_factory=set)
-    freeable: set[str] = field(default_factory=set)
-    cost: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +70,7 @@ class TracedFold:
     program: dict[str, Any]
     plans: dict[str, BankFold]
     kept: tuple[tuple[str, str], ...]
+    modes: dict[str, str] = field(default_factory=dict)  # folded group -> weights | directions
 
 
 def _holders(model: nn.Module, p: nn.Parameter) -> list[tuple[str, nn.Module, str]]:
@@ -98,100 +96,21 @@ def _geometry(call: Call) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in call.geometry}
 
 
-def _refuse_inline(analysis: TracedAnalysis, names: list[str]) -> None:
-    calls = analysis.trace.calls
-    for group in analysis.groups:
-        if group.kind == HARD_TIE:
-            continue
-        for i in group.calls:
+def _blocked(analysis: TracedAnalysis, names: list[str]) -> dict[int, str]:
+    """Groups whose calls cannot be replaced (a call made inline, a computed bias): they fold
+    in directions mode or not at all; why."""
+    calls, out = analysis.trace.calls, {}
+    for g, group in enumerate(analysis.groups):
+        for i in group.calls if group.kind != HARD_TIE else ():
             call = calls[i]
             if call.layer is None:
-                raise InputError(
-                    f"cannot fold {names[i]}: its {call.op} is called inline by the forward of "
-                    f"{call.module or 'the network'}, and no module stands for that call alone "
-                    "(wrap it in a module of its own); nothing was written"
-                )
-            if call.bias == "":
-                raise InputError(
-                    f"cannot fold {names[i]}: its bias is computed, not a stored parameter; "
-                    "nothing was written"
-                )
-
-
-def _satellites(trace: Trace, taken: set[int]) -> list[int]:
-    """Calls in no folded group whose computed weight shares a parameter with the folded calls
-    (closed under sharing): replaced by their own fixed weight, so the parameter can go."""
-    by_layer: dict[str, list[Call]] = {}
-    for call in trace.calls:
-        if call.layer is not None:
-            by_layer.setdefault(call.layer, []).append(call)
-    keys = {k for i in taken for k in trace.calls[i].sources}
-    out: list[int] = []
-    grown = True
-    while grown:
-        grown = False
-        for call in trace.calls:
-            if (
-                call.index in taken
-                or call.dynamic
-                or call.direct is not None
-                or call.layer is None
-                or call.bias == ""
-                or not set(call.sources) & keys
-            ):
-                continue
-            uses = by_layer[call.layer]
-            if not all(torch.equal(u.weight, call.weight) for u in uses):
-                continue  # one module computing different weights: no fixed weight stands for it
-            taken.update(u.index for u in uses)
-            out.append(uses[0].index)
-            keys.update(k for u in uses for k in u.sources)
-            grown = True
+                out.setdefault(g, f"cannot fold {names[i]}: its {call.op} is called inline by the "
+                    f"forward of {call.module or 'the network'}, and no module stands for that "
+                    "call alone (wrap it in a module of its own); nothing was written")  # fmt: skip
+            elif call.bias == "":
+                out.setdefault(g, f"cannot fold {names[i]}: its bias is computed, not a stored "
+                               "parameter; nothing was written")  # fmt: skip
     return out
-
-
-def _units(analysis: TracedAnalysis, candidates: list[int], satellites: list[int]) -> list[_Unit]:
-    trace = analysis.trace
-    calls = {i for g in candidates for i in analysis.groups[g].calls}
-    by_layer: dict[str, list[int]] = {}
-    for call in trace.calls:
-        if call.layer is not None:
-            by_layer.setdefault(call.layer, []).append(call.index)
-    for s in satellites:
-        calls.update(by_layer[trace.calls[s].layer])  # type: ignore[index]
-    parent = {i: i for i in calls}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    uses = trace.uses()
-    for users in uses.values():
-        inside = [i for i in users if i in calls]
-        for i in inside[1:]:
-            parent[root(i)] = root(inside[0])
-    for g in candidates:
-        members = analysis.groups[g].calls
-        for i in members[1:]:
-            parent[root(i)] = root(members[0])
-    units: dict[int, _Unit] = {}
-    for g in candidates:
-        unit = units.setdefault(root(analysis.groups[g].calls[0]), _Unit())
-        unit.groups.append(g)
-        unit.cost += analysis.results[g].fold.parameters
-    for s in satellites:
-        unit = units.setdefault(root(s), _Unit())
-        unit.satellites.append(s)
-        unit.cost += trace.calls[s].weight_numel
-    biases = {c.bias for c in trace.calls if c.bias}
-    for i in calls:
-        units[root(i)].calls.add(i)
-    for unit in units.values():
-        keys = {k for i in unit.calls for k in trace.calls[i].sources}
-        unit.freeable = {k for k in keys if set(uses[k]) <= unit.calls and k not in biases}
-    return list(units.values())
 
 
 def _group_specs(
@@ -243,9 +162,10 @@ def _satellite_specs(call: Call, attr: str) -> tuple[FoldedBank, LayerSpec]:
 def _build(
     model: nn.Module,
     analysis: TracedAnalysis,
-    units: list[_Unit],
+    units: list[Unit],
     probe: Tensor,
     names: list[str],
+    directions: list[DirectionsPlan],
 ) -> tuple[nn.Module, dict[str, Any], dict[int, int]]:
     """Fold ``units`` into a copy of ``model``; the program, and per unit what it really freed."""
     network = copy.deepcopy(model).eval()
@@ -274,6 +194,9 @@ def _build(
         replace(s, also=tuple(p for p in paths[id(network.get_submodule(s.path))] if p != s.path))
         for s in layers
     ]
+    computed, kept_sources = build_directions(
+        network, directions, analysis, lambda name: _attribute(name, taken)
+    )
     _check_calls(network, analysis.trace, layers, probe)
     reference = run_probe(network, probe)
     if reference is None:
@@ -306,6 +229,8 @@ def _build(
         "banks": records,
         "layers": [spec.to_dict() for spec in layers],
         "dropped": dropped,
+        "directions": kept_sources,
+        "computed": computed,
     }
     return network, program, freed
 
@@ -354,10 +279,12 @@ def fold_traced(model: nn.Module, analysis: TracedAnalysis, probe: Tensor) -> Tr
     """A folded copy of ``model`` (which ``analysis`` traced on ``probe``); never grows.
 
     Raises :class:`InputError` (one line) where a group's call has no module of its own, or its
-    bias is computed. A fold where every group is kept has an empty ``plans``.
+    bias is computed, and directions do not fold it. A fold where every group is kept has an
+    empty ``plans``; ``modes`` says how each folded group is stored (``plans`` holds a
+    :class:`~soft_share_cli.folding.traced_directions.DirectionsFold` for a directions group).
     """
     names = call_names(analysis.trace)
-    _refuse_inline(analysis, names)
+    blocked = _blocked(analysis, names)
     kept: list[tuple[str, str]] = []
     candidates = []
     for g, group in enumerate(analysis.groups):
@@ -366,28 +293,45 @@ def fold_traced(model: nn.Module, analysis: TracedAnalysis, probe: Tensor) -> Tr
         elif analysis.results[g].fold.clusters:
             candidates.append(g)
     taken = {i for g in candidates for i in analysis.groups[g].calls}
-    satellites = _satellites(analysis.trace, set(taken))
-    units = _units(analysis, candidates, satellites)
+    satellites = find_satellites(analysis.trace, set(taken))
+    units = find_units(analysis, candidates, satellites)
+    by_group = {p.group: p for p in plan_directions(analysis, probe, model) if p.saving > 0}
+    aside: list[tuple[Unit, int]] = []  # not folded to weights: directions where they save
+
+    def weighed(frees: list[int]) -> list[Unit]:
+        """The units whose weights save more than their groups' directions; the others aside."""
+        save = [max(0, sum(by_group[g].saving for g in u.groups if g in by_group)) for u in units]
+        ok = [
+            f - u.cost > d and not set(u.groups) & set(blocked)
+            for u, f, d in zip(units, frees, save, strict=True)
+        ]
+        aside.extend((u, f) for u, f, good in zip(units, frees, ok, strict=True) if not good)
+        return [u for u, good in zip(units, ok, strict=True) if good]
+
+    units = weighed([sum(analysis.trace.parameters.get(k, 0) for k in u.freeable) for u in units])
     while True:
-        frees = [sum(analysis.trace.parameters.get(k, 0) for k in u.freeable) for u in units]
-        growing = [u for u, f in zip(units, frees, strict=True) if u.cost >= f]
-        for u, f in zip(units, frees, strict=True):
-            if u in growing:
-                kept += _why(analysis, u, f)
-        units = [u for u in units if u not in growing]
-        network, program, freed = _build(model, analysis, units, probe, names)
-        late = [u for n, u in enumerate(units) if u.cost >= freed[n]]
-        if not late:
+        chosen = [by_group[g] for u, _ in aside for g in u.groups if g in by_group]
+        network, program, freed = _build(model, analysis, units, probe, names, chosen)
+        still = weighed([freed[n] for n in range(len(units))])
+        if len(still) == len(units):
             break
-        for n, u in enumerate(units):
-            if u in late:
-                kept += _why(analysis, u, freed[n])
-        units = [u for u in units if u not in late]
+        units = still
+    why = [blocked[g] for g in blocked if g not in {p.group for p in chosen}]
+    if why:
+        raise InputError(why[0])
+    for u, f in aside:
+        kept += _why(analysis, [g for g in u.groups if g not in by_group], u.cost, f)
     plans = {analysis.groups[g].name: analysis.results[g].fold for u in units for g in u.groups}
-    program["kept"] = [{"group": name, "why": why} for name, why in kept]
-    return TracedFold(network, program, plans, tuple(kept))
+    modes = dict.fromkeys(plans, "weights")
+    for p in chosen:
+        plans[analysis.groups[p.group].name] = p.fold  # type: ignore[assignment]
+        modes[analysis.groups[p.group].name] = "directions"
+    program.update(kept=[{"group": name, "why": why} for name, why in kept], modes=modes)
+    return TracedFold(network, program, plans, tuple(kept), modes)
 
 
-def _why(analysis: TracedAnalysis, unit: _Unit, freed: int) -> list[tuple[str, str]]:
-    why = f"kept as it is: folding would store {unit.cost:,} numbers for the {freed:,} it frees"
-    return [(analysis.groups[g].name, why) for g in unit.groups]
+def _why(
+    analysis: TracedAnalysis, groups: list[int], cost: int, freed: int
+) -> list[tuple[str, str]]:
+    why = f"kept as it is: folding would store {cost:,} numbers for the {freed:,} it frees"
+    return [(analysis.groups[g].name, why) for g in groups]

@@ -2,9 +2,10 @@
 
 :class:`TracedLayer` stands in for a folded call; :func:`apply_program` (shared by the fold and
 the loader) registers the banks, replaces the layers, drops the freed parameters. A file
-(``ssc-folded``, program ``ssc-traced-fold``) lists banks, layers, dropped keys, kept groups and
-``aliases`` (a tensor several modules use is stored once); all of it is checked before use, and
-bank sizes come from the file's tensors, never from a number the program declares.
+(``ssc-folded``, program ``ssc-traced-fold``) lists banks, layers, dropped keys, kept groups,
+``aliases`` (a tensor stored once) and :mod:`~soft_share_cli.folding.traced_directions`' records;
+all of it is checked before use, and bank sizes come from the file's tensors, never from a
+number the program declares.
 """
 
 from __future__ import annotations
@@ -369,14 +370,16 @@ def rebuild_traced(
     spec: Any, program: Mapping[str, Any], state_dict: Mapping[str, Tensor]
 ) -> nn.Module:
     """``factory()`` with the program replayed and the file's tensors loaded strictly, eval."""
+    from soft_share_cli.folding.traced_directions import read_directions, substitute
     from soft_share_cli.models.builder import load_state_dict_checked
     from soft_share_cli.models.user import load_factory
 
     full = with_aliases(program, state_dict)
     banks, layers, dropped = read_program(program, full)
+    directions, computed = read_directions(program, full, set(banks))
     model = load_factory(spec)()
     try:
-        apply_program(model, banks, layers, dropped)
+        substitute(apply_program(model, banks, layers, dropped), directions, computed)
     except InputError as exc:
         raise CheckpointError(
             f"the traced fold does not fit the network built by {spec}: {exc}"

@@ -4,14 +4,17 @@ A file of any kind (a soft-shared checkpoint, or a folded network of any kind se
 soft-shared network it came from) goes through :func:`analyze_checkpoint`; the analysis itself is
 :func:`soft_share_cli.analysis.analyze.analyze_state_dict`. With ``--model`` the user's network
 is built, run once on a probe and analysed by what its calls share
-(:func:`soft_share_cli.analysis.traced.analyze_traced`), with no naming assumption.
+(:func:`soft_share_cli.analysis.traced.analyze_traced`), with no naming assumption; its
+``folded`` figure is what ``ssc fold --model`` at the same options would store, found by running
+that fold (:class:`~soft_share_cli.pipeline.fold_source.FoldSource`, nothing written), or the
+checkpoint's own count, with the reason, where the fold would refuse.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soft_share_cli.analysis.analyze import (
     Analysis,
@@ -19,7 +22,10 @@ from soft_share_cli.analysis.analyze import (
     analyze_state_dict,
     describe_unshared,
 )
-from soft_share_cli.errors import InputError
+from soft_share_cli.errors import InputError, SscError
+
+if TYPE_CHECKING:
+    from soft_share_cli.checkpoints.load import LoadedCheckpoint
 
 PROBE_SEED = 0
 
@@ -29,9 +35,16 @@ class TracedReport(Analysis):
     """An :class:`Analysis` found by tracing the network (``--model``): each group a bank."""
 
     trace: dict[str, Any] = field(default_factory=dict)  # what the trace saw (calls, probe)
+    # Why ``params.folded`` is the checkpoint's own count (``ssc fold`` would refuse), if it is.
+    fold_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "discovery": "traced", "trace": self.trace}
+        return {
+            **super().to_dict(),
+            "discovery": "traced",
+            "trace": self.trace,
+            "fold_note": self.fold_note,
+        }
 
 
 def analyze_checkpoint(
@@ -39,14 +52,18 @@ def analyze_checkpoint(
     options: AnalysisOptions | None = None,
     key: str | None = None,
     model: str | None = None,
+    *,
+    fold: bool = True,
 ) -> Analysis:
     """Load ``path`` safely and analyse it; works on any network built from template banks.
 
     ``key`` names the entry of a wrapped checkpoint that holds the state dict (``--key``);
-    ``model`` (``--model MODULE:CALLABLE``) builds the user's network and traces it instead."""
+    ``model`` (``--model MODULE:CALLABLE``) builds the user's network and traces it instead
+    (``fold=False``: without running the fold for the ``folded`` figure, which stays the plan's
+    estimate)."""
     options = AnalysisOptions() if options is None else options
     if model is not None:
-        return analyze_model(path, model, options, key)
+        return analyze_model(path, model, options, key, fold=fold)
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.errors import ArchitectureError, CheckpointError
     from soft_share_cli.folding.kinds import folded_view
@@ -90,7 +107,12 @@ def analyze_checkpoint(
 
 
 def analyze_model(
-    path: str | Path, model: str, options: AnalysisOptions, key: str | None = None
+    path: str | Path,
+    model: str,
+    options: AnalysisOptions,
+    key: str | None = None,
+    *,
+    fold: bool = True,
 ) -> TracedReport:
     """Build ``model`` with ``path``'s weights, run it once on a seeded probe and analyse the
     parameters its conv and linear calls share (exit 2 where nothing is shared)."""
@@ -142,15 +164,36 @@ def analyze_model(
         "model": model,
     }
     assert traced.graph is not None
+    counts, note = traced.counts, None
+    if fold:
+        folded, note = fold_figure(ckpt, model, options)
+        if folded is None:  # the fold would refuse: the checkpoint stays as it is
+            folded = traced.counts.checkpoint_unique
+        counts = replace(traced.counts, folded=folded)
     return TracedReport(
         facts,
         options,
         traced.results,
         traced.issues,
-        traced.counts,
+        counts,
         traced.graph,
         describe_trace(traced.trace),
+        note,
     )
+
+
+def fold_figure(
+    ckpt: LoadedCheckpoint, model: str, options: AnalysisOptions
+) -> tuple[int | None, str | None]:
+    """What ``ssc fold CKPT --model MODEL`` at ``options`` would store, by the fold itself
+    (nothing written): ``(count, None)``; where the fold refuses, ``(None, why)`` in one line."""
+    from soft_share_cli.pipeline.fold_source import FoldSource
+
+    try:
+        return FoldSource(ckpt, model, options).fold(options).counts.folded, None
+    except SscError as exc:  # every refusal of ``ssc fold`` is one (exit 2)
+        why = str(exc).removeprefix(f"{ckpt.path}: ").removesuffix("; nothing was written")
+        return None, f"folded = the checkpoint's count: ssc fold would refuse ({why})"
 
 
 def plot_similarity(
@@ -169,7 +212,7 @@ def plot_similarity(
         similarity_figure,
     )
 
-    analysis = analyze_checkpoint(path, options, key, model)
+    analysis = analyze_checkpoint(path, options, key, model, fold=False)  # no counts drawn
     panels = [
         HeatmapInput(
             bank=b.bank.name,

@@ -308,7 +308,7 @@ def fold_checkpoint(
             "bank": name,
             "before": len(p.layers),
             "after": len(p.clusters),
-            "storage": "weights" if p.stores_weights else "templates",
+            "storage": getattr(p, "storage", "weights" if p.stores_weights else "templates"),
             "gains": p.gains,
             "max_residual": max((layer.residual for layer in p.layers), default=0.0),
             **({"kept_as_is": True} if p.kept_as_is else {}),
