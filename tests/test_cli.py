@@ -236,3 +236,19 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
         if isinstance(param, click.Option) and not (param.help or "").strip()
     ]
     assert not missing, missing
+
+
+def test_piped_output_keeps_whole_names_and_never_cuts_cells() -> None:
+    import os
+    import subprocess
+    import sys
+
+    sample = str(SAMPLES / "authors_swrn28-1-4_digits_align.pth.tar")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    command = [sys.executable, "-m", "soft_share_cli", "analyze", sample]
+    piped = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    assert "│ stage_3.3.conv2 │" in piped and "…" not in piped
+    narrow = subprocess.run(
+        command, capture_output=True, text=True, env={**env, "COLUMNS": "60"}, check=True
+    ).stdout
+    assert "…" not in narrow and max(len(line) for line in narrow.splitlines()) <= 60

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
-from soft_share_cli.render.tables import kv_table, out, pct, styled
+from soft_share_cli.render.tables import Table, kv_table, out, pct, styled
 
 
 def render_fold(report: Any) -> None:

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich import table as rich_table
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
 from soft_share_cli.render.text import inert
@@ -34,7 +34,30 @@ class InertConsole(Console):
         return super().render_str(inert(text), **kwargs)
 
 
-out = InertConsole()
+class Table(rich_table.Table):
+    """A rich table whose cells wrap and are never cut: a layer name or a path shown in part
+    (``stage_3.1.…``) loses what the table exists for."""
+
+    def add_column(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("overflow", "fold")
+        super().add_column(*args, **kwargs)
+
+
+# Piped or redirected (no terminal, no COLUMNS), output is as wide as its content needs (up to
+# 200 columns) rather than 80: names stay whole; wider content wraps, it is never cut.
+_PIPED_WIDTH = 200
+
+
+def _stdout_width() -> int | None:
+    import os
+    import sys
+
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return None  # rich's own choice: the terminal's width, or COLUMNS
+    return _PIPED_WIDTH
+
+
+out = InertConsole(width=_stdout_width())
 err = InertConsole(stderr=True)
 
 
