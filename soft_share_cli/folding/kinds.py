@@ -151,9 +151,16 @@ def traced_view(program: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
     named = [(b["module"], b["name"]) for b in program["banks"]]  # checked by read_program
     counts = {n: sum(m == n for _, m in named) for _, n in named}
     bank_name = {attr: name if counts[name] == 1 else attr for attr, name in named}
+    own = {b["module"] for b in program["banks"] if b.get("kind") == "own-weight"}
     for spec in layers:
         prefix = f"{spec.bank}."
         stack = full.get(prefix + "weights")
+        if spec.bank in own and stack is not None and len(stack) == 1:
+            # a layer given a fixed weight of its own (cut from a dropped store): a plain layer
+            hidden.update(k for k in full if k.startswith(prefix))
+            for path in (spec.path, *spec.also):
+                view[f"{path}.weight"] = stack[0]
+            continue
         if stack is not None:
             direction = torch.zeros(stack.shape[0], dtype=stack.dtype)
             direction[spec.cluster] = 1
