@@ -341,3 +341,19 @@ def probe_shape(model: nn.Module, size: int = 32, channels: int | None = None) -
         model.train(was_training)
     tried = ", ".join("×".join(map(str, s)) for s in shapes)
     raise InputError(f"the network accepts none of the probe inputs tried ({tried})")
+
+
+def probe_shape_for(model: nn.Module, metadata: Any) -> tuple[int, ...]:
+    """:func:`probe_shape` at the size a checkpoint's metadata suggests (8 pixels for digits,
+    else 32), then at the other: a network that takes only 8×8 inputs (a flatten head) is
+    probed too."""
+    preprocessing = metadata.get("preprocessing") if isinstance(metadata, dict) else None
+    digits = isinstance(preprocessing, dict) and preprocessing.get("dataset") == "digits"
+    sizes = (8, 32) if digits else (32, 8)
+    try:
+        return probe_shape(model, size=sizes[0])
+    except InputError:
+        try:
+            return probe_shape(model, size=sizes[1])
+        except InputError as exc:
+            raise InputError(f"{exc} at {sizes[0]} or {sizes[1]} pixels") from None

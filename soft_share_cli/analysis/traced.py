@@ -123,6 +123,23 @@ def analyze_traced(
                     "it is never shared",
                 )
             )
+    grouped = {i for group in groups for i in group.calls}
+    users: dict[str, set[int]] = {}
+    for call in trace.calls:
+        for key in call.sources if not call.dynamic else ():  # an input-dependent weight: apart
+            users.setdefault(key, set()).add(call.index)
+    for call in trace.calls:
+        others = {i for key in call.sources for i in users.get(key, ())} - {call.index}
+        if call.index not in grouped and not call.dynamic and others:
+            issues.append(
+                BankIssue(
+                    "alone-in-its-shape",
+                    names[call.index],
+                    f"{names[call.index]}: shares parameters with other calls but no other call "
+                    f"has its weight shape {'×'.join(map(str, call.weight_shape))}; it is left "
+                    "out (weights of different shapes cannot merge)",
+                )
+            )
     consumed = tuple(consumed_parameters(trace, group) for group in groups)
     counts = traced_counts(model, trace, [r.fold.parameters for r in results], consumed)
     graph = None
@@ -245,7 +262,7 @@ def _users(trace: Trace) -> dict[str, set[int]]:
     """Parameter key -> every call whose weight is computed from it or whose bias it is."""
     users: dict[str, set[int]] = {}
     for call in trace.calls:
-        for key in call.sources:
+        for key in call.sources if not call.dynamic else ():  # an input-dependent weight: apart
             users.setdefault(key, set()).add(call.index)
         if call.bias:
             users.setdefault(call.bias, set()).add(call.index)

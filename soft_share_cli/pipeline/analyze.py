@@ -118,7 +118,7 @@ def analyze_model(
     parameters its conv and linear calls share (exit 2 where nothing is shared)."""
     import torch
 
-    from soft_share_cli.analysis.trace import probe_shape
+    from soft_share_cli.analysis.trace import probe_shape_for
     from soft_share_cli.analysis.traced import analyze_traced, describe_trace
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.folding.kinds import kind_of
@@ -136,16 +136,10 @@ def analyze_model(
             "(analyze a fold without --model)"
         )
     network = build_user_model(model, ckpt.state_dict)
-    preprocessing = ckpt.metadata.get("preprocessing")  # data from the file: any type
-    digits = isinstance(preprocessing, dict) and preprocessing.get("dataset") == "digits"
-    sizes = (8, 32) if digits else (32, 8)
     try:
-        shape = probe_shape(network, size=sizes[0])
-    except InputError:
-        try:
-            shape = probe_shape(network, size=sizes[1])
-        except InputError as exc:
-            raise InputError(f"{path}: {exc} at {sizes[0]} or {sizes[1]} pixels") from None
+        shape = probe_shape_for(network, ckpt.metadata)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     generator = torch.Generator().manual_seed(PROBE_SEED)
     probe = torch.randn(2, *shape, generator=generator)
     traced = analyze_traced(network, probe, options)

@@ -7,13 +7,14 @@ One :func:`run_eval` for classifiers (top-1, top-5: :class:`EvalReport`) and per
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from soft_share_cli.data.spec import TASK_KINDS
-from soft_share_cli.errors import DataError, InputError
+from soft_share_cli.errors import DataError, InputError, SscError
 
 SCHEMA_VERSION = 1
 
@@ -129,7 +130,8 @@ def run_eval(
     if not task:
         from soft_share_cli.evaluation.classification import evaluate
 
-        result = evaluate(model, data, **options)  # type: ignore[arg-type]
+        with _users_forward(model_spec):
+            result = evaluate(model, data, **options)  # type: ignore[arg-type]
         recorded_top1 = _recorded_top1(ckpt, data_spec)
         return EvalReport(str(path), name, data_spec, device, batch_size, result, recorded_top1)
     from soft_share_cli.data.tasks import Task, TaskSpec, describe_task
@@ -137,12 +139,32 @@ def run_eval(
 
     o = parsed.options
     description = describe_task(TaskSpec(Task(parsed.kind.value), o["size"], o["count"]))
-    task_result = evaluate_task(model, data, **options)  # type: ignore[arg-type]
+    with _users_forward(model_spec):
+        task_result = evaluate_task(model, data, **options)  # type: ignore[arg-type]
     meta = ckpt.metadata
     recorded = meta.get("test_exact") if meta.get("data") == data_spec and not iterations else None
     return TaskEvalReport(
         str(path), name, data_spec, description, device, batch_size, task_result, trained, recorded
     )
+
+
+@contextlib.contextmanager
+def _users_forward(model_spec: str | None) -> Iterator[None]:
+    """A failure inside the forward of the user's own network (``--model``) is the network's:
+    one line naming it (exit 2), not an internal error of ssc."""
+    if model_spec is None:
+        yield
+        return
+    try:
+        yield
+    except SscError:
+        raise
+    except Exception as exc:
+        from soft_share_cli.models.user import _first_line
+
+        raise InputError(
+            f"the network built by {model_spec} failed on the data: {_first_line(exc)}"
+        ) from exc
 
 
 def _looped(

@@ -62,10 +62,17 @@ class FoldSource:
             self._traced_probe()
             self.architecture = f"user network {model_spec}"
         else:
+            from soft_share_cli.errors import ArchitectureError
             from soft_share_cli.models.builder import rebuild_model
             from soft_share_cli.models.names import SOFT_SHARED
 
-            self.model, spec = rebuild_model(ckpt)
+            try:
+                self.model, spec = rebuild_model(ckpt)
+            except ArchitectureError as exc:
+                # Not a network ssc builds itself: it can still be folded with the user's code.
+                raise ArchitectureError(
+                    f"{ckpt.path}: {exc}; to fold your own network pass --model MODULE:CALLABLE"
+                ) from None
             if spec.arch not in SOFT_SHARED:
                 raise InputError(
                     f"{ckpt.path}: nothing to fold: {spec.describe()} has no template banks "
@@ -79,10 +86,10 @@ class FoldSource:
         """With --model: the probe the network is traced on (seeded), and nothing-to-fold."""
         import torch
 
-        from soft_share_cli.analysis.trace import probe_shape
+        from soft_share_cli.analysis.trace import probe_shape_for
         from soft_share_cli.analysis.trace_groups import HARD_TIE, shared_groups
 
-        shape = probe_shape(self.model)
+        shape = probe_shape_for(self.model, self.ckpt.metadata)
         generator = torch.Generator().manual_seed(0)
         self.probe = torch.randn(2, *shape, generator=generator)
         device = next(self.model.parameters(), self.probe).device
