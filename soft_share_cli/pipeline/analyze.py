@@ -92,8 +92,9 @@ def analyze_checkpoint(
     if not banks:
         raise InputError(
             f"{path}: no template banks found ({describe_unshared(state_dict)}); "
-            "to find sharing by running the network (a shared basis, a flat parameter store, "
-            "any names), pass --model MODULE:CALLABLE"
+            "to name the bank and coefficient tensors yourself use --bank-key/--coefficient-key "
+            "PATTERN; to find sharing by running the network (a shared basis, a flat parameter "
+            "store, any names), pass --model MODULE:CALLABLE"
         )
     facts = {
         "path": str(path),
