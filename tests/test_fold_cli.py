@@ -265,6 +265,8 @@ def test_options_that_cannot_apply_are_refused(ssc, tmp_path: Path) -> None:
         (("--device", "cuda"), "--device cuda applies to the evaluation on --data"),
         (("--plot", str(tmp_path / "t.png")), "needs --threshold auto"),
         (("--recalibrate-bn", "2"), "--recalibrate-bn needs --data"),
+        (("--batch-size", "7"), "--batch-size applies to the evaluation on --data"),
+        (("--signed",), "a fold is the same without it"),
     ]
     for args, message in cases:
         run = ssc("fold", ALIGNED, "-o", str(out), *args)

@@ -238,8 +238,8 @@ def test_dot_reads_back_cleanly_with_networkx_and_pydot(tmp_path: Path) -> None:
     export_graph(graph, tmp_path / "g.dot")
     loaded = nx.nx_pydot.read_dot(tmp_path / "g.dot")  # networkx's reader, through pydot
     assert set(loaded.nodes) == {"bank_1:A", "bank_1:B"}
-    # keys come back as written (no quotes in their names); values as networkx reads DOT text
-    assert loaded.nodes["bank_1:A"] == {"bank": '"bank_1"', "size": "3"}
+    # keys and identifier-like values come back as written; other text keeps DOT's quotes
+    assert loaded.nodes["bank_1:A"] == {"bank": "bank_1", "size": "3"}  # identifiers come back bare
     assert [(u, v, dict(d)) for u, v, d in loaded.edges(data=True)] == [
         ("bank_1:A", "bank_1:B", {"count": "3"})
     ]

@@ -328,8 +328,11 @@ def test_train_refuses_options_its_architecture_does_not_read(ssc, tmp_path) -> 
         (("--arch", "sfcn", "--data", "maze:size=4", "--depth", "16"), "--depth does not apply"),
         (("--arch", "swrn", "--data", "digits", "--blocks", "4", "--channels", "8"), "--blocks,"),
         (("--arch", "fcn", "--data", "maze:size=4", "--align", "1"), "--align does not apply"),
+        (("--data", "digits", "--align-mode", "signed"), "it needs --align W"),
     ]
     for args, message in cases:
         result = ssc("train", *args, "-o", str(out))
         assert result.code == 2 and message in result.err, result.err
         assert len(result.err.strip().splitlines()) == 1 and not out.exists()
+    named = ssc("train", "--data", "digits", "-o", str(tmp_path / "t.safetensors"))
+    assert named.code == 2 and "name it *.pt" in named.err

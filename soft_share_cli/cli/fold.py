@@ -68,6 +68,21 @@ def fold_command(
     auto = threshold == "auto"
     outputs = {"-o": output, "--materialize": materialize, "--plot": plot}
     opts.check_io(outputs, checkpoint, data_spec, model_spec)
+    import click
+
+    given = click.get_current_context().get_parameter_source
+    commandline = click.core.ParameterSource.COMMANDLINE
+    if data_spec is None and given("batch_size") is commandline:
+        from soft_share_cli.errors import InputError
+
+        raise InputError("--batch-size applies to the evaluation on --data; leave it out")
+    if signed:
+        from soft_share_cli.errors import InputError
+
+        raise InputError(
+            "--signed changes only how analyze and plot-similarity show the similarity (the "
+            "clustering uses its magnitude): a fold is the same without it; leave it out"
+        )
     if plot is not None and not auto:
         from soft_share_cli.errors import InputError
 

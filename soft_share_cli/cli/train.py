@@ -106,6 +106,13 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
         if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
     }
     unusable = inapplicable(options["arch"], given)
+    if unusable is None and "align_mode" in given and not options["align"]:
+        unusable = "--align-mode chooses the alignment regulariser; it needs --align W (W > 0)"
+    if unusable is None and output.lower().endswith(".safetensors"):
+        unusable = (
+            f"-o {output}: ssc train writes a torch checkpoint (weights and metadata); name it "
+            "*.pt"
+        )
     if unusable is not None:
         from soft_share_cli.errors import InputError
 
@@ -114,12 +121,15 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
     opts.check_io({"-o": output, "-o's .partial": str(partial_path(output))}, data_spec=data_spec)
     command = "ssc " + shlex.join(sys.argv[1:])
     on_epoch = None
-    if not as_json and not sys.stdout.isatty():  # a log file or a pipe: a line per epoch
+    # A log file or a pipe gets a line per epoch: on stdout, or with --json (stdout is the JSON
+    # only) on stderr, where a terminal would show the progress bar instead.
+    stream = sys.stderr if as_json else sys.stdout
+    if not stream.isatty():
         from soft_share_cli.render.epochs import epoch_line
 
         def on_epoch(record: Any) -> None:
-            click.echo(epoch_line(record, config.epochs))
-            sys.stdout.flush()
+            click.echo(epoch_line(record, config.epochs), err=as_json)
+            stream.flush()
 
     with render.progress_bar() as progress:
         report = run_train(

@@ -55,7 +55,7 @@ def render_fold(report: Any) -> None:
     out.print(table)
     probe = report.probe
     out.print(
-        f"function preserved on {probe.shape[0]} random inputs {tuple(probe.shape[1:])}: "
+        f"probe: {probe.shape[0]} random inputs {tuple(probe.shape[1:])}, folded vs original: "
         f"max |Δlogit| {probe.max_abs_diff:.2e}, mean {probe.mean_abs_diff:.2e}"
     )
     if report.candidates:

@@ -58,14 +58,21 @@ def _dot_key(key: str) -> str:
     return key if bare else _dot_value(key)
 
 
+def _dot_attr_value(value: Any) -> str:
+    # Identifier-like text bare too, so that pydot and networkx read it back without quotes.
+    if isinstance(value, str) and _dot_key(value) == value:
+        return value
+    return _dot_value(value)
+
+
 def _dot_attrs(data: dict[str, Any]) -> str:
-    return ", ".join(f"{_dot_key(str(k))}={_dot_value(v)}" for k, v in data.items())
+    return ", ".join(f"{_dot_key(str(k))}={_dot_attr_value(v)}" for k, v in data.items())
 
 
 def _write_dot(graph: nx.DiGraph, path: Path) -> None:
     lines = ["digraph recurrence {"]
     for key, value in graph.graph.items():  # ``key=value;`` statements: graph attributes
-        lines.append(f"  {_dot_key(str(key))}={_dot_value(value)};")
+        lines.append(f"  {_dot_key(str(key))}={_dot_attr_value(value)};")
     for node, data in graph.nodes(data=True):
         lines.append(f"  {_dot_value(str(node))} [{_dot_attrs(data)}];")
     for u, v, data in graph.edges(data=True):
