@@ -229,6 +229,7 @@ def fold_checkpoint(
             chosen = replace(options.analysis, threshold=best[1])
 
     fold = source.fold(chosen)
+    chosen = fold.options  # the metric a traced fold really used
     pointless = source.nothing_saved(fold)
     if pointless is not None:
         raise InputError(pointless)

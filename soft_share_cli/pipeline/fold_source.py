@@ -240,6 +240,9 @@ class FoldSource:
             if r.bank.name in folded.plans or r.bank.kind == "hard-tie"
             for loop in r.loops
         )
+        used = {r.similarity.metric for r in analysis.results if r.bank.name in folded.plans}
+        if len(used) == 1:  # groups that are no bank are compared by weight: say what was used
+            options = replace(options, metric=used.pop())
         return Fold(options, folded.network, folded.plans, analysis.counts, loops, folded.program)
 
     def write(self, fold: Fold, output: str | Path, report: dict[str, Any]) -> None:
