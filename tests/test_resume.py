@@ -68,7 +68,10 @@ def test_interrupted_run_resumes_to_the_same_weights(
     with monkeypatch.context() as patch:
         interrupt_after_epoch(patch, epoch)
         run = train(ssc, out)
-    assert run.code == 130 and run.err.count("\n") == 1 and run.out == ""
+    # stderr is not a terminal here: a line per finished epoch (train --json), then one error line
+    lines = run.err.splitlines()
+    assert run.code == 130 and run.out == "" and lines[-1].startswith("Error: ")
+    assert [line.split()[1] for line in lines[:-1]] == [f"{e}/3" for e in range(1, len(lines))]
     assert f"the {epoch} finished epoch(s) are kept in {partial_path(out)}" in run.err
     assert "--resume" in run.err
     assert out.read_bytes() == b"previous"
