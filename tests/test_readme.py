@@ -3,6 +3,7 @@ fresh copy of the repository's tracked files: what a new user who pastes them ge
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -15,17 +16,37 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 
-def readme_commands(text: str) -> list[str]:
-    """The ``$ ssc ...`` lines of the ``console`` blocks, in order."""
-    commands: list[str] = []
+def readme_examples(text: str) -> list[tuple[str, list[str]]]:
+    """Each ``$ ssc ...`` line of the ``console`` blocks, in order, with the output shown under it
+    (up to the next ``$`` line or the end of the block)."""
+    examples: list[tuple[str, list[str]]] = []
     block: str | None = None
     for line in text.splitlines():
         if line.startswith("```"):
             block = line[3:].strip() if block is None else None
             continue
-        if block == "console" and line.startswith("$ ssc "):
-            commands.append(line[2:].strip())
-    return commands
+        if block != "console":
+            continue
+        if line.startswith("$ ssc "):
+            examples.append((line[2:].strip(), []))
+        elif line.startswith("$ "):
+            examples.append(("", []))  # another program: its output is not ssc's
+        elif examples:
+            examples[-1][1].append(line)
+    return [(command, shown) for command, shown in examples if command]
+
+
+def readme_commands(text: str) -> list[str]:
+    """The ``$ ssc ...`` lines of the ``console`` blocks, in order."""
+    return [command for command, _ in readme_examples(text)]
+
+
+# Outputs that depend on nothing but the bundled files: what the README shows must be printed.
+CHECKED = ("analyze", "info")
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
 
 
 def test_the_parser_reads_console_blocks_only() -> None:
@@ -56,9 +77,15 @@ def test_every_readme_example_runs_as_pasted(tmp_path: Path) -> None:
     _tracked_copy(clone)
     script = Path(sys.executable).with_name("ssc")
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "soft_share_cli"]
-    for command in readme_commands(README.read_text(encoding="utf-8")):
+    # as a user's pipe sees it: no terminal width inherited from the test runner
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    for command, shown in readme_examples(README.read_text(encoding="utf-8")):
         args = shlex.split(command)[1:]
         run = subprocess.run(
-            [*entry, *args], cwd=clone, capture_output=True, text=True, timeout=900
+            [*entry, *args], cwd=clone, capture_output=True, text=True, timeout=900, env=env
         )
         assert run.returncode == 0, f"$ {command}\nexit {run.returncode}: {run.stderr[-2000:]}"
+        if args[0] in CHECKED:  # every line shown (but elisions) is in what ssc printed
+            printed = _flat(run.stdout)
+            missing = [ln for ln in shown if not ln.startswith("[") and _flat(ln) not in printed]
+            assert not missing, f"$ {command}: the README shows lines ssc does not print: {missing}"
