@@ -244,3 +244,30 @@ def test_dot_reads_back_cleanly_with_networkx_and_pydot(tmp_path: Path) -> None:
         ("bank_1:A", "bank_1:B", {"count": "3"})
     ]
     assert loaded.graph["graph"] == {"loops": "2", "summary": '"bank_1: blocks 1-3"'}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '  loops=3 extra;\n',  # a graph-attribute statement with trailing junk
+        '  =3;\n',  # no key
+        '  "a" [x=];\n',  # no value
+        '  "a [x=1];\n',  # an unterminated quote
+        '  loops="x;\n',  # an unterminated quoted value
+    ],
+)
+def test_malformed_dot_statements_are_one_input_error(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "bad.dot"
+    path.write_text("digraph recurrence {\n" + body + "}\n", encoding="utf-8")
+    with pytest.raises(InputError, match="not a readable dot graph"):
+        load_graph(path)
+
+
+def test_dot_graph_attributes_keep_markup_and_control_characters_as_data(tmp_path: Path) -> None:
+    hostile = "[bold]x[/bold] \x1b]0;title\x07 $x$ \u202e"
+    graph = nx.DiGraph(summary=hostile, plain="bank_1")
+    graph.add_node("a", layers=hostile)
+    export_graph(graph, tmp_path / "g.dot")
+    loaded = load_graph(tmp_path / "g.dot")
+    assert loaded.graph == {"summary": hostile, "plain": "bank_1"}
+    assert loaded.nodes["a"]["layers"] == hostile

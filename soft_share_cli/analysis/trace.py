@@ -74,6 +74,14 @@ class Trace:
     parameters: dict[str, int]  # key -> numel, one key per storage (the first name)
     probe_shape: tuple[int, ...]
 
+    def layer_calls(self) -> dict[str, int]:
+        """Layer module path -> how many calls it makes (a reused module: several)."""
+        counts: dict[str, int] = {}
+        for call in self.calls:
+            if call.layer is not None:
+                counts[call.layer] = counts.get(call.layer, 0) + 1
+        return counts
+
     def uses(self) -> dict[str, list[int]]:
         """Parameter key -> the calls whose weight is computed from it (or is it)."""
         out: dict[str, list[int]] = {}

@@ -36,10 +36,7 @@ class SharedGroup:
 def call_names(trace: Trace) -> list[str]:
     """A readable, unique name per call: its layer module's path; ``path[n]`` for the n-th use of
     a module used several times; ``module:op#index`` for a call no module stands for."""
-    counts: dict[str, int] = {}
-    for call in trace.calls:
-        if call.layer is not None:
-            counts[call.layer] = counts.get(call.layer, 0) + 1
+    counts = trace.layer_calls()
     seen: dict[str, int] = {}
     names = []
     for call in trace.calls:

@@ -124,12 +124,10 @@ def analyze_traced(
                 )
             )
     grouped = {i for group in groups for i in group.calls}
-    users: dict[str, set[int]] = {}
+    dynamic = {call.index for call in trace.calls if call.dynamic}  # never shared: apart
+    users = trace.uses()
     for call in trace.calls:
-        for key in call.sources if not call.dynamic else ():  # an input-dependent weight: apart
-            users.setdefault(key, set()).add(call.index)
-    for call in trace.calls:
-        others = {i for key in call.sources for i in users.get(key, ())} - {call.index}
+        others = {i for key in call.sources for i in users[key]} - {call.index} - dynamic
         if call.index not in grouped and not call.dynamic and others:
             issues.append(
                 BankIssue(

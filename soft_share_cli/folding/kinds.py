@@ -113,15 +113,27 @@ def _load_user(path: str | os.PathLike[str], model: Any) -> nn.Module:
     return load_folded_user_model(path, model)
 
 
+def _user_view(
+    view: Callable[[dict[str, Any], dict[str, Tensor]], dict[str, Tensor]],
+) -> Callable[[LoadedCheckpoint, dict[str, Any]], FoldedView]:
+    """The analysis view of a fold of the user's own network (not refoldable: fold the original)."""
+
+    def viewed(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
+        from soft_share_cli.models.params import count_state_dict_parameters
+
+        name = f"folded user network {program.get('model', '')}".strip()
+        return FoldedView(
+            view(program, ckpt.state_dict),
+            count_state_dict_parameters(ckpt.state_dict), name, refoldable=False,
+        )  # fmt: skip
+
+    return viewed
+
+
 def _view_user(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
     from soft_share_cli.folding.surgery import folded_user_view
-    from soft_share_cli.models.params import count_state_dict_parameters
 
-    name = f"folded user network {program.get('model', '')}".strip()
-    return FoldedView(
-        folded_user_view(program, ckpt.state_dict),
-        count_state_dict_parameters(ckpt.state_dict), name, refoldable=False,
-    )  # fmt: skip
+    return _user_view(folded_user_view)(ckpt, program)
 
 
 def _load_traced(path: str | os.PathLike[str], model: Any) -> nn.Module:
@@ -183,16 +195,6 @@ def traced_view(program: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
     return view
 
 
-def _view_traced(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
-    from soft_share_cli.models.params import count_state_dict_parameters
-
-    name = f"folded user network {program.get('model', '')}".strip()
-    return FoldedView(
-        traced_view(program, ckpt.state_dict),
-        count_state_dict_parameters(ckpt.state_dict), name, refoldable=False,
-    )  # fmt: skip
-
-
 KINDS: dict[str, FoldedKind] = {
     kind.program_format: kind
     for kind in (
@@ -204,7 +206,7 @@ KINDS: dict[str, FoldedKind] = {
             _rebuilt_view(_load_looped, _looped_view, _looped_source),
         ),
         FoldedKind("ssc-user-fold", True, _load_user, _view_user),
-        FoldedKind("ssc-traced-fold", True, _load_traced, _view_traced),
+        FoldedKind("ssc-traced-fold", True, _load_traced, _user_view(traced_view)),
     )
 }
 

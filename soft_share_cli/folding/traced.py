@@ -248,10 +248,7 @@ def _bank_record(name: str, kind: str, attr: str, bank: FoldedBank) -> dict[str,
 def _check_calls(network: nn.Module, trace: Trace, layers: list[LayerSpec], probe: Tensor) -> None:
     """Each tied layer runs as often as its module did: a module the forward reaches outside the
     module tree (a plain list of modules) would escape the surgery."""
-    expected: dict[str, int] = {}
-    for call in trace.calls:
-        if call.layer is not None:
-            expected[call.layer] = expected.get(call.layer, 0) + 1
+    expected = trace.layer_calls()
     counts: dict[str, int] = {}
     handles = []
     for spec in layers:

@@ -96,7 +96,12 @@ def analyze_checkpoint(
             "PATTERN; to find sharing by running the network (a shared basis, a flat parameter "
             "store, any names), pass --model MODULE:CALLABLE"
         )
-    facts = {
+    return Analysis(_facts(path, ckpt, architecture), options, banks, issues, counts, graph)
+
+
+def _facts(path: str | Path, ckpt: Any, architecture: str) -> dict[str, Any]:
+    """What the report says of the file: its path, format, container and what loading did."""
+    return {
         "path": str(path),
         "format": ckpt.format,
         "container": ckpt.container,
@@ -104,7 +109,6 @@ def analyze_checkpoint(
         "placeholders": list(ckpt.placeholders),
         "architecture": architecture,
     }
-    return Analysis(facts, options, banks, issues, counts, graph)
 
 
 def analyze_model(
@@ -149,15 +153,7 @@ def analyze_model(
             f"{path}: no parameters shared between conv/linear calls "
             f"({len(traced.trace.calls)} calls traced)"
         )
-    facts = {
-        "path": str(path),
-        "format": ckpt.format,
-        "container": ckpt.container,
-        "stripped_prefix": ckpt.stripped_prefix,
-        "placeholders": list(ckpt.placeholders),
-        "architecture": f"your network ({model})",
-        "model": model,
-    }
+    facts = {**_facts(path, ckpt, f"your network ({model})"), "model": model}
     assert traced.graph is not None
     counts, note = traced.counts, None
     if fold:
