@@ -89,3 +89,52 @@ class SConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, padding={self.padding}"
+
+
+class SharedConv2d(SConv2d):
+    """An :class:`SConv2d` that keeps everything else of the ``nn.Conv2d`` it replaces.
+
+    ``ssc share`` puts one in place of each conv of a group: the weight comes from the group's
+    bank, while stride, padding, dilation, groups and the layer's own bias stay as they were
+    (``bias`` keeps its state-dict key). Only zero padding is supported, like ``F.conv2d``.
+    """
+
+    def __init__(
+        self,
+        bank: TemplateBank,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ):
+        super().__init__(bank, stride=1, padding=0)
+        self.stride = stride  # type: ignore[assignment]
+        self.padding = padding  # type: ignore[assignment]
+        self.dilation = dilation
+        self.groups = groups
+        out_planes = bank.templates.shape[1]
+        self.bias = nn.Parameter(torch.zeros(out_planes)) if bias else None
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d, bank: TemplateBank) -> SharedConv2d:
+        """A shared conv with ``conv``'s geometry (and a bias exactly when it has one)."""
+        return cls(
+            bank,
+            stride=conv.stride,
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(
+            x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}"
+        )
