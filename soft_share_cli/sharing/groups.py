@@ -49,7 +49,7 @@ class ShareGroup:
 def _common_name(layers: Sequence[str]) -> str:
     parts = [name.split(".") for name in layers]
     common: list[str] = []
-    for pieces in zip(*parts):
+    for pieces in zip(*parts, strict=False):
         if len(set(pieces)) != 1:
             break
         common.append(pieces[0])

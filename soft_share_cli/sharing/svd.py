@@ -98,8 +98,7 @@ def fit_templates(weights: Sequence[Tensor], num_templates: int) -> TemplateFit:
     n, d = w.shape
     if not 1 <= num_templates <= min(n, d):
         raise InputError(
-            f"--templates must lie in 1..{min(n, d)} for a group of {n} layers, got "
-            f"{num_templates}"
+            f"--templates must lie in 1..{min(n, d)} for a group of {n} layers, got {num_templates}"
         )
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     k = num_templates
