@@ -137,7 +137,7 @@ def _view_user(ckpt: LoadedCheckpoint, program: dict[str, Any]) -> FoldedView:
 
 
 def _load_traced(path: str | os.PathLike[str], model: Any) -> nn.Module:
-    from soft_share_cli.folding.traced_program import load_traced
+    from soft_share_cli.folding.traced_sharing import load_traced
 
     if model is None:
         raise InputError(f"{path} folds your own network; pass model='module:callable'")

@@ -54,6 +54,7 @@ from soft_share_cli.folding.traced_program import (
     run_probe,
     same_outputs,
 )
+from soft_share_cli.folding.traced_sharing import with_sharing
 from soft_share_cli.folding.traced_units import Unit, find_satellites, find_units
 
 if TYPE_CHECKING:
@@ -272,8 +273,14 @@ def _check_calls(network: nn.Module, trace: Trace, layers: list[LayerSpec], prob
             )
 
 
-def fold_traced(model: nn.Module, analysis: TracedAnalysis, probe: Tensor) -> TracedFold:
+def fold_traced(
+    model: nn.Module, analysis: TracedAnalysis, probe: Tensor, sharing: Any = None
+) -> TracedFold:
     """A folded copy of ``model`` (which ``analysis`` traced on ``probe``); never grows.
+
+    ``sharing``: the sharing record ``model`` was built with (a user network converted by
+    ``ssc share``), kept in the program so that loading rebuilds the shared network first
+    (:mod:`~soft_share_cli.folding.traced_sharing`).
 
     Raises :class:`InputError` (one line) where a group's call has no module of its own, or its
     bias is computed, and directions do not fold it. A fold where every group is kept has an
@@ -324,6 +331,7 @@ def fold_traced(model: nn.Module, analysis: TracedAnalysis, probe: Tensor) -> Tr
         plans[analysis.groups[p.group].name] = p.fold  # type: ignore[assignment]
         modes[analysis.groups[p.group].name] = "directions"
     program.update(kept=[{"group": name, "why": why} for name, why in kept], modes=modes)
+    program = with_sharing(program, sharing)
     return TracedFold(network, program, plans, tuple(kept), modes)
 
 

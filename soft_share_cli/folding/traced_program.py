@@ -5,7 +5,7 @@ the loader) registers the banks, replaces the layers, drops the freed parameters
 (``ssc-folded``, program ``ssc-traced-fold``) lists banks, layers, dropped keys, kept groups,
 ``aliases`` (a tensor stored once) and :mod:`~soft_share_cli.folding.traced_directions`' records;
 all of it is checked before use, and bank sizes come from the file's tensors, never from a
-number the program declares.
+number the program declares. Loading is :mod:`~soft_share_cli.folding.traced_sharing`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from soft_share_cli import limits
 from soft_share_cli.errors import CheckpointError, InputError
 from soft_share_cli.folding.bank import FoldedBank
-from soft_share_cli.folding.user_program import untied_keys, with_aliases
+from soft_share_cli.folding.user_program import untied_keys
 from soft_share_cli.models.user import _first_line
 
 SHARED_PREFIX = "ssc_folded_"
@@ -364,36 +364,3 @@ def read_program(
     except (TypeError, ValueError, KeyError) as exc:
         raise _malformed(_first_line(exc)) from None
     return banks, layers, dropped
-
-
-def rebuild_traced(
-    spec: Any, program: Mapping[str, Any], state_dict: Mapping[str, Tensor]
-) -> nn.Module:
-    """``factory()`` with the program replayed and the file's tensors loaded strictly, eval."""
-    from soft_share_cli.folding.traced_directions import read_directions, substitute
-    from soft_share_cli.models.builder import load_state_dict_checked
-    from soft_share_cli.models.user import load_factory
-
-    full = with_aliases(program, state_dict)
-    banks, layers, dropped = read_program(program, full)
-    directions, computed = read_directions(program, full, set(banks))
-    model = load_factory(spec)()
-    try:
-        substitute(apply_program(model, banks, layers, dropped), directions, computed)
-    except InputError as exc:
-        raise CheckpointError(
-            f"the traced fold does not fit the network built by {spec}: {exc}"
-        ) from None
-    load_state_dict_checked(model, full, f"the folded network built by {spec}")
-    return model.eval()
-
-
-def load_traced(path: str | os.PathLike[str], spec: Any) -> nn.Module:
-    """Rebuild a network written by :func:`save_traced` with the factory ``spec``."""
-    from soft_share_cli.checkpoints.load import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    program = ckpt.metadata.get("program") if ckpt.container == "ssc-folded" else None
-    if not isinstance(program, dict) or program.get("format") != PROGRAM_FORMAT:
-        raise CheckpointError(f"{path}: not a traced fold (make one with `ssc fold --model`)")
-    return rebuild_traced(spec, program, ckpt.state_dict)

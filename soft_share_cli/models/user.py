@@ -117,8 +117,60 @@ def _checked(factory: Callable[[], Any], spec: str, extra: list[str]) -> Callabl
     return build
 
 
-def build_user_model(spec: str, state_dict: Mapping[str, Tensor]) -> nn.Module:
-    """``factory()`` with ``state_dict`` loaded strictly (mismatches in one line), in eval mode."""
+USER_ARCH = "user"  # the ``arch`` of a checkpoint of a user's network (``ssc share --model``)
+
+
+def made_with(arch: Any, arch_kwargs: Any) -> str | None:
+    """The ``--model`` factory a checkpoint of a user network says it was made with, if any.
+
+    The name is data from the file, for messages only: it is never imported."""
+    if arch != USER_ARCH or not isinstance(arch_kwargs, Mapping):
+        return None
+    spec = arch_kwargs.get("model")
+    return spec if isinstance(spec, str) and 0 < len(spec) <= 1000 else None
+
+
+def refuse_without_model(ckpt: Any, path: Any, doing: str) -> None:
+    """Raise :class:`InputError` (one line) when ``ckpt`` holds a user network: only the user's
+    factory can build it, so ``doing`` it needs ``--model`` (naming the factory it was made with).
+    """
+    if getattr(ckpt, "arch", None) != USER_ARCH:
+        return
+    spec = made_with(ckpt.arch, ckpt.arch_kwargs)
+    hint = f"--model {spec}" if spec else "--model MODULE:CALLABLE"
+    raise InputError(
+        f"{path} holds your own network (arch 'user'), which only its factory builds: to {doing} "
+        f"it pass {hint}" + (" (the factory it was made with)" if spec else "")
+    )
+
+
+def build_user_model(
+    spec: str | Callable[[], nn.Module],
+    state_dict: Mapping[str, Tensor],
+    metadata: Mapping[str, Any] | None = None,
+    where: str = "the checkpoint",
+) -> nn.Module:
+    """``factory()`` with ``state_dict`` loaded strictly (mismatches in one line), in eval mode.
+
+    Where ``metadata`` holds a sharing record (``ssc share``,
+    :data:`soft_share_cli.sharing.convert.RECORD_KEY`), the factory's network is given the shared
+    structure it describes before loading: the record is checked before the factory runs, and
+    against the built network before any bank is made (:class:`CheckpointError`, one line,
+    naming ``where``).
+    """
+    record = None
+    if metadata is not None:
+        from soft_share_cli.sharing.convert import RECORD_KEY, apply_record, read_record
+
+        record = metadata.get(RECORD_KEY)
+        if record is not None:  # checked while it costs nothing: the factory has not run yet
+            read_record(record, where)
     model = load_factory(spec)()
-    load_state_dict_checked(model, state_dict, f"the network built by {spec}")
+    name = spec if isinstance(spec, str) else getattr(spec, "__qualname__", "your factory")
+    if record is not None:
+        apply_record(model, record, where)
+        name = f"the shared network built by {name} and {where}'s sharing record"
+    else:
+        name = f"the network built by {name}"
+    load_state_dict_checked(model, state_dict, name)
     return model.eval()

@@ -90,11 +90,15 @@ def analyze_checkpoint(
         raise CheckpointError(f"{path}: {exc}") from None
     assert graph is not None
     if not banks:
+        from soft_share_cli.models.user import made_with
+
+        made_by = made_with(ckpt.arch, ckpt.arch_kwargs)
+        factory = f"{made_by} (the factory it was made with)" if made_by else "MODULE:CALLABLE"
         raise InputError(
             f"{path}: no template banks found ({describe_unshared(state_dict)}); "
             "to name the bank and coefficient tensors yourself use --bank-key/--coefficient-key "
             "PATTERN; to find sharing by running the network (a shared basis, a flat parameter "
-            "store, any names), pass --model MODULE:CALLABLE"
+            f"store, any names), pass --model {factory}"
         )
     return Analysis(_facts(path, ckpt, architecture), options, banks, issues, counts, graph)
 
@@ -140,7 +144,7 @@ def analyze_model(
             f"{path} is a folded network; --model traces a checkpoint of your own network "
             "(analyze a fold without --model)"
         )
-    network = build_user_model(model, ckpt.state_dict)
+    network = build_user_model(model, ckpt.state_dict, ckpt.metadata, str(path))
     try:
         shape = probe_shape_for(network, ckpt.metadata)
     except InputError as exc:

@@ -58,14 +58,18 @@ class FoldSource:
                     "--bank-key and --coefficient-key name tensors of a state dict; with --model "
                     "the network is traced and no naming is used: drop them"
                 )
-            self.model = build_user_model(model_spec, ckpt.state_dict)
+            self.model = build_user_model(
+                model_spec, ckpt.state_dict, ckpt.metadata, str(ckpt.path)
+            )
             self._traced_probe()
             self.architecture = f"user network {model_spec}"
         else:
             from soft_share_cli.errors import ArchitectureError
             from soft_share_cli.models.builder import rebuild_model
             from soft_share_cli.models.names import SOFT_SHARED
+            from soft_share_cli.models.user import refuse_without_model
 
+            refuse_without_model(ckpt, ckpt.path, "fold")
             try:
                 self.model, spec = rebuild_model(ckpt)
             except ArchitectureError as exc:
@@ -136,6 +140,13 @@ class FoldSource:
         generator = torch.Generator().manual_seed(seed)
         shape = tuple(self.probe.shape[1:])
         return torch.randn(samples, *shape, generator=generator).to(self.probe.device)
+
+    @property
+    def sharing(self) -> Any:
+        """The sharing record of a user network converted by ``ssc share`` (None: none)."""
+        from soft_share_cli.sharing.convert import RECORD_KEY
+
+        return self.ckpt.metadata.get(RECORD_KEY) if self.model_spec is not None else None
 
     def traced(self, options: AnalysisOptions) -> Any:
         """The traced analysis of the --model network at ``options``."""
@@ -230,7 +241,7 @@ class FoldSource:
         from soft_share_cli.folding.traced import fold_traced
 
         analysis = self.traced(options)
-        folded = fold_traced(self.model, analysis, self.probe)
+        folded = fold_traced(self.model, analysis, self.probe, self.sharing)
         if not folded.plans:
             why = "; ".join(f"{name}: {reason}" for name, reason in folded.kept) or "no group"
             raise NothingToFold(f"{self.ckpt.path}: nothing to fold ({why}); nothing was written")

@@ -12,7 +12,8 @@ def open_network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[A
     """The checkpoint's network in eval mode, its name, and its input channels (0: unknown).
 
     Folded files of every kind go through :mod:`soft_share_cli.folding.kinds`; other
-    checkpoints are rebuilt from their tensors (or by ``model_spec``, a user's factory).
+    checkpoints are rebuilt from their tensors (or by ``model_spec``, a user's factory, given
+    the checkpoint's sharing record where ``ssc share`` made it).
     """
     from soft_share_cli.folding.kinds import kind_of
 
@@ -37,10 +38,12 @@ def open_network(ckpt: Any, path: str | Path, model_spec: str | None) -> tuple[A
         if channels is None:
             channels = int(network.program()["in_channels"])  # type: ignore[operator]
         return network, network.describe(), int(channels)  # type: ignore[operator]
-    if model_spec is not None:
-        from soft_share_cli.models.user import build_user_model
+    from soft_share_cli.models.user import build_user_model, refuse_without_model
 
-        return build_user_model(model_spec, ckpt.state_dict).eval(), model_spec, 0
+    if model_spec is not None:
+        network = build_user_model(model_spec, ckpt.state_dict, ckpt.metadata, str(path))
+        return network.eval(), model_spec, 0
+    refuse_without_model(ckpt, path, "build")
     from soft_share_cli.models.builder import rebuild_model
 
     model, spec = rebuild_model(ckpt)
