@@ -22,8 +22,8 @@ from torch import nn
 
 from soft_share_cli import limits
 from soft_share_cli.errors import CheckpointError, InputError
-from soft_share_cli.models.layers import SharedConv2d, TemplateBank
-from soft_share_cli.sharing.groups import ShareGroup, shareable
+from soft_share_cli.models.layers import SharedConv2d, TemplateBank, allocate
+from soft_share_cli.sharing.groups import ShareGroup, shareable, tied_weights
 from soft_share_cli.sharing.svd import TemplateFit, fit_templates
 
 RECORD_FORMAT = "ssc-share"
@@ -31,10 +31,36 @@ RECORD_VERSION = 1
 RECORD_KEY = "sharing"  # where the record sits in a checkpoint's metadata
 
 
+def check_groups(model: nn.Module, groups: Sequence[ShareGroup], ks: Sequence[int]) -> None:
+    """InputError unless every group's layers are distinct plain square-kernel convs of the
+    group's shape, not hard-tied, each in one group, with one K per group (nothing is changed
+    before)."""
+    if len(ks) != len(groups):
+        raise InputError(f"{len(groups)} group(s) need as many K, got {len(ks)}")
+    modules = dict(model.named_modules())
+    tied = tied_weights(model)
+    seen: dict[int, str] = {}
+    for group in groups:
+        for name in group.layers:
+            conv = modules.get(name) if name else None
+            if conv is None or not shareable(conv):
+                raise InputError(f"group {group.name}: {name!r} is not a plain Conv2d")
+            if id(conv.weight) in tied:
+                raise InputError(f"group {group.name}: {name} is hard-tied to another layer")
+            if tuple(conv.weight.shape) != tuple(group.shape):
+                raise InputError(f"group {group.name}: {name} does not have the group's shape")
+            if conv.kernel_size[0] != conv.kernel_size[1]:
+                raise InputError(f"group {group.name}: {name} has a non-square kernel")
+            if id(conv) in seen:
+                raise InputError(f"{name} is in two groups ({seen[id(conv)]}, {group.name})")
+            seen[id(conv)] = group.name
+
+
 def fit_groups(
     model: nn.Module, groups: Sequence[ShareGroup], ks: Sequence[int]
 ) -> list[TemplateFit]:
     """The rank-K fit of every group's weights, as ``model`` holds them now."""
+    check_groups(model, groups, ks)
     fits = []
     for group, k in zip(groups, ks, strict=True):
         weights = [model.get_submodule(name).weight for name in group.layers]
@@ -54,10 +80,16 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
         setattr(holder, attr, new)
 
 
-def _bank_for(group: ShareGroup, k: int, like: torch.Tensor) -> TemplateBank:
+def _bank_for(group: ShareGroup, k: int, like: torch.Tensor, empty: bool = False) -> TemplateBank:
+    """A bank for ``group`` on ``like``'s device and dtype; ``empty``: uninitialised storage
+    (the caller writes the templates; the global RNG is not drawn from)."""
     out_planes, in_planes, kh, kw = group.shape
     if kh != kw:
         raise InputError(f"group {group.name}: only square kernels can share a bank, got {kh}x{kw}")
+    if empty:
+        with torch.device("meta"):
+            bank = TemplateBank(k, in_planes, out_planes, kh)
+        return allocate(bank.to(like.dtype), like.device)
     with torch.device(like.device):
         bank = TemplateBank(k, in_planes, out_planes, kh)
     return bank.to(like.dtype)
@@ -74,10 +106,11 @@ def share_network(
     With ``fits`` None the weights are fitted first (:func:`fit_groups`); a bias stays the
     layer's own. Modules outside the groups are not touched.
     """
+    check_groups(model, groups, ks)
     fits = list(fit_groups(model, groups, ks) if fits is None else fits)
     for group, k, fit in zip(groups, ks, fits, strict=True):
         convs = [model.get_submodule(name) for name in group.layers]
-        bank = _bank_for(group, k, convs[0].weight)
+        bank = _bank_for(group, k, convs[0].weight, empty=True)
         with torch.no_grad():
             bank.templates.copy_(fit.templates)
         for name, conv, row in zip(group.layers, convs, fit.coefficients, strict=True):
@@ -117,7 +150,7 @@ def read_record(record: Any, where: str) -> tuple[list[ShareGroup], list[int]]:
 
     if not isinstance(record, Mapping) or record.get("format") != RECORD_FORMAT:
         raise bad("not an ssc-share record")
-    if record.get("version") != RECORD_VERSION:
+    if type(record.get("version")) is not int or record.get("version") != RECORD_VERSION:
         raise bad(f"version {record.get('version')!r}; this ssc reads {RECORD_VERSION}")
     rows = record.get("groups")
     if not isinstance(rows, list) or not 1 <= len(rows) <= limits.MAX_BANKS:
@@ -145,7 +178,7 @@ def read_record(record: Any, where: str) -> tuple[list[ShareGroup], list[int]]:
             or isinstance(k, bool)
             or not 1 <= k <= min(len(layers), limits.MAX_TEMPLATES)
         ):
-            raise bad(f"K of group {name!r} must lie in 1..{len(layers)}")
+            raise bad(f"K of group {name[:60]!r} must lie in 1..{len(layers)}")
         if seen & set(layers) or len(set(layers)) != len(layers):
             raise bad("a layer appears twice")
         seen |= set(layers)
@@ -158,24 +191,35 @@ def apply_record(model: nn.Module, record: Any, where: str) -> nn.Module:
     """Give a freshly built ``model`` the shared structure ``record`` describes (weights are
     loaded afterwards); CheckpointError when the record does not fit the network."""
     groups, ks = read_record(record, where)
+    # Names are looked up in the module tree only: a record cannot reach other attributes.
+    modules = dict(model.named_modules())
+    seen: set[int] = set()
     for group in groups:
         for name in group.layers:
-            try:
-                conv = model.get_submodule(name)
-            except AttributeError:
+            conv = modules.get(name)
+            if conv is None:
                 raise CheckpointError(
                     f"{where}: shared layer {name!r} is not a module of this network"
-                ) from None
-            if not shareable(conv) or tuple(conv.weight.shape) != group.shape:
-                raise CheckpointError(
-                    f"{where}: shared layer {name!r} is not a zero-padded Conv2d of shape "
-                    f"{'x'.join(map(str, group.shape))} in this network"
                 )
+            if (
+                not shareable(conv)
+                or tuple(conv.weight.shape) != group.shape
+                or group.shape[2] != group.shape[3]
+            ):
+                raise CheckpointError(
+                    f"{where}: shared layer {name!r} is not a zero-padded square Conv2d of "
+                    f"shape {'x'.join(map(str, group.shape))} in this network"
+                )
+            if id(conv) in seen:
+                raise CheckpointError(f"{where}: shared layer {name!r} is named twice")
+            seen.add(id(conv))
     for group, k in zip(groups, ks, strict=True):
-        convs = [model.get_submodule(name) for name in group.layers]
+        convs = [modules[name] for name in group.layers]
         bank = _bank_for(group, k, convs[0].weight)
         for name, conv in zip(group.layers, convs, strict=True):
-            shared = SharedConv2d.like(conv, bank).to(dtype=conv.weight.dtype)
+            shared = SharedConv2d.like(conv, bank).to(
+                device=conv.weight.device, dtype=conv.weight.dtype
+            )
             shared.bank = bank
             _replace(model, name, shared)
     return model

@@ -5,10 +5,14 @@
 * Any other network: the **runs of same-shape 3x3 convolutions inside one stage**, found from the
   network itself. A layer qualifies when it is an ``nn.Conv2d`` (not a subclass) with a 3x3
   kernel, zero padding, and a weight no other module holds (hard-tied layers already share).
-  Layers are taken in module order; the *stage* of a layer is its outermost container
-  (``nn.Sequential``, ``nn.ModuleList`` or ``nn.ModuleDict``) below the root, or the root. Within
-  a stage, same-shape layers form one run until a qualifying layer of another shape intervenes
-  (1x1 shortcuts and other non-3x3 layers do not break a run). Runs of one layer are left alone.
+  Layers are taken in module order; the *stage* of a layer is the innermost container
+  (``nn.Sequential``, ``nn.ModuleList`` or ``nn.ModuleDict``) below the root that holds it in a
+  block (a child that is neither a container nor the layer: ``layer2`` of a torchvision ResNet,
+  ``features.stage2`` of pytorchcv's, each list of a ``ModuleDict`` of block lists); failing
+  that, its outermost container below the root (a VGG of nested ``nn.Sequential``), or the
+  root. Within a stage, same-shape layers form one run until a qualifying layer of another shape
+  intervenes (1x1 shortcuts and other non-3x3 layers do not break a run). Runs of one layer are
+  left alone.
 * ``--groups``: each value is a comma-separated list of shell-style patterns over module names
   (``features.stage2.*.conv``); the ``nn.Conv2d`` layers they match form one group.
 """
@@ -70,10 +74,11 @@ def _named(groups: list[tuple[list[str], tuple[int, ...]]]) -> list[ShareGroup]:
     return out
 
 
-def _tied_weights(model: nn.Module) -> set[int]:
-    """ids of weights that more than one module holds (already shared)."""
+def tied_weights(model: nn.Module) -> set[int]:
+    """ids of weights held at more than one place (already shared): by two modules, or by one
+    module registered under two names (``named_modules`` would list it once)."""
     holders: dict[int, int] = {}
-    for module in model.modules():
+    for _, module in model.named_modules(remove_duplicate=False):
         weight = getattr(module, "weight", None)
         if isinstance(weight, nn.Parameter):
             holders[id(weight)] = holders.get(id(weight), 0) + 1
@@ -86,17 +91,29 @@ def shareable(module: nn.Module) -> bool:
 
 
 def _stage_of(model: nn.Module, name: str) -> str:
+    """The innermost container on ``name``'s path whose child there is a block (neither a
+    container nor the layer itself); failing that the outermost container, or the root."""
     parts = name.split(".")
-    for depth in range(1, len(parts)):
-        path = ".".join(parts[:depth])
-        if isinstance(model.get_submodule(path), _CONTAINERS):
-            return path
-    return ""
+    containers = []
+    module = model
+    for depth in range(1, len(parts) + 1):
+        child = module.get_submodule(parts[depth - 1])
+        if isinstance(module, _CONTAINERS) and depth > 1:
+            containers.append((".".join(parts[: depth - 1]), child))
+        module = child
+    blocks = [
+        path
+        for path, child in containers
+        if not isinstance(child, _CONTAINERS) and child is not module
+    ]
+    if blocks:
+        return blocks[-1]
+    return containers[0][0] if containers else ""
 
 
 def find_groups(model: nn.Module, kernel: tuple[int, int] = (3, 3)) -> list[ShareGroup]:
     """The runs of same-shape ``kernel`` convolutions inside one stage (see the module doc)."""
-    tied = _tied_weights(model)
+    tied = tied_weights(model)
     runs: dict[str, list[tuple[list[str], tuple[int, ...]]]] = {}
     for name, module in model.named_modules():
         if not name or not shareable(module) or tuple(module.kernel_size) != kernel:
@@ -120,10 +137,11 @@ def groups_from_patterns(model: nn.Module, specs: Sequence[str]) -> list[ShareGr
 
     Raises:
         InputError: a pattern that matches no conv, a group of fewer than two convs, of convs of
-            different shapes, of convs that are not plain zero-padded ``nn.Conv2d``, or a conv
-            in two groups.
+            different shapes, of convs that are not plain zero-padded ``nn.Conv2d`` with a square
+            kernel, of hard-tied convs, or a conv in two groups.
     """
     convs = [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)]
+    tied = tied_weights(model)
     taken: dict[str, int] = {}
     groups: list[tuple[list[str], tuple[int, ...]]] = []
     for number, spec in enumerate(specs, start=1):
@@ -145,6 +163,15 @@ def groups_from_patterns(model: nn.Module, specs: Sequence[str]) -> list[ShareGr
                     f"--groups: {name} is a {type(modules[name]).__name__} with "
                     f"padding_mode={modules[name].padding_mode!r}; only plain zero-padded "
                     "nn.Conv2d layers can share a bank"
+                )
+            kh, kw = modules[name].kernel_size
+            if kh != kw:
+                raise InputError(
+                    f"--groups: {name} has a {kh}x{kw} kernel; only square kernels share a bank"
+                )
+            if id(modules[name].weight) in tied:
+                raise InputError(
+                    f"--groups: {name} holds a weight another layer holds too (already shared)"
                 )
             if name in taken:
                 raise InputError(f"--groups: {name} is in group {taken[name]} and group {number}")

@@ -20,6 +20,7 @@ LAPACK build's sign choice.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -92,16 +93,23 @@ def fit_templates(weights: Sequence[Tensor], num_templates: int) -> TemplateFit:
     Computed in float64 and returned in the first weight's dtype.
 
     Raises:
-        InputError: weights of different shapes, or K outside ``1 .. min(L, D)``.
+        InputError: weights of different shapes or not finite, or K not an int in
+            ``1 .. min(L, D)``.
     """
     w = _stack(weights)
     n, d = w.shape
-    if not 1 <= num_templates <= min(n, d):
+    if not bool(torch.isfinite(w).all()):
+        raise InputError("the weights to fit hold NaN or infinite values")
+    try:  # an int (numpy's too), not a bool or a float
+        k = -1 if isinstance(num_templates, bool) else operator.index(num_templates)
+    except TypeError:
+        k = -1
+    if not 1 <= k <= min(n, d):
         raise InputError(
-            f"--templates must lie in 1..{min(n, d)} for a group of {n} layers, got {num_templates}"
+            f"--templates must lie in 1..{min(n, d)} for a group of {n} layers, "
+            f"got {num_templates!r}"
         )
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    k = num_templates
     u, vh = u[:, :k].clone(), vh[:k].clone()
     for j in range(k):
         total = float(u[:, j].sum())
