@@ -2,9 +2,9 @@
 
 This module holds the click group :data:`cli` and :func:`main`, the only place where a failure
 becomes one line on stderr and an exit code; each command lives in its own module here
-(:mod:`.info`, :mod:`.eval`, :mod:`.train`, :mod:`.analyze`, :mod:`.fold`) and the options they
-share in :mod:`.common`. Heavy libraries (torch, matplotlib, scikit-learn, networkx) are imported
-inside the commands, so ``ssc --help`` and ``ssc --version`` never load them.
+(:mod:`.info`, :mod:`.eval`, :mod:`.train`, :mod:`.analyze`, :mod:`.fold`, :mod:`.share`) and
+the options they share in :mod:`.common`. Heavy libraries (torch, matplotlib, scikit-learn,
+networkx) are imported inside the commands, so ``ssc --help`` and ``ssc --version`` never load them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from soft_share_cli.cli.common import _state
 from soft_share_cli.cli.eval import eval_command
 from soft_share_cli.cli.fold import fold_command
 from soft_share_cli.cli.info import info_command
+from soft_share_cli.cli.share import share_command
 from soft_share_cli.cli.train import train_command
 from soft_share_cli.errors import EXIT_CODES, SscError
 
@@ -61,6 +62,7 @@ for _command in (
     analyze_command,
     plot_similarity_command,
     fold_command,
+    share_command,
 ):
     cli.add_command(_command)
 

@@ -110,8 +110,7 @@ def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **op
         unusable = "--align-mode chooses the alignment regulariser; it needs --align W (W > 0)"
     if unusable is None and output.lower().endswith(".safetensors"):
         unusable = (
-            f"-o {output}: ssc train writes a torch checkpoint (weights and metadata); name it "
-            "*.pt"
+            f"-o {output}: ssc train writes a torch checkpoint (weights and metadata); name it *.pt"
         )
     if unusable is not None:
         from soft_share_cli.errors import InputError
