@@ -7,7 +7,8 @@ al.); per-pixel accuracy is reported next to it. Scored batch by batch in the lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.evaluation.loop import Measured, PassOptions, run_pass
+from soft_share_cli.evaluation.loop import Measured, PassOptions, resolve_device, run_pass
+from soft_share_cli.limits import MAX_ITERATIONS
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -103,7 +105,7 @@ class _PixelScorer:
         self.solved: list[Tensor] = []
 
     def check(self, logits: Tensor, labels: Tensor) -> None:
-        _check_output(logits, labels, self.data)
+        check_task_output(logits, labels, self.data)
 
     def add(self, logits: Tensor, labels: Tensor) -> Tensor:
         self.loss_sums.append(F.cross_entropy(logits.float(), labels, reduction="sum"))
@@ -121,7 +123,7 @@ class _PixelScorer:
         }
 
 
-def _check_output(logits: Tensor, labels: Tensor, data: Dataset) -> None:
+def check_task_output(logits: Tensor, labels: Tensor, data: Dataset) -> None:
     """Refuse outputs that are not one score per class and pixel."""
     if logits.dim() != 4 or logits.shape[2:] != labels.shape[1:]:
         raise DataError(
@@ -129,7 +131,9 @@ def _check_output(logits: Tensor, labels: Tensor, data: Dataset) -> None:
             f"(labels {tuple(labels.shape)}); use a fully convolutional network (fcn/sfcn)"
         )
     if logits.shape[1] < data.num_classes:
-        raise DataError(f"the network scores {logits.shape[1]} classes, {data.name} has 2")
+        raise DataError(
+            f"the network scores {logits.shape[1]} classes, {data.name} has {data.num_classes}"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,36 +153,125 @@ class SweepPoint:
 
 
 def iteration_sweep(
-    model: nn.Module, data: Dataset, iterations: Sequence[int], *, batch_size: int = 256
+    model: nn.Module,
+    data: Dataset,
+    iterations: Iterable[int],
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[SweepPoint, ...]:
     """Exact-solve rate and pixel accuracy of a looped network at each iteration count.
 
     One pass per batch up to the largest count (:meth:`LoopedFCN.trajectory`), so a sweep over
-    1..N costs one run of N iterations, not N runs.
+    1..N costs one run of N iterations, not N runs; each count's figures equal those of a run
+    of that count alone. ``iterations`` in any order (duplicates count once); the points come
+    in ascending order. The model moves to ``device`` in place, its modes are restored, and
+    ``progress(done, total)`` is called after each batch.
+
+    Raises:
+        InputError: not a looped network; a count < 1 or above ``limits.MAX_ITERATIONS``.
+        DataError: ``data`` is not per-pixel, or the network's output does not fit it.
     """
     from soft_share_cli.folding.looped import LoopedFCN
 
     if not isinstance(model, LoopedFCN):
         raise InputError("an iteration sweep needs a looped network (ssc fold an sfcn)")
     wanted = sorted({int(n) for n in iterations})
-    if not wanted or wanted[0] < 1:
-        raise InputError(f"iteration counts must be >= 1, got {list(iterations)}")
-    solved = dict.fromkeys(wanted, 0)
-    pixels = dict.fromkeys(wanted, 0)
+    if not wanted:
+        raise InputError("an iteration sweep needs at least one iteration count")
+    if wanted[0] < 1 or wanted[-1] > MAX_ITERATIONS:
+        bad = wanted[0] if wanted[0] < 1 else wanted[-1]
+        raise InputError(
+            f"iteration counts must be between 1 and {MAX_ITERATIONS} "
+            f"(limits.MAX_ITERATIONS), got {bad}"
+        )
+    if not is_task_data(data):
+        raise DataError(f"{data.name} has one label per image; task metrics need one per pixel")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    target = resolve_device(device)
     modes = {module: module.training for module in model.modules()}
+    model.to(target)
     model.eval()
+    zero = torch.zeros((), dtype=torch.int64, device=target)
+    solved = dict.fromkeys(wanted, zero)
+    pixels = dict.fromkeys(wanted, zero)
+    labels, done = data.y.to(target), 0
     try:
         with torch.inference_mode():
-            for xb, yb in zip(data.x.split(batch_size), data.y.split(batch_size), strict=True):
-                for n, logits in enumerate(model.trajectory(xb, wanted[-1]), start=1):
-                    if n in solved:
+            for xb, yb in zip(data.x.split(batch_size), labels.split(batch_size), strict=True):
+                steps = model.trajectory(xb.to(target), wanted[-1])
+                for n, logits in enumerate(steps, start=1):
+                    if done == 0 and n == 1:
+                        check_task_output(logits, yb, data)
+                    if n in solved:  # sums stay on the device: one sync, at the end
                         right = logits.argmax(dim=1) == yb
-                        pixels[n] += int(right.sum())
-                        solved[n] += int(right.flatten(1).all(dim=1).sum())
+                        pixels[n] = pixels[n] + right.sum()
+                        solved[n] = solved[n] + right.flatten(1).all(dim=1).sum()
+                done += len(yb)
+                if progress is not None:
+                    progress(done, len(data))
     finally:
         for module, mode in modes.items():
             module.training = mode
     total, count = len(data), data.y.numel()
     return tuple(
-        SweepPoint(n, 100.0 * solved[n] / total, 100.0 * pixels[n] / count) for n in wanted
+        SweepPoint(n, 100.0 * int(solved[n]) / total, 100.0 * int(pixels[n]) / count)
+        for n in wanted
     )
+
+
+def best_point(points: Sequence[SweepPoint]) -> SweepPoint:
+    """The count that solves most; ties go to the higher pixel accuracy, then to fewer
+    iterations (the cheaper run)."""
+    return max(points, key=lambda p: (p.exact, p.pixel_accuracy, -p.iterations))
+
+
+@dataclass(frozen=True)
+class SweepResult(Measured):
+    """A looped network's exact-solve rate and pixel accuracy at several iteration counts."""
+
+    samples: int
+    points: tuple[SweepPoint, ...]  # ascending counts
+    trained_iterations: int | None
+    seconds: float  # the one pass, to the largest count
+    throughput: float  # instances / s
+
+    @property
+    def best(self) -> SweepPoint:
+        """See :func:`best_point`."""
+        return best_point(self.points)
+
+    def scores(self) -> dict[str, Any]:
+        return {
+            "mode": "sweep",
+            "samples": self.samples,
+            "trained_iterations": self.trained_iterations,
+            "points": [p.to_dict() for p in self.points],
+            "best": self.best.to_dict(),
+        }
+
+
+def sweep_iterations(
+    model: nn.Module,
+    data: Dataset,
+    counts: Sequence[int],
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """:func:`iteration_sweep` with its best count and timing.
+
+    Raises:
+        InputError: not a looped network, or a bad count. DataError: data that is not per-pixel.
+    """
+    start = time.perf_counter()
+    points = iteration_sweep(
+        model, data, counts, batch_size=batch_size, device=device, progress=progress
+    )
+    seconds = time.perf_counter() - start
+    trained = getattr(model, "trained_iterations", None)
+    rate = len(data) / seconds if seconds > 0 else float("inf")
+    return SweepResult(len(data), points, trained, seconds, rate)

@@ -95,29 +95,107 @@ def run_eval(
     architectures ssc does not know, folded or not. Task data (``maze:``, ``prefix-sums:``) and
     ``iterations`` (a looped network's body run that many times instead of the trained count)
     give a :class:`TaskEvalReport`. ``key`` names the entry of the checkpoint that holds the
-    state dict (see :func:`~soft_share_cli.checkpoints.load.load_checkpoint`).
+    state dict (see :func:`~soft_share_cli.checkpoints.load.load_checkpoint`). Sweeps over
+    iteration counts and ``auto`` are :mod:`soft_share_cli.pipeline.eval_iterations`.
 
     Raises:
-        InputError: ``iterations`` for a network without a loop that can run longer, or < 1.
+        InputError: ``iterations`` for a network without a loop that can run longer, or
+            outside 1..``limits.MAX_ITERATIONS``.
         DataError: ``iterations`` on data that is not a task; data the network does not fit.
+    """
+    from soft_share_cli.limits import MAX_ITERATIONS
+
+    task = iterations is not None or is_task_spec(data_spec)
+    if iterations is not None and not 1 <= iterations <= MAX_ITERATIONS:
+        raise InputError(
+            f"--iterations must be between 1 and {MAX_ITERATIONS} (limits.MAX_ITERATIONS), "
+            f"got {iterations}"
+        )
+    opened = open_for_eval(
+        path, data_spec, model_spec, key, task=task, loop="--iterations" if iterations else None
+    )
+    model, name = opened.model, opened.name
+    if iterations is not None:
+        model.iterations = iterations
+        name = model.describe()
+    callback = (lambda done, total: progress("evaluating", done, total)) if progress else None
+    options = {"batch_size": batch_size, "device": device, "progress": callback}
+    if not task:
+        from soft_share_cli.evaluation.classification import evaluate
+
+        with users_forward(model_spec):
+            result = evaluate(model, opened.data, **options)  # type: ignore[arg-type]
+        recorded_top1 = _recorded_top1(opened.ckpt, data_spec)
+        return EvalReport(str(path), name, data_spec, device, batch_size, result, recorded_top1)
+    from soft_share_cli.evaluation.tasks import evaluate_task
+
+    assert opened.description is not None  # task data is described
+    with users_forward(model_spec):
+        task_result = evaluate_task(model, opened.data, **options)  # type: ignore[arg-type]
+    meta = opened.ckpt.metadata
+    recorded = meta.get("test_exact") if meta.get("data") == data_spec and not iterations else None
+    return TaskEvalReport(
+        str(path),
+        name,
+        data_spec,
+        opened.description,
+        device,
+        batch_size,
+        task_result,
+        opened.trained,
+        recorded,
+    )
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What an evaluation runs on: the checkpoint, its network, the test split."""
+
+    ckpt: Any  # checkpoints.load.Checkpoint
+    model: Any  # the network, in eval mode
+    name: str  # the network described
+    trained: int | None  # a looped network's trained iteration count, None for others
+    data: Any  # data.loaders.Dataset, the test split
+    description: str | None  # a task's description (mazes of 4x4 cells ...), None for others
+
+
+def open_for_eval(
+    path: str | Path,
+    data_spec: str,
+    model_spec: str | None,
+    key: str | None,
+    *,
+    task: bool,
+    loop: str | None,
+) -> Opened:
+    """Open the checkpoint's network and the test split of ``data_spec``, checked to fit.
+
+    ``loop`` names the option (``--iterations``) that needs a looped network and task data, or
+    is None. The spec is parsed before the checkpoint is touched.
+
+    Raises:
+        InputError: ``loop`` given for a network without a loop that can run longer.
+        DataError: ``loop`` given with data that is not a task; data the network does not fit.
     """
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.data.loaders import load_data
     from soft_share_cli.data.spec import parse_data_spec
+    from soft_share_cli.folding.looped import LoopedFCN
     from soft_share_cli.pipeline.network import open_network
 
-    task = iterations is not None or is_task_spec(data_spec)
-    if iterations is not None and iterations < 1:
-        raise InputError(f"--iterations must be at least 1, got {iterations}")
     parsed = parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path, key=key)
     model, name, channels = open_network(ckpt, path, model_spec)
-    trained = None
-    if task:
-        model, name, trained = _looped(model, name, path, iterations)
+    trained = model.trained_iterations if task and isinstance(model, LoopedFCN) else None
+    if loop is not None:
+        if not isinstance(model, LoopedFCN):
+            raise InputError(
+                f"{path}: {name} has no loop that can run longer; {loop} needs a looped "
+                "network: fold an SFCN with `ssc fold CKPT -o FILE.safetensors`"
+            )
         if not is_task_spec(data_spec):
             raise DataError(
-                f"--iterations reports exact-solve rates; {data_spec} is not a task "
+                f"{loop} reports exact-solve rates; {data_spec} is not a task "
                 "(use maze:size=N or prefix-sums:length=N)"
             )
     data = load_data(parsed, split="test")
@@ -125,31 +203,17 @@ def run_eval(
         raise DataError(
             f"{data_spec} has {data.in_channels} input channels but {name} expects {channels}"
         )
-    callback = (lambda done, total: progress("evaluating", done, total)) if progress else None
-    options = {"batch_size": batch_size, "device": device, "progress": callback}
-    if not task:
-        from soft_share_cli.evaluation.classification import evaluate
+    description = None
+    if task:
+        from soft_share_cli.data.tasks import Task, TaskSpec, describe_task
 
-        with _users_forward(model_spec):
-            result = evaluate(model, data, **options)  # type: ignore[arg-type]
-        recorded_top1 = _recorded_top1(ckpt, data_spec)
-        return EvalReport(str(path), name, data_spec, device, batch_size, result, recorded_top1)
-    from soft_share_cli.data.tasks import Task, TaskSpec, describe_task
-    from soft_share_cli.evaluation.tasks import evaluate_task
-
-    o = parsed.options
-    description = describe_task(TaskSpec(Task(parsed.kind.value), o["size"], o["count"]))
-    with _users_forward(model_spec):
-        task_result = evaluate_task(model, data, **options)  # type: ignore[arg-type]
-    meta = ckpt.metadata
-    recorded = meta.get("test_exact") if meta.get("data") == data_spec and not iterations else None
-    return TaskEvalReport(
-        str(path), name, data_spec, description, device, batch_size, task_result, trained, recorded
-    )
+        o = parsed.options
+        description = describe_task(TaskSpec(Task(parsed.kind.value), o["size"], o["count"]))
+    return Opened(ckpt, model, name, trained, data, description)
 
 
 @contextlib.contextmanager
-def _users_forward(model_spec: str | None) -> Iterator[None]:
+def users_forward(model_spec: str | None) -> Iterator[None]:
     """A failure inside the forward of the user's own network (``--model``) is the network's:
     one line naming it (exit 2), not an internal error of ssc."""
     if model_spec is None:
@@ -165,25 +229,6 @@ def _users_forward(model_spec: str | None) -> Iterator[None]:
         raise InputError(
             f"the network built by {model_spec} failed on the data: {_first_line(exc)}"
         ) from exc
-
-
-def _looped(
-    model: Any, name: str, path: str | Path, iterations: int | None
-) -> tuple[Any, str, Any]:
-    """``model`` set to run ``iterations`` times (a looped network only), its name, and the
-    iterations it was trained with (None for a network without a loop)."""
-    from soft_share_cli.folding.looped import LoopedFCN
-
-    trained = model.trained_iterations if isinstance(model, LoopedFCN) else None
-    if iterations is not None:
-        if not isinstance(model, LoopedFCN):
-            raise InputError(
-                f"{path}: {name} has no loop that can run longer; --iterations needs a looped "
-                "network: fold an SFCN with `ssc fold CKPT -o FILE.safetensors`"
-            )
-        model.iterations = iterations
-        name = model.describe()
-    return model, name, trained
 
 
 def _recorded_top1(ckpt: Any, data_spec: str) -> float | None:
