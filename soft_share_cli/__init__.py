@@ -23,6 +23,16 @@ _EXPORTS = {
     "FCN": "soft_share_cli.models.recurrent",
     "SFCN": "soft_share_cli.models.recurrent",
     "load_looped": "soft_share_cli.folding.looped",
+    "SharedConv2d": "soft_share_cli.models.layers",
+    "fit_templates": "soft_share_cli.sharing.svd",
+    "find_groups": "soft_share_cli.sharing.groups",
+    "share_network": "soft_share_cli.sharing.convert",
+    "share_checkpoint": "soft_share_cli.pipeline.share",
+    "ShareOptions": "soft_share_cli.pipeline.share_options",
+    "parse_iterations": "soft_share_cli.evaluation.iterations",
+    "evaluate_auto": "soft_share_cli.evaluation.iterations",
+    "AutoOptions": "soft_share_cli.evaluation.iterations",
+    "sweep_iterations": "soft_share_cli.evaluation.tasks",
 }
 
 __all__ = ["__version__", *_EXPORTS]
