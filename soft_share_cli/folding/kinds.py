@@ -151,6 +151,7 @@ def traced_view(program: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
     ``<layer>.bank.templates`` naming its bank; the other tensors keep their names."""
     import torch
 
+    from soft_share_cli.folding.traced_holders import key_prefix, read_holder
     from soft_share_cli.folding.traced_program import read_program
     from soft_share_cli.folding.user_program import with_aliases
     from soft_share_cli.models.params import storage_id
@@ -164,12 +165,14 @@ def traced_view(program: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
     counts = {n: sum(m == n for _, m in named) for _, n in named}
     bank_name = {attr: name if counts[name] == 1 else attr for attr, name in named}
     own = {b["module"] for b in program["banks"] if b.get("kind") == "own-weight"}
+    held = {b["module"]: read_holder(b) for b in program["banks"]}
     for spec in layers:
-        prefix = f"{spec.bank}."
+        prefix = key_prefix(held[spec.bank], spec.bank)
+        mine = [k for k in full if f".{spec.bank}." in f".{k}"]  # on each path of its holder
         stack = full.get(prefix + "weights")
         if spec.bank in own and stack is not None and len(stack) == 1:
             # a layer given a fixed weight of its own (cut from a dropped store): a plain layer
-            hidden.update(k for k in full if k.startswith(prefix))
+            hidden.update(mine)
             for path in (spec.path, *spec.also):
                 view[f"{path}.weight"] = stack[0]
             continue
@@ -179,7 +182,7 @@ def traced_view(program: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
         else:
             stack = full[prefix + "templates"]
             direction = full[prefix + "directions"][spec.cluster].to(stack.dtype)
-        hidden.update(k for k in full if k.startswith(prefix))
+        hidden.update(mine)
         gain_key = f"{spec.gain_of or spec.path}.gain"
         gain = full.get(gain_key) if spec.gain is not None else None
         if gain is not None:

@@ -4,11 +4,13 @@ The input is a :class:`~soft_share_cli.analysis.traced.TracedAnalysis`: groups o
 calls that share parameters (a soft bank under any names, a flat store, ``W_i = M_i · B``, the
 per-layer convs of a shared basis), each analysed as a bank with a fold plan. For each folded
 group the network gets one :class:`~soft_share_cli.folding.bank.FoldedBank` (registered on the top
-module as ``ssc_folded_<name>``) holding cluster ``c``'s weight ``tensordot(directions[c],
-templates, 1)`` (summed in float64), or the templates and directions where that is smaller; every
-call's *layer module* is replaced, wherever that module object appears (a reused module stays one
-module: ties are kept), by a :class:`TracedLayer` = ``gain * op(x, bank.weight(c)) + bias`` with
-the call's own geometry and the original bias Parameter (no gain where the plan needs none).
+module as ``ssc_folded_<name>``, or on the group's first layer where the top module is a
+container such as an ``nn.Sequential``: :mod:`~soft_share_cli.folding.traced_holders`) holding
+cluster ``c``'s weight ``tensordot(directions[c], templates, 1)`` (summed in float64), or the
+templates and directions where that is smaller; every call's *layer module* is replaced,
+wherever that module object appears (a reused module stays one module: ties are kept), by a
+:class:`TracedLayer` = ``gain * op(x, bank.weight(c)) + bias`` with the call's own geometry
+and the original bias Parameter (no gain where the plan needs none).
 Hard-tied groups are left as they are: they already are one tensor used in a loop.
 
 Then the parameters only the replaced calls used are dropped: each is removed from the modules
@@ -45,6 +47,7 @@ from soft_share_cli.folding.traced_directions import (
     build_directions,
     plan_directions,
 )
+from soft_share_cli.folding.traced_holders import choose_holder, with_holder
 from soft_share_cli.folding.traced_program import (
     SHARED_PREFIX,
     LayerSpec,
@@ -175,19 +178,22 @@ def _build(
     banks: dict[str, FoldedBank] = {}
     layers: list[LayerSpec] = []
     records: list[dict[str, Any]] = []
+    held: dict[str, str] = {}  # bank -> the module keeping it (top: none; a container: a layer)
     for unit in units:
         for g in unit.groups:
             group = analysis.groups[g]
             attr = _attribute(group.name, taken)
             banks[attr], specs = _group_specs(analysis, g, attr, names)
             layers += specs
-            records.append(_bank_record(group.name, group.kind, attr, banks[attr]))
+            held[attr] = choose_holder(network, (s.path for s in specs), group.name)
+            records.append(_bank_record(group.name, group.kind, attr, banks[attr], held[attr]))
         for s in unit.satellites:
             attr = _attribute(names[s], taken)
             banks[attr], spec = _satellite_specs(analysis.trace.calls[s], attr)
             layers.append(spec)
-            records.append(_bank_record(names[s], "own-weight", attr, banks[attr]))
-    apply_program(network, banks, layers)
+            held[attr] = choose_holder(network, [spec.path], names[s])
+            records.append(_bank_record(names[s], "own-weight", attr, banks[attr], held[attr]))
+    apply_program(network, banks, layers, holders=held)
     paths: dict[int, list[str]] = {}
     for path, module in network.named_modules(remove_duplicate=False):
         paths.setdefault(id(module), []).append(path)
@@ -236,14 +242,10 @@ def _build(
     return network, program, freed
 
 
-def _bank_record(name: str, kind: str, attr: str, bank: FoldedBank) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": kind,
-        "module": attr,
-        "storage": bank.storage,
-        "clusters": bank.clusters,
-    }
+def _bank_record(name: str, kind: str, attr: str, bank: FoldedBank, holder: str) -> dict[str, Any]:
+    record = {"name": name, "kind": kind, "module": attr, "storage": bank.storage,
+              "clusters": bank.clusters}  # fmt: skip
+    return with_holder(record, holder)
 
 
 def _check_calls(network: nn.Module, trace: Trace, layers: list[LayerSpec], probe: Tensor) -> None:

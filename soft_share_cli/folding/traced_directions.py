@@ -18,13 +18,15 @@ The user's code keeps computing the weight: the module attribute that held ``P_j
 ``gains[g] * directions[c]`` of a :class:`DirectionBank` registered on the top module; the
 parameter itself is gone from the module and the file). A ``ParameterList`` entry works alike.
 The program records each substitution (``directions``: the banks, ``computed``: holder module,
-attribute, bank, cluster, gain index), checked field by field on load.
+attribute, bank, cluster, gain index), checked field by field on load
+(:func:`soft_share_cli.folding.traced_sharing.read_directions`). Where the top module is a
+container, a bank lives on a module it computes a parameter of
+(:mod:`~soft_share_cli.folding.traced_holders`).
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,10 +36,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from soft_share_cli import limits
 from soft_share_cli.analysis.plan import Absorb, BankFold, LayerFold
 from soft_share_cli.analysis.trace import OPS, _argument
-from soft_share_cli.errors import CheckpointError, InputError
+from soft_share_cli.errors import InputError
+from soft_share_cli.folding.traced_holders import choose_holder, register_banks, with_holder
 
 if TYPE_CHECKING:
     from soft_share_cli.analysis.traced import TracedAnalysis
@@ -45,8 +47,6 @@ if TYPE_CHECKING:
 #: A call's weight is homogeneous-linear in its P when ||W(sP) - s W(P)|| <= this * ||s W(P)||.
 LINEAR_TOLERANCE = 1e-5
 _SCALE = -2.0
-_ATTRIBUTE = re.compile(r"ssc_folded_\w{1,200}")
-_NAME = re.compile(r"\w{1,200}")
 
 
 class DirectionBank(nn.Module):
@@ -135,12 +135,13 @@ def _computed_class(base: type, attrs: tuple[str, ...]) -> type:
     return _CLASSES[key]
 
 
-def substitute(model: nn.Module, banks: Mapping[str, DirectionBank], computed: Sequence[Computed]):
-    """Register ``banks`` on ``model`` and make every ``computed`` attribute a computed value."""
-    for attr, bank in banks.items():
-        if hasattr(model, attr):
-            raise InputError(f"the network already has an attribute {attr!r}")
-        model.add_module(attr, bank)
+def substitute(
+    model: nn.Module, banks: Mapping[str, DirectionBank], computed: Sequence[Computed],
+    holders: Mapping[str, str] | None = None,
+) -> nn.Module:  # fmt: skip
+    """Register ``banks`` (on the top module, or on the module ``holders`` names) and make every
+    ``computed`` attribute a computed value."""
+    register_banks(model, banks, holders or {})
     for spec in computed:
         try:
             module = model.get_submodule(spec.path) if spec.path else model
@@ -325,74 +326,10 @@ def build_directions(
             for path, pname in holders[id(params[key])]
         ]
         bank = DirectionBank(plan.directions.clone(), plan.gains.clone())
-        substitute(network, {attr: bank}, done)
+        holder = choose_holder(network, (c.path for c in done), group.name)
+        substitute(network, {attr: bank}, done, {attr: holder})
         computed += done
-        records.append(
-            {"name": group.name, "kind": group.kind, "module": attr, "clusters": len(plan.clusters)}
-        )
+        record = {"name": group.name, "kind": group.kind, "module": attr,
+                  "clusters": len(plan.clusters)}  # fmt: skip
+        records.append(with_holder(record, holder))
     return [c.to_dict() for c in computed], records
-
-
-def _malformed(why: str) -> CheckpointError:
-    return CheckpointError(f"malformed traced-fold program: {why}")
-
-
-def read_directions(
-    program: Mapping[str, Any], state_dict: Mapping[str, Tensor], taken: set[str]
-) -> tuple[dict[str, DirectionBank], list[Computed]]:
-    """The program's direction banks (empty, sized from the file's tensors) and substitutions,
-    every field checked; ``taken``: the attributes of the weights banks."""
-    rows = program.get("directions", [])
-    specs = program.get("computed", [])
-    if not isinstance(rows, list) or not isinstance(specs, list):
-        raise _malformed("'directions' or 'computed' is not a list")
-    try:
-        limits.count(len(rows), "traced-fold directions", limit=limits.MAX_BANKS * 10,
-                     name="MAX_BANKS")  # fmt: skip
-        limits.count(len(specs), "traced-fold computed", limit=limits.MAX_KEYS, name="MAX_KEYS")
-    except ValueError as exc:
-        raise _malformed(str(exc)) from None
-    banks: dict[str, DirectionBank] = {}
-    for b in rows:
-        attr = b.get("module") if isinstance(b, dict) else None
-        if (
-            not isinstance(attr, str)
-            or not _ATTRIBUTE.fullmatch(attr)
-            or attr in banks
-            or attr in taken
-        ):
-            raise _malformed(f"direction bank {attr!r} is not a fresh ssc_folded_<name>")
-        if not isinstance(b.get("name"), str) or len(b["name"]) > 1000:
-            raise _malformed(f"direction bank {attr}: its name is not a string")
-        d, g = state_dict.get(f"{attr}.directions"), state_dict.get(f"{attr}.gains")
-        if d is None or g is None:
-            raise CheckpointError(f"the traced fold lacks the tensors of bank {attr}")
-        clusters = b.get("clusters")
-        if type(clusters) is not int or not 1 <= clusters <= limits.MAX_CLUSTERS:
-            raise _malformed(f"direction bank {attr}: clusters {clusters!r} is not a count")
-        if d.dim() < 2 or d.dim() > 7 or d.shape[0] != clusters or g.dim() != 1:
-            raise CheckpointError(f"bank {attr}: directions {tuple(d.shape)}, gains "
-                                  f"{tuple(g.shape)} for {clusters} clusters")  # fmt: skip
-        with torch.device("meta"):
-            bank = DirectionBank(torch.empty(d.shape, dtype=d.dtype),
-                                 torch.empty(g.shape, dtype=g.dtype))  # fmt: skip
-        banks[attr] = bank.to_empty(device="cpu")
-    computed: list[Computed] = []
-    places: set[tuple[str, str]] = set()
-    for x in specs:
-        if not isinstance(x, dict):
-            raise _malformed("a computed attribute is not a map")
-        path, attr, bank, c, g = (x.get(k) for k in ("path", "attr", "bank", "cluster", "gain"))
-        if not isinstance(path, str) or len(path) > 1000 or not isinstance(attr, str):
-            raise _malformed(f"computed attribute {path!r}.{attr!r}")
-        if not _NAME.fullmatch(attr) or (path, attr) in places or bank not in banks:
-            raise _malformed(f"computed attribute {path}.{attr}: a second record, or bank "
-                             f"{bank!r} not one of the file's")  # fmt: skip
-        held = banks[bank]
-        if type(c) is not int or not 0 <= c < held.directions.shape[0]:
-            raise _malformed(f"computed attribute {path}.{attr}: cluster {c!r}")
-        if type(g) is not int or not 0 <= g < held.gains.shape[0]:
-            raise _malformed(f"computed attribute {path}.{attr}: gain {g!r}")
-        places.add((path, attr))
-        computed.append(Computed(path, attr, bank, c, g))
-    return banks, computed

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from soft_share_cli import limits
 from soft_share_cli.errors import CheckpointError, InputError
 from soft_share_cli.folding.bank import FoldedBank
+from soft_share_cli.folding.traced_holders import key_prefix, read_holder, register_banks
 from soft_share_cli.folding.user_program import untied_keys
 from soft_share_cli.models.user import _first_line
 
@@ -146,13 +147,11 @@ def apply_program(
     banks: Mapping[str, FoldedBank],
     layers: Sequence[LayerSpec],
     dropped: Sequence[str] = (),
+    holders: Mapping[str, str] | None = None,
 ) -> nn.Module:
-    """Register ``banks``, replace every layer of ``layers``, drop ``dropped``: in place."""
+    """Replace every layer of ``layers``, register ``banks`` (each on its holder, a path of
+    ``holders``; absent: the top module), drop ``dropped``: in place."""
     params = dict(model.named_parameters(remove_duplicate=False))  # before the surgery
-    for attr, bank in banks.items():
-        if hasattr(model, attr):
-            raise InputError(f"the network already has an attribute {attr!r}")
-        model.add_module(attr, bank)
     tied: dict[str, TracedLayer] = {}
     for spec in layers:
         old = _get(model, spec.path, "a folded layer")
@@ -179,6 +178,7 @@ def apply_program(
         if not _replace_everywhere(model, old, new):
             raise InputError(f"{spec.path or 'the network'} is not a submodule; nothing holds it")
         tied[spec.path] = new
+    register_banks(model, banks, holders or {})  # after the layers: a holder may be one
     for key in dropped:
         path, _, leaf = key.rpartition(".")
         module = _get(model, path, f"the holder of {key}")
@@ -316,7 +316,8 @@ def _banks(program: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> dict
         names = {"weights": ("weights",), "templates": ("templates", "directions")}.get(storage)
         if names is None:
             raise _malformed(f"bank {attr}: storage {storage!r}")
-        stored = [state_dict.get(f"{attr}.{n}") for n in names]
+        prefix = key_prefix(read_holder(b), attr)
+        stored = [state_dict.get(prefix + n) for n in names]
         if any(t is None for t in stored):
             raise CheckpointError(f"the traced fold lacks the tensors of bank {attr}")
         first = stored[0]
