@@ -17,6 +17,7 @@ WRN = SAMPLES / "wrn28-1_digits.pt"  # ssc train --arch wrn --depth 28 --width 1
 DATA = "digits?limit=300"  # 300 train and 300 test images: a fine-tune epoch in about a second
 
 USER_MODEL = '''
+import torch
 from torch import nn
 
 
@@ -48,6 +49,45 @@ def lonely():
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
     )
+
+
+def pooled():
+    """A flat Sequential that pools: it takes 8x8 and 32x32 inputs alike."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+class Listed(Net):
+    """A conv kept in a plain list: not registered, so every build draws it anew."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = [nn.Conv2d(8, 8, 3, padding=1)]
+
+    def forward(self, x):
+        return self.head(self.hidden[0](self.body(self.stem(x))))
+
+
+class Noisy(Net):
+    """An offset kept as a plain tensor (not a buffer): every build draws it anew."""
+
+    def __init__(self):
+        super().__init__()
+        self.offset = torch.randn(10)
+
+    def forward(self, x):
+        return super().forward(x) + self.offset
+
+
+def listed():
+    return Listed()
+
+
+def noisy():
+    return Noisy()
 '''
 
 
@@ -76,18 +116,23 @@ def small_wrn(work: Path) -> Path:
     return path
 
 
+def _user_checkpoint(spec: str, path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The state dict of the network ``spec`` builds (seeded), its floats in ``dtype``."""
+    from soft_share_cli.models.user import load_factory
+
+    torch.manual_seed(0)
+    state = load_factory(spec)().state_dict()
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def user(work: Path) -> tuple[Path, str]:
     """The checkpoint of a user network (random weights, seeded) and its --model spec."""
     source = work / "usernet.py"
     source.write_text(USER_MODEL)
     spec = f"{source}:build"
-    from soft_share_cli.models.user import load_factory
-
-    torch.manual_seed(0)
-    path = work / "usernet.pt"
-    torch.save(load_factory(spec)().state_dict(), path)
-    return path, spec
+    return _user_checkpoint(spec, work / "usernet.pt"), spec
 
 
 def _logits(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -188,8 +233,9 @@ def test_json_schema(ssc, tmp_path: Path) -> None:
         "name", "layers", "shape", "templates", "relative_error", "needed_templates"
     }  # fmt: skip
     assert report["groups"][0]["shape"] == [16, 16, 3, 3]
-    assert set(report["probe"]) == {"shape", "max_abs_diff", "max_abs_logit", "relative"}
+    assert set(report["probe"]) == {"shape", "max_abs_diff", "max_abs_logit", "relative", "basis"}
     assert report["probe"]["shape"] == [16, 1, 8, 8]
+    assert report["probe"]["basis"] == "ssc fold's probe"
     assert report["finetune"] == {"epochs": 0, "history": []}
 
 
@@ -242,6 +288,65 @@ def test_user_keep_chooses_k_per_group(ssc, user, tmp_path: Path) -> None:
     (group,) = run.json()["groups"]
     assert group["templates"] == group["needed_templates"] == needed
     assert run.json()["note"] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=["fp16", "fp64"])
+def test_the_file_keeps_the_source_dtype(ssc, user, tmp_path: Path, dtype) -> None:
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.models.user import build_user_model
+
+    _, spec = user
+    path = _user_checkpoint(spec, tmp_path / "source.pt", dtype)
+    out = tmp_path / "shared.pt"
+    run = ssc("share", str(path), "-o", str(out), "--model", spec, "--templates", "3", "--json")
+    assert run.code == 0, run.err
+    report = run.json()
+    before = torch.load(path, weights_only=True)
+    after = torch.load(out, weights_only=True)["state_dict"]
+    assert {v.dtype for v in after.values() if v.is_floating_point()} == {dtype}
+    for key in ("stem.weight", "stem.bias", "body.4.weight", "head.1.weight", "body.2.bias"):
+        assert after[key].dtype == dtype and torch.equal(after[key], before[key]), key
+    # the bank is still one tensor for its 3 layers, so the count is the float32 one
+    assert report["params"]["shared"] == report["params"]["original"] + 3 * 3
+    # the group's error, recomputed from the stored bank and coefficients (float16 rounds them)
+    names = ("body.0", "body.2", "body.6")
+    w = torch.stack([before[f"{n}.weight"].double() for n in names])
+    fit = torch.stack([
+        torch.tensordot(after[f"{n}.coefficients"].double().reshape(-1),
+                        after[f"{n}.bank.templates"].double(), dims=1)
+        for n in names
+    ])  # fmt: skip
+    error = float((w - fit).norm() / w.norm())
+    (group,) = report["groups"]
+    assert group["relative_error"] == pytest.approx(error, rel=1e-3, abs=1e-7)
+    assert (error > 1e-5) == (dtype == torch.float16)
+    # the probe measured the network the file holds: rebuilt from it, the same difference
+    ckpt = load_checkpoint(out)
+    rebuilt = build_user_model(spec, ckpt.state_dict, ckpt.metadata, str(out)).eval()
+    original = build_user_model(spec, before, {}, str(path)).eval()
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((rebuilt(x) - original(x)).abs().max())
+    assert report["probe"]["shape"] == [16, 1, 8, 8]
+    assert report["probe"]["max_abs_diff"] == pytest.approx(diff, rel=1e-4, abs=1e-6)
+
+
+def test_probe_takes_the_data_images_and_flat_groups_are_named(ssc, user, tmp_path) -> None:
+    _, spec = user
+    spec = spec.replace(":build", ":pooled")
+    path = _user_checkpoint(spec, tmp_path / "pooled.pt")
+    args = ("share", str(path), "--model", spec, "--templates", "1", "--json")
+    plain = ssc(*args, "-o", str(tmp_path / "a.pt"))
+    assert plain.code == 0, plain.err
+    # no data: ssc fold's rule (the file says nothing of its data: 32x32 first, taken)
+    assert plain.json()["probe"]["shape"] == [16, 1, 32, 32]
+    assert plain.json()["probe"]["basis"] == "ssc fold's probe"
+    # a flat nn.Sequential has no common module path: the group is named by its ends
+    assert [(g["name"], g["layers"]) for g in plain.json()["groups"]] == [("2..4", ["2", "4"])]
+    measured = ssc(*args, "-o", str(tmp_path / "b.pt"), "--data", DATA, "--finetune-epochs", "0")
+    assert measured.code == 0, measured.err
+    assert measured.json()["probe"]["shape"] == [16, 1, 8, 8]  # the digits' 1x8x8
+    assert measured.json()["probe"]["basis"] == "the --data images' shape"
 
 
 def test_ctrl_c_while_writing_leaves_nothing(ssc, tmp_path: Path, monkeypatch) -> None:
@@ -344,6 +449,8 @@ REFUSALS = [
     (["WRN", "--templates", "1", "--data", "RGB"], "3 input channels"),
     (["WRN", "--templates", "1", "--data", "CLASSES"], "12 classes"),
     (["USER", "--model", "build", "--templates", "1", "--data", "LARGE"], "cannot take"),
+    (["LISTED", "--model", "listed", "--templates", "1"], "uses a weight it does not register"),
+    (["NOISY", "--model", "noisy", "--templates", "1"], "does not compute from its registered"),
 ]
 
 
@@ -360,13 +467,12 @@ def test_refusals_are_one_line_and_exit_2(ssc, user, work, tmp_path, args, messa
         "USER": str(user_path),
         "OUT.safetensors": str(tmp_path / "out.safetensors"),
         "build": spec,
-        "lonely": spec.replace(":build", ":lonely"),
     }
-    if "LONELY" in args:
-        from soft_share_cli.models.user import load_factory
-
-        places["LONELY"] = str(tmp_path / "lonely.pt")
-        torch.save(load_factory(places["lonely"])().state_dict(), places["LONELY"])
+    for name in ("lonely", "listed", "noisy"):
+        places[name] = spec.replace(":build", f":{name}")
+        if name.upper() in args:
+            path = _user_checkpoint(places[name], tmp_path / f"{name}.pt")
+            places[name.upper()] = str(path)
     if "RGB" in args:
         places["RGB"] = _npz(tmp_path / "rgb.npz", 3, 10)
     if "CLASSES" in args:

@@ -291,14 +291,14 @@ def test_bottleneck_resnet_1x1_convs_do_not_break_runs() -> None:
 def test_flat_vgg_sequential() -> None:
     found = find_groups(vgg())
     assert _layout(found) == [
-        ("(root)", ("2", "4"), (8, 8, 3, 3)),
-        ("(root)#2", ("10", "12", "14"), (16, 16, 3, 3)),
+        ("2..4", ("2", "4"), (8, 8, 3, 3)),
+        ("10..14", ("10", "12", "14"), (16, 16, 3, 3)),
     ]
 
 
 def test_convs_of_one_weight_shape_but_other_geometry_form_a_run() -> None:
     found = find_groups(geometry())
-    assert _layout(found) == [("(root)", ("1", "2", "3", "4"), (8, 4, 3, 3))]
+    assert _layout(found) == [("1..4", ("1", "2", "3", "4"), (8, 4, 3, 3))]
 
 
 def test_module_dict_and_module_list_stages_are_separate() -> None:

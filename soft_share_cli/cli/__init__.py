@@ -139,6 +139,13 @@ def _show_click_error(exc: click.ClickException) -> None:
         value = getattr(exc, name, None)
         if isinstance(value, str):
             setattr(exc, name, inert(value))
+    if isinstance(exc, click.UsageError):
+        # One line, like every other error: the message, and where the help is.
+        command = exc.ctx.command_path if exc.ctx is not None else "ssc"
+        message = inert(exc.format_message()).rstrip(".")
+        sys.stderr.write(f"Error: {message} (see '{command} --help')\n")
+        sys.stderr.flush()
+        return
     buffer = io.StringIO()
     exc.show(file=buffer)
     sys.stderr.write(inert_lines(buffer.getvalue()))

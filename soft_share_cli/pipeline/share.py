@@ -7,7 +7,9 @@ the shared network against the original on a seeded random probe, and with ``--d
 top-1 before and right after the conversion, fine-tune with the ``ssc train`` recipe (resumable
 through ``OUTPUT.partial`` exactly as ``ssc train`` is) and measure again. The output is written
 atomically: an ordinary SWRN checkpoint for a WRN (every ssc command reads it), the user's network
-with its sharing record otherwise (rebuilt with ``--model``).
+with its sharing record otherwise (rebuilt with ``--model``, so it must build twice to the same
+network: :func:`~.share_source.second_build`). Every tensor is written in the source's dtype, and
+the probe and top-1 are measured on the values as written (computed in float32).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import hashlib
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,24 @@ class _Shared:
     arch_kwargs: dict[str, Any]
     history: tuple[Any, ...]
     seconds: float
+
+
+class _Stored(nn.Module):
+    """The state dict as written (the source's dtypes), for
+    :func:`~soft_share_cli.training.resume.train_resumably`, which saves ``model.state_dict()``."""
+
+    def __init__(self, state: dict[str, Any]):
+        super().__init__()
+        self.stored = state
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return dict(self.stored)
+
+
+def _stored(conv: _Conversion, model: nn.Module) -> dict[str, Any]:
+    from soft_share_cli.pipeline.share_source import stored_state
+
+    return stored_state(model.state_dict(), conv.ckpt.state_dict, conv.dtypes)
 
 
 def _sha256(path: str | Path) -> str:
@@ -100,6 +120,7 @@ class _Conversion:
     arch: str = ""
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     probe: ProbeCheck | None = None
+    dtypes: dict[str, Any] = field(default_factory=dict)  # the stored dtype of each float key
     sha256: str = ""
     parameters: int = 0  # unique parameters of the source file
 
@@ -141,9 +162,14 @@ def share_checkpoint(
         splits = training_splits(options.data, output)
         src.check_data_fits(source, splits[1], options.data)
     conv = _Conversion(str(path), ckpt, source, groups, ks, (), note)
-    conv.shared, conv.fits, conv.arch, conv.arch_kwargs = src.convert(source, groups, ks)
-    conv.rows = src.group_fits(groups, ks, needed, conv.fits)
-    conv.probe = src.compare(source.model, conv.shared, src.probe_inputs(ckpt, source))
+    probe, basis = src.probe_inputs(ckpt, source, None if splits is None else splits[1])
+    copy = src.second_build(source, probe)
+    conv.shared, conv.fits, conv.arch, conv.arch_kwargs = src.convert(source, groups, ks, copy)
+    conv.dtypes = src.stored_dtypes(ckpt.state_dict, conv.shared.state_dict(), groups)
+    src.round_to_stored(conv.shared, conv.dtypes)  # measured as written: in the source's dtypes
+    errors = src.stored_errors(source, conv.shared, groups, conv.dtypes)
+    conv.rows = src.group_fits(groups, ks, needed, conv.fits, errors)
+    conv.probe = src.compare(source.model, conv.shared, probe, basis)
     conv.sha256, conv.parameters = _sha256(path), count_state_dict_parameters(ckpt.state_dict)
     figures: dict[str, float] = {}
     if splits is not None:
@@ -223,7 +249,7 @@ def _write(
         if splits is not None:
             tuned = bool(result.history)
             figures["shared"] = (
-                _top1(result.model, splits[1], options, "shared", progress)
+                _top1(shared, splits[1], options, "shared", progress)
                 if tuned
                 else figures["converted"]
             )
@@ -236,10 +262,11 @@ def _write(
             output,
             arch=conv.arch,
             arch_kwargs=conv.arch_kwargs,
-            state_dict=shared.state_dict(),
+            state_dict=_stored(conv, shared),
             metadata=metadata(result),
         )
         return result, 0
+    from soft_share_cli.pipeline import share_source as src
     from soft_share_cli.sharing.finetune import finetune
     from soft_share_cli.training.resume import train_resumably
 
@@ -258,7 +285,9 @@ def _write(
                 on_epoch=on_epoch,
                 resume=state,
             )
-        return _Shared(shared, conv.arch, conv.arch_kwargs, tuple(history), seconds)
+        src.round_to_stored(shared, conv.dtypes)  # what is measured next is what is written
+        stored = _Stored(_stored(conv, shared))  # train_resumably writes its state_dict()
+        return _Shared(stored, conv.arch, conv.arch_kwargs, tuple(history), seconds)
 
     # ``run`` stands in for the TrainConfig: the state file keeps and compares its to_dict()
     result, _, resumed = train_resumably(
@@ -303,7 +332,9 @@ def _metadata(
         },
     }
     if conv.arch == "user":  # what rebuilds the banks on the user's freshly built network
-        meta[RECORD_KEY] = sharing_record(conv.groups, conv.ks, conv.fits)
+        pairs = zip(conv.fits, conv.rows, strict=True)  # the errors as stored
+        fits = [replace(f, relative_error=r.relative_error) for f, r in pairs]
+        meta[RECORD_KEY] = sharing_record(conv.groups, conv.ks, fits)
     for key in ("preprocessing", "num_classes"):  # what the probes of analyze and fold read
         value = _plain_copy(conv.ckpt.metadata.get(key))
         if value is not None:

@@ -41,6 +41,7 @@ class ProbeCheck:
     shape: tuple[int, ...]  # (samples, *input shape)
     max_abs_diff: float  # max |logit difference|
     max_abs_logit: float  # max |logit| of the original: the scale the difference is read on
+    basis: str = "ssc fold's probe"  # where the input shape comes from (or "the --data images'")
 
     @property
     def relative(self) -> float | None:
@@ -53,6 +54,7 @@ class ProbeCheck:
             "max_abs_diff": self.max_abs_diff,
             "max_abs_logit": self.max_abs_logit,
             "relative": self.relative,
+            "basis": self.basis,
         }
 
 

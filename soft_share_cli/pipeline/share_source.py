@@ -154,11 +154,59 @@ def choose_templates(
     return [k] * len(groups), needed, note
 
 
+def second_build(source: Source, x: torch.Tensor) -> nn.Module | None:
+    """The user's network built again (the copy to convert; None for a WRN), refused (exit 2)
+    unless it computes what the first build does on the probe ``x``: a weight it does not
+    register (a conv in a plain list) is drawn anew by every build, every rebuild of the file too.
+    """
+    if source.is_wrn:
+        return None
+    from soft_share_cli.analysis.trace import trace_network
+    from soft_share_cli.models.builder import load_state_dict_checked
+    from soft_share_cli.models.user import load_factory
+
+    spec = source.model_spec
+    copy = load_factory(str(spec))().eval()
+    load_state_dict_checked(copy, source.model.state_dict(), f"the network built by {spec}")
+    first, second = trace_network(source.model, x[:2]), trace_network(copy, x[:2])
+    if len(first.calls) == len(second.calls):  # the weights each conv/linear call used
+        bad = [
+            a
+            for a, b in zip(first.calls, second.calls, strict=True)
+            if a.weight_shape != b.weight_shape or not torch.equal(a.weight, b.weight)
+        ]
+        if bad:
+            names = ", ".join(_call_name(c) for c in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise InputError(
+                f"the network built by {spec} uses a weight it does not register ({names}): its "
+                "values are not in the checkpoint; keep layers in nn.ModuleList"
+            )
+    with torch.inference_mode():
+        a, b = source.model(x), copy(x)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape:
+        scale = float(a.abs().max())
+        if float((a - b).abs().max()) > 1e-4 * scale or len(first.calls) != len(second.calls):
+            raise InputError(
+                f"the network built by {spec} does not compute from its registered weights: "
+                "built twice from the checkpoint it gives other logits on the probe (randomness "
+                "in eval mode, or tensors kept outside its parameters and buffers)"
+            )
+    return copy
+
+
+def _call_name(call: Any) -> str:
+    if call.layer:
+        return call.layer
+    where = f"in {call.module}" if call.module else "in its own forward"
+    return f"a {call.op} with a {'x'.join(map(str, call.weight_shape))} weight {where}"
+
+
 def convert(
-    source: Source, groups: Sequence[ShareGroup], ks: Sequence[int]
+    source: Source, groups: Sequence[ShareGroup], ks: Sequence[int], copy: nn.Module | None
 ) -> tuple[nn.Module, list[Any], str, dict[str, Any]]:
-    """The shared network (the source is left as it is), the fits, and the architecture name
-    and constructor arguments it is saved with."""
+    """The shared network (the source is left as it is; a user network's ``copy``, from
+    :func:`second_build`, is converted in place), the fits, and the architecture name and
+    constructor arguments it is saved with."""
     from soft_share_cli.sharing.convert import share_network, share_wrn
 
     if source.is_wrn:
@@ -172,42 +220,48 @@ def convert(
             "in_channels": m.in_channels,
         }
         return shared.eval(), fits, "swrn", kwargs
-    from soft_share_cli.models.builder import load_state_dict_checked
-    from soft_share_cli.models.user import load_factory
-
-    assert source.model_spec is not None
-    shared = load_factory(source.model_spec)()  # a second copy to convert in place
-    load_state_dict_checked(
-        shared, source.model.state_dict(), f"the network built by {source.model_spec}"
-    )
-    fits = share_network(shared.eval(), groups, ks)
-    return shared, fits, "user", {"model": source.model_spec}
+    assert copy is not None and source.model_spec is not None
+    fits = share_network(copy.eval(), groups, ks)
+    return copy, fits, "user", {"model": source.model_spec}
 
 
 def group_fits(
-    groups: Sequence[ShareGroup], ks: Sequence[int], needed: Sequence[int | None], fits: Any
+    groups: Sequence[ShareGroup],
+    ks: Sequence[int],
+    needed: Sequence[int | None],
+    fits: Any,
+    errors: Sequence[float | None] = (),
 ) -> tuple[GroupFit, ...]:
-    """The report's row per group."""
+    """The report's row per group (``errors``: a group's error as stored, where the stored
+    dtype changed it: see :func:`stored_errors`)."""
+    errors = list(errors) or [None] * len(groups)
     return tuple(
-        GroupFit(g.name, g.layers, g.shape, int(k), float(f.relative_error), n)
-        for g, k, n, f in zip(groups, ks, needed, fits, strict=True)
+        GroupFit(g.name, g.layers, g.shape, int(k), float(f.relative_error if e is None else e), n)
+        for g, k, n, f, e in zip(groups, ks, needed, fits, errors, strict=True)
     )
 
 
-def probe_inputs(ckpt: LoadedCheckpoint, source: Source, samples: int = 16) -> torch.Tensor:
-    """Seeded random inputs the source takes: ``ssc fold``'s probe (8x8 for a WRN, the
-    training data's size for a user network where its metadata says, else 32x32)."""
+def probe_inputs(
+    ckpt: LoadedCheckpoint, source: Source, data: Any = None, samples: int = 16
+) -> tuple[torch.Tensor, str]:
+    """Seeded random inputs the source takes, and where their shape comes from: the images of
+    ``--data`` when given, else ``ssc fold``'s probe (8x8 for a WRN; for a user network the
+    shape :func:`~soft_share_cli.analysis.trace.probe_shape_for` finds, as ``ssc fold`` does)."""
+    generator = torch.Generator().manual_seed(0)
+    if data is not None:
+        shape = tuple(int(n) for n in data.x.shape[1:])
+        return torch.randn(samples, *shape, generator=generator), "the --data images' shape"
     if source.is_wrn:
         from soft_share_cli.folding.verify import probe_input
 
-        return probe_input(ckpt, source.model, samples, seed=0)
+        return probe_input(ckpt, source.model, samples, seed=0), "ssc fold's probe"
     from soft_share_cli.analysis.trace import probe_shape_for
 
     shape = probe_shape_for(source.model, ckpt.metadata)
-    return torch.randn(samples, *shape, generator=torch.Generator().manual_seed(0))
+    return torch.randn(samples, *shape, generator=generator), "ssc fold's probe"
 
 
-def compare(original: nn.Module, shared: nn.Module, x: torch.Tensor) -> ProbeCheck:
+def compare(original: nn.Module, shared: nn.Module, x: torch.Tensor, basis: str) -> ProbeCheck:
     """Max |logit difference| between the two networks (eval mode) on ``x``."""
     original.eval(), shared.eval()
     with torch.inference_mode():
@@ -221,7 +275,7 @@ def compare(original: nn.Module, shared: nn.Module, x: torch.Tensor) -> ProbeChe
             "the original or shared network gives non-finite outputs on the probe inputs; "
             "nothing was written"
         )
-    return ProbeCheck(tuple(x.shape), diff, scale)
+    return ProbeCheck(tuple(x.shape), diff, scale, basis)
 
 
 def check_data_fits(source: Source, data: Any, spec: str) -> None:
@@ -255,3 +309,88 @@ def check_data_fits(source: Source, data: Any, spec: str) -> None:
             f"{spec} has {data.num_classes} classes but {source.architecture} predicts "
             f"{logits.shape[1]}"
         )
+
+
+# --- the dtypes written: the source's --------------------------------------------------------
+
+
+def stored_dtypes(
+    source: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], groups: Sequence[ShareGroup]
+) -> dict[str, torch.dtype]:
+    """The dtype each float of ``shared`` is written in: its source key's; for a new tensor of a
+    group (bank, coefficients) its layers' weights'; else the source's most common one."""
+    floats = [t for t in source.values() if t.is_floating_point()]
+    counts: dict[torch.dtype, int] = {}
+    for t in floats:
+        counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    most = max(counts, key=lambda d: counts[d]) if counts else torch.float32
+    layers = {f"{name}.": source.get(f"{name}.weight") for g in groups for name in g.layers}
+    out: dict[str, torch.dtype] = {}
+    for key, value in shared.items():
+        if not value.is_floating_point():
+            continue
+        old = source.get(key)
+        if old is not None and old.is_floating_point():
+            out[key] = old.dtype
+            continue
+        prefix = next((p for p in layers if key.startswith(p)), None)
+        weight = layers.get(prefix) if prefix is not None else None
+        out[key] = weight.dtype if weight is not None else most
+    return out
+
+
+def round_to_stored(model: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
+    """Round ``model``'s tensors in place to what their stored dtype holds (measured as written)."""
+    with torch.no_grad():
+        for key, tensor in model.state_dict(keep_vars=True).items():
+            dtype = dtypes.get(key)
+            if dtype is not None and dtype != tensor.dtype:
+                tensor.copy_(tensor.to(dtype))
+
+
+def stored_state(
+    shared: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    dtypes: dict[str, torch.dtype],
+) -> dict[str, torch.Tensor]:
+    """``shared`` in its stored dtypes: a tensor left as it was is the source's own (bit for bit,
+    float64 too); the others are cast a storage at a time (a bank's layers still share it)."""
+    out: dict[str, torch.Tensor] = {}
+    cast: dict[int, torch.Tensor] = {}
+    for key, value in shared.items():
+        old, dtype = source.get(key), dtypes.get(key, value.dtype)
+        same = old is not None and old.dtype == dtype and old.shape == value.shape
+        if same and torch.equal(old.to(value.dtype), value):  # type: ignore[union-attr]
+            out[key] = old  # type: ignore[assignment]
+            continue
+        if dtype == value.dtype:
+            out[key] = value
+            continue
+        storage = value.untyped_storage()
+        if storage.data_ptr() not in cast:
+            flat = torch.empty(0, dtype=value.dtype, device=value.device).set_(storage)
+            cast[storage.data_ptr()] = flat.to(dtype)
+        base = cast[storage.data_ptr()]
+        out[key] = base.as_strided(value.shape, value.stride(), value.storage_offset())
+    return out
+
+
+def stored_errors(
+    source: Source, shared: nn.Module, groups: Sequence[ShareGroup], dtypes: dict[str, Any]
+) -> list[float | None]:
+    """Per group: the relative error of the bank as stored, where its dtype is coarser than the
+    float32 it was fitted in (float16, bfloat16); None where storing it changes nothing."""
+    out: list[float | None] = []
+    for group in groups:
+        keys = [k for k in dtypes if k.startswith(f"{group.layers[0]}.")]
+        if all(torch.finfo(dtypes[k]).eps <= torch.finfo(torch.float32).eps for k in keys):
+            out.append(None)
+            continue
+        layers: list[Any] = [shared.get_submodule(n) for n in group.layers]  # SharedConv2d
+        with torch.no_grad():
+            w = torch.stack([source.model.get_parameter(f"{n}.weight") for n in group.layers])
+            fit = torch.stack([layer.weight() for layer in layers]).double()
+            w = w.double()
+        norm = float(w.norm())
+        out.append(float((w - fit).norm()) / norm if norm > 0 else 0.0)
+    return out

@@ -49,7 +49,7 @@ def render_share(report: Any) -> None:
     p = report.probe
     relative = "" if p.relative is None else f", {100 * p.relative:.3g} % of the largest |logit|"
     out.print(
-        f"probe: {p.shape[0]} random inputs {tuple(p.shape[1:])}, shared vs original: "
+        f"probe: {p.shape[0]} random inputs {tuple(p.shape[1:])} ({p.basis}), shared vs original: "
         f"max |Δlogit| {p.max_abs_diff:.2e}{relative}"
     )
     if report.history:

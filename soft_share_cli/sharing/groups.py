@@ -34,7 +34,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 class ShareGroup:
     """Layers (module names, in module order) that will draw their weights from one bank."""
 
-    name: str  # the layers' longest common module path ("(root)" when they have none)
+    name: str  # the layers' longest common module path, else "FIRST..LAST" (a flat Sequential)
     layers: tuple[str, ...]
     shape: tuple[int, ...]  # the weight shape every layer has
 
@@ -51,6 +51,8 @@ class ShareGroup:
 
 
 def _common_name(layers: Sequence[str]) -> str:
+    """The layers' longest common module path; with none (layers of a flat ``nn.Sequential``,
+    or of the root) the first and last layer, ``3..11``, which tells two such groups apart."""
     parts = [name.split(".") for name in layers]
     common: list[str] = []
     for pieces in zip(*parts, strict=False):
@@ -59,7 +61,9 @@ def _common_name(layers: Sequence[str]) -> str:
         common.append(pieces[0])
     if len(common) == len(parts[0]):  # one layer: its parent
         common = common[:-1]
-    return ".".join(common) or "(root)"
+    if common:
+        return ".".join(common)
+    return layers[0] if len(layers) == 1 else f"{layers[0]}..{layers[-1]}"
 
 
 def _named(groups: list[tuple[list[str], tuple[int, ...]]]) -> list[ShareGroup]:
