@@ -38,7 +38,8 @@ class ArchSpec:
     def describe(self) -> str:
         """Human name, e.g. ``SWRN 28-10-4`` or ``WRN 16-1``, with classes and channels."""
         k = self.kwargs
-        if self.arch in ("sfcn", "fcn") and {"blocks", "width"} <= k.keys():
+        depth_key = "iterations" if self.arch == "rfcn" else "blocks"  # rfcn: one block looped
+        if self.arch in ("sfcn", "fcn", "rfcn") and {depth_key, "width"} <= k.keys():
             from soft_share_cli.models.recurrent import describe_fcn
 
             return describe_fcn(self.arch, k)
@@ -115,49 +116,13 @@ def load_state_dict_checked(
     import torch
 
     fillable = check_state_dict_fits(model, state_dict, what)
+    from soft_share_cli.models.aliases import check_aliases_agree
+
     check_aliases_agree(model, state_dict, what)
     full = dict(state_dict)
     for key in fillable:
         full[key] = torch.zeros((), dtype=torch.long)
     model.load_state_dict(full, strict=True, assign=assign)
-
-
-def check_aliases_agree(model: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
-    """Raise :class:`CheckpointError` when keys that name ONE tensor of ``model`` (a bank seen
-    from every layer that uses it, a hard-tied weight) hold different values in the file.
-
-    ``load_state_dict`` copies every key into that one tensor, so the last copy would win
-    silently and the file would say two things at once. Copies that are one storage in the file
-    (what torch.save writes for a shared tensor) are not compared.
-    """
-    import torch
-
-    holders: dict[int, list[str]] = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        holders.setdefault(id(tensor), []).append(key)
-    for keys in holders.values():
-        present = [k for k in keys if k in state_dict]
-        if len(present) < 2:
-            continue
-        first = state_dict[present[0]]
-        for key in present[1:]:
-            other = state_dict[key]
-            if (
-                other.device == first.device
-                and other.dtype == first.dtype
-                and other.shape == first.shape
-                and other.stride() == first.stride()
-                and (other.device.type == "meta" or other.data_ptr() == first.data_ptr())
-            ):
-                continue  # one storage, one set of values
-            same = other.shape == first.shape and torch.equal(
-                other.detach().to("cpu", torch.float64), first.detach().to("cpu", torch.float64)
-            )
-            if not same:
-                raise CheckpointError(
-                    f"the weights do not fit {what}: {present[0]} and {key} are one tensor in "
-                    "the network, but the file holds different values under them"
-                )
 
 
 def check_state_dict_fits(
@@ -208,6 +173,8 @@ _BOUNDED_KWARGS: dict[str, dict[str, tuple[int, str]]] = {
 }
 _BOUNDED_KWARGS["wrn"] = {k: v for k, v in _BOUNDED_KWARGS["swrn"].items() if k != "num_templates"}
 _BOUNDED_KWARGS["fcn"] = {k: v for k, v in _BOUNDED_KWARGS["sfcn"].items() if k != "num_templates"}
+_BOUNDED_KWARGS["rfcn"] = {"iterations": (1, "MAX_ITERATIONS"), **_BOUNDED_KWARGS["fcn"]}
+del _BOUNDED_KWARGS["rfcn"]["blocks"]  # one block, looped: its trained count is `iterations`
 
 
 def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the checkpoint") -> None:
@@ -250,7 +217,7 @@ def minimum_parameters(arch: str, kwargs: Mapping[str, Any]) -> int:
             shared = (n - 1) * 2 * templates + templates * c * c * 9 if arch == "swrn" else 0
             total += (n - 1) * 4 * c + (shared if arch == "swrn" else (n - 1) * 2 * 9 * c * c)
         return max(0, total)
-    if arch in ("sfcn", "fcn"):
+    if arch in ("sfcn", "fcn", "rfcn"):  # rfcn: an fcn of one block
         blocks, width, classes = k.get("blocks", 1), k.get("width", 1), k.get("num_classes", 2)
         body = (
             blocks * 2 * k["num_templates"] + k["num_templates"] * width * width * 9
@@ -286,7 +253,7 @@ def _minimum_keys(arch: str, kwargs: Mapping[str, Any]) -> int:
     """A lower bound on the state-dict keys of ssc's ``arch`` (0: unknown)."""
     if arch in ("swrn", "wrn"):  # per block: two BatchNorms' 4 tensors each and two convs
         return 3 * ((kwargs.get("depth", 10) - 4) // 6) * 10
-    if arch in ("sfcn", "fcn"):  # per block: two convs
+    if arch in ("sfcn", "fcn", "rfcn"):  # per block: two convs (rfcn: one block)
         return 2 * kwargs.get("blocks", 1)
     return 0
 
