@@ -26,17 +26,28 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
     "--arch",
     ARCHS,
     "swrn",
-    "swrn/wrn: image classifiers; sfcn/fcn: shared/plain nets for maze and prefix-sums.",
+    "swrn/wrn: image classifiers; sfcn/fcn/rfcn: shared/plain/recurrent (one block looped) "
+    "nets for maze and prefix-sums.",
 )
 @click.option(
     "--depth", type=int, default=16, show_default=True, help="6n+4: 16, 22, 28, ... (wrn also 10)."
 )
 @opts.count_option("--width", 1, "Width multiplier k of WRN-d-k (swrn, wrn only).")
 @opts.count_option("--templates", 3, "K (swrn, sfcn only).")
-@opts.count_option("--blocks", 12, "Residual blocks (fcn, sfcn only).")
-@opts.count_option("--channels", 32, "fcn, sfcn only.")
+@opts.count_option("--blocks", 12, "Residual blocks (fcn, sfcn); rfcn: its iterations.")
+@opts.count_option("--channels", 32, "fcn, sfcn, rfcn only.")
 @opts.count_option(
-    "--supervise", 1, "fcn, sfcn: score the read-outs of the last N blocks (1: the output only)."
+    "--supervise",
+    1,
+    "fcn, sfcn, rfcn: score the read-outs of the last N blocks (1: the output only).",
+)
+@click.option(
+    "--progressive",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="fcn, sfcn, rfcn: weight alpha of the progressive loss (Bansal et al. 2022): each step "
+    "also scores k blocks run after n without gradient (n, k random); 0: off.",
 )
 @opts.count_option("--epochs", 30, "Passes over the training split.")
 @opts.count_option("--batch-size", 64, "Samples per optimizer step.")
@@ -90,7 +101,7 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
 @opts.json_option
 @opts.common
 def train_command(data_spec: str, output: str, resume: bool, as_json: bool, **options: Any) -> None:
-    """Train a network (--arch swrn, wrn, sfcn, fcn); write a self-describing checkpoint.
+    """Train a network (--arch swrn, wrn, sfcn, fcn, rfcn); write a self-describing checkpoint.
 
     The state after each epoch is kept in OUTPUT.partial until the run completes, so an
     interrupted run can be continued with --resume.

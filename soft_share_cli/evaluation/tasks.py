@@ -64,11 +64,18 @@ class TaskEvalResult(Measured):
         }
 
 
+def runs_longer(model: nn.Module) -> bool:
+    """A network whose loop can run any number of iterations: a folded looped FCN, or the
+    recurrent network (``--arch rfcn``)."""
+    from soft_share_cli.folding.looped import LoopedFCN
+    from soft_share_cli.models.recurrent_net import RecurrentFCN
+
+    return isinstance(model, LoopedFCN | RecurrentFCN)
+
+
 def loop_iterations(model: nn.Module) -> int | None:
     """The iterations a looped network runs (its ``iterations`` attribute), None for others."""
-    from soft_share_cli.folding.looped import LoopedFCN
-
-    return model.iterations if isinstance(model, LoopedFCN) else None
+    return model.iterations if runs_longer(model) else None  # type: ignore[return-value]
 
 
 def evaluate_task(
@@ -173,10 +180,10 @@ def iteration_sweep(
         InputError: not a looped network; a count < 1 or above ``limits.MAX_ITERATIONS``.
         DataError: ``data`` is not per-pixel, or the network's output does not fit it.
     """
-    from soft_share_cli.folding.looped import LoopedFCN
-
-    if not isinstance(model, LoopedFCN):
-        raise InputError("an iteration sweep needs a looped network (ssc fold an sfcn)")
+    if not runs_longer(model):
+        raise InputError(
+            "an iteration sweep needs a looped network (ssc fold an sfcn, or train --arch rfcn)"
+        )
     wanted = sorted({int(n) for n in iterations})
     if not wanted:
         raise InputError("an iteration sweep needs at least one iteration count")

@@ -35,8 +35,9 @@ from torch import Tensor, nn
 from soft_share_cli.models.layers import SConv2d, TemplateBank
 
 
-def _init_conv_(weight: Tensor) -> None:
-    """PyTorch's default conv spread, ``std = 1 / sqrt(3 fan_in)``, drawn from a normal."""
+def init_conv_(weight: Tensor) -> None:
+    """PyTorch's default conv spread, ``std = 1 / sqrt(3 fan_in)``, drawn from a normal (every
+    task network's convs: these, and :class:`~.recurrent_net.RecurrentFCN`'s)."""
     fan_in = weight[0].numel()
     nn.init.normal_(weight, 0.0, 1.0 / math.sqrt(3 * fan_in))
 
@@ -108,12 +109,12 @@ class _FullyConvolutional(nn.Module):
             return  # built on the meta device to receive a checkpoint's weights: nothing to draw
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                _init_conv_(m.weight)
+                init_conv_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, TemplateBank):
                 for template in m.templates.data:
-                    _init_conv_(template)
+                    init_conv_(template)
         group = [m for m in self.body.modules() if isinstance(m, SConv2d)]
         if group:
             init = torch.empty(len(group), group[0].coefficients.numel())
@@ -130,6 +131,15 @@ class _FullyConvolutional(nn.Module):
         for block in self.body:
             h = block(h, e if self.recall else None)
             yield h
+
+    def advance(self, h: Tensor, e: Tensor, start: int, stop: int) -> Tensor:
+        """The state after blocks ``start .. stop - 1`` (from 0) applied in order to ``h``, the
+        state before block ``start`` (``e``, the stem's output, when ``start`` is 0); ``e`` is
+        the recall. The progressive loss runs a network part by part with it."""
+        recall = e if self.recall else None
+        for block in self.body[start:stop]:
+            h = block(h, recall)
+        return h
 
     def features(self, x: Tensor) -> Tensor:
         """The body's output state ``(N, w, H, W)``."""
@@ -173,8 +183,11 @@ class SFCN(_FullyConvolutional):
 
 
 def describe_fcn(arch: str, kwargs: dict) -> str:
-    """Human name, e.g. ``SFCN 12x32, K=4 (2 classes, 3 input channels)``."""
+    """Human name, e.g. ``SFCN 12x32, K=4 (2 classes, 3 input channels)``; an rfcn (one block
+    looped) ``RFCN 1x32 looped 12 times (...)``."""
     name = f"{arch.upper()} {kwargs.get('blocks')}x{kwargs.get('width')}"
+    if arch == "rfcn":
+        name = f"RFCN 1x{kwargs.get('width')} looped {kwargs.get('iterations')} times"
     if arch == "sfcn":
         name += f", K={kwargs.get('num_templates')}"
     channels = kwargs.get("in_channels", 3)

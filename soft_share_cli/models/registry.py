@@ -9,6 +9,7 @@ from torch import nn
 
 from soft_share_cli.errors import ArchitectureError
 from soft_share_cli.models.recurrent import FCN, SFCN
+from soft_share_cli.models.recurrent_net import RecurrentFCN
 from soft_share_cli.models.wrn import SWRN, WRN
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -16,6 +17,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "wrn": WRN,
     "sfcn": SFCN,  # fully convolutional, one template bank: per-pixel algorithmic tasks
     "fcn": FCN,  # its plain counterpart
+    "rfcn": RecurrentFCN,  # one block looped, tied by construction, with recall
 }
 
 

@@ -180,18 +180,19 @@ def open_for_eval(
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.data.loaders import load_data
     from soft_share_cli.data.spec import parse_data_spec
-    from soft_share_cli.folding.looped import LoopedFCN
+    from soft_share_cli.evaluation.tasks import runs_longer
     from soft_share_cli.pipeline.network import open_network
 
     parsed = parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
     ckpt = load_checkpoint(path, key=key)
     model, name, channels = open_network(ckpt, path, model_spec)
-    trained = model.trained_iterations if task and isinstance(model, LoopedFCN) else None
+    trained = model.trained_iterations if task and runs_longer(model) else None
     if loop is not None:
-        if not isinstance(model, LoopedFCN):
+        if not runs_longer(model):
             raise InputError(
                 f"{path}: {name} has no loop that can run longer; {loop} needs a looped "
-                "network: fold an SFCN with `ssc fold CKPT -o FILE.safetensors`"
+                "network: fold an SFCN with `ssc fold CKPT -o FILE.safetensors`, or train "
+                "--arch rfcn"
             )
         if not is_task_spec(data_spec):
             raise DataError(

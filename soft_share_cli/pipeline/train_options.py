@@ -3,7 +3,8 @@
 :func:`train_config` turns the options into the trainer's config: a
 :class:`~soft_share_cli.training.classification.TrainConfig` for the image classifiers (swrn, wrn)
 or a :class:`~soft_share_cli.training.tasks.TaskTrainConfig` for the fully convolutional networks
-of the per-pixel tasks (sfcn, fcn). Importing this module loads no torch (``ssc --help`` does).
+of the per-pixel tasks (sfcn, fcn, rfcn). Importing this module loads no torch (``ssc --help``
+does).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "blocks": TASK_NETWORKS,
     "channels": TASK_NETWORKS,
     "supervise": TASK_NETWORKS,
+    "progressive": TASK_NETWORKS,  # rfcn's loop, or fcn/sfcn's blocks in order
 }
 
 
@@ -56,6 +58,7 @@ def train_config(
     blocks: int,
     channels: int,
     supervise: int,
+    progressive: float,
     epochs: int,
     batch_size: int,
     lr: float | None,
@@ -69,8 +72,9 @@ def train_config(
 ) -> TrainConfig | TaskTrainConfig:
     """The config of a training run of ``arch``, from ``ssc train``'s options.
 
-    Each family reads only its own options: depth and width for the classifiers; blocks,
-    channels and supervise for the task networks; templates for the soft-shared ones. Task
+    Each family reads only its own options: depth and width for the classifiers; blocks (an
+    rfcn's iterations), channels, supervise and progressive for the task networks; templates
+    for the soft-shared ones. Task
     training refuses ``augment`` and any schedule but cosine (:class:`InputError`, exit 2).
     """
     from soft_share_cli.training.regularizers import AlignMode
@@ -93,7 +97,14 @@ def train_config(
         if augment or schedule != "cosine":
             raise InputError("task training takes no --augment and only the cosine schedule")
         lr = DEFAULT_LR["task"] if lr is None else lr
-        return TaskTrainConfig(blocks=blocks, width=channels, lr=lr, supervise=supervise, **common)
+        return TaskTrainConfig(
+            blocks=blocks,
+            width=channels,
+            lr=lr,
+            supervise=supervise,
+            progressive=progressive,
+            **common,
+        )
     from soft_share_cli.training.classification import Schedule, TrainConfig
 
     if arch in SOFT_SHARED and depth in (4, 10):

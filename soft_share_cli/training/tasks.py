@@ -11,7 +11,9 @@ reused as it is.
 
 Every epoch records the on-the-fly training accuracy — per pixel and exact-solve (the share of
 training instances with every pixel right) — and the step count, so "trains faster" is measured
-as steps to a training accuracy (:func:`steps_to`), not asserted.
+as steps to a training accuracy (:func:`steps_to`), not asserted. ``progressive`` mixes in the
+progressive loss of Bansal et al. (:mod:`soft_share_cli.training.progressive`): for rfcn's loop,
+and block by block for fcn and sfcn.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
 from soft_share_cli.models.names import TASK_NETWORKS
-from soft_share_cli.training import fit
+from soft_share_cli.training import fit, progressive
 from soft_share_cli.training.regularizers import AlignMode
 
 if TYPE_CHECKING:
@@ -40,10 +42,11 @@ TASK_ARCHITECTURES = TASK_NETWORKS
 class TaskTrainConfig:
     """Everything that determines a task training run (together with the data)."""
 
-    arch: str = "sfcn"  # "sfcn" (soft-shared) or "fcn" (plain, unshared)
-    blocks: int = 12  # residual blocks in the body: its depth is the reach of the network
+    arch: str = "sfcn"  # "sfcn" (soft-shared), "fcn" (plain) or "rfcn" (one block, looped)
+    # residual blocks in the body (rfcn: iterations of its one block): the network's reach
+    blocks: int = 12
     width: int = 32  # channels of the body
-    num_templates: int | None = 4  # K of the one bank for sfcn; None for fcn
+    num_templates: int | None = 4  # K of the one bank for sfcn; None for fcn and rfcn
     recall: bool = True  # every block also sees the stem's encoding of the input
     epochs: int = 15
     batch_size: int = 64
@@ -56,6 +59,10 @@ class TaskTrainConfig:
     supervise: int = 1
     align: float = 0.0  # weight of the alignment regulariser; > 0 grows foldable networks
     align_mode: AlignMode = AlignMode.RECURRENT
+    # Weight alpha of the progressive loss (Bansal et al. 2022, training.progressive): each
+    # step also scores k iterations run from the detached state after n random ones, so the
+    # loop learns to improve any state and can run longer at test time. 0: off.
+    progressive: float = 0.0
     seed: int = 0  # seeds init and shuffling, so a run can be reproduced exactly
     device: str = "cpu"
 
@@ -71,7 +78,7 @@ class TaskEpochRecord:
     epoch: int
     steps: int
     lr: float  # at the epoch's last step
-    train_loss: float  # mean per-pixel cross-entropy, without the regulariser
+    train_loss: float  # mean per-pixel cross-entropy (mixed with the progressive loss if any)
     train_pixel_accuracy: float  # percent, on the fly in train mode
     train_exact: float  # percent of training instances solved exactly, on the fly
     test_pixel_accuracy: float | None
@@ -99,11 +106,12 @@ def task_arch_kwargs(config: TaskTrainConfig, data: Dataset) -> dict[str, Any]:
     """Constructor arguments for ``config.arch``, with classes and channels from ``data``."""
     if config.arch not in TASK_ARCHITECTURES:
         raise InputError(
-            f"task data needs a fully convolutional network: --arch sfcn (shared) or fcn "
-            f"(plain), not {config.arch!r}"
+            f"task data needs a fully convolutional network: --arch sfcn (shared), fcn "
+            f"(plain) or rfcn (recurrent), not {config.arch!r}"
         )
+    depth = "iterations" if config.arch == "rfcn" else "blocks"  # rfcn: one block, looped
     return {
-        "blocks": config.blocks,
+        depth: config.blocks,
         "width": config.width,
         **fit.bank_kwargs(config.arch, config.num_templates),
         "num_classes": data.num_classes,
@@ -122,6 +130,10 @@ def _check(config: TaskTrainConfig, train_data: Dataset) -> None:
         (config.weight_decay < 0, f"weight decay must be >= 0, got {config.weight_decay}"),
         (not config.clip > 0, f"gradient clip must be > 0, got {config.clip}"),
         (config.align < 0, f"alignment weight must be >= 0, got {config.align}"),
+        (
+            not 0.0 <= config.progressive <= 1.0,
+            f"the progressive loss weight must lie in [0, 1], got {config.progressive}",
+        ),
         (
             not 1 <= config.supervise <= config.blocks,
             f"supervise must lie in [1, blocks = {config.blocks}], got {config.supervise}",
@@ -172,7 +184,18 @@ class _TaskRecipe:
     def score(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        return _scored(model, x, y, self.config.supervise)
+        def full(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return _scored(model, x, y, self.config.supervise)
+
+        return progressive.mixed_loss(
+            model,
+            x,
+            y,
+            alpha=self.config.progressive,
+            total=self.config.blocks,
+            generator=generator,
+            full=full,
+        )
 
     def before_step(self, model: nn.Module) -> None:
         nn.utils.clip_grad_norm_(model.parameters(), self.config.clip)
