@@ -31,7 +31,8 @@ from soft_share_cli.pipeline.analyze import analyze_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_checkpoints"
-SAMPLE_FILES = sorted(p.name for p in SAMPLES.glob("*.p*"))
+# the soft-shared samples (the plain wrn28-1_digits.pt has no bank to analyse)
+SAMPLE_FILES = sorted(p.name for p in SAMPLES.glob("*.p*") if p.name != "wrn28-1_digits.pt")
 LEGACY = {"_use_new_zipfile_serialization": False}
 FORMATS = [pytest.param({}, id="zip"), pytest.param(LEGACY, id="legacy")]
 
