@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from soft_share_cli.render.tables import Table, kv_table, out, styled
+from soft_share_cli.render.tables import Table, epochs_table, kv_table, out, styled
 
 
 def _shape(shape: Any) -> str:
@@ -55,20 +55,7 @@ def render_share(report: Any) -> None:
     if report.history:
         epochs = len(report.history)
         title = f"Fine-tune ({epochs} epoch{'s' if epochs != 1 else ''})"
-        table = Table(title=title, title_justify="left")
-        for name in ("epoch", "lr", "loss", "train top-1", "test top-1", "align", "s"):
-            table.add_column(name, justify="right")
-        for e in report.history:
-            table.add_row(
-                str(e.epoch),
-                f"{e.lr:.4f}",
-                f"{e.train_loss:.4f}",
-                f"{e.train_top1:.2f}",
-                "-" if e.test_top1 is None else f"{e.test_top1:.2f}",
-                f"{e.align_penalty:.3f}",
-                f"{e.seconds:.1f}",
-            )
-        out.print(table)
+        out.print(epochs_table(title, report.history))
         if report.resumed_epochs:
             out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
     d = report.data

@@ -168,15 +168,12 @@ def render_eval(report: Any) -> None:
     out.print(kv_table("Evaluation", rows))
 
 
-def render_train(report: Any) -> None:
-    """``ssc train``: per-epoch history and where the checkpoint went."""
-    if report.kind == "task":  # a pipeline.train.TaskTrainReport
-        render_task_train(report)
-        return
-    table = Table(title=f"Training {report.architecture}", title_justify="left")
+def epochs_table(title: str, history: Any) -> Table:
+    """A classifier's epoch records (``training.classification.EpochRecord``) as a table."""
+    table = Table(title=title, title_justify="left")
     for name in ("epoch", "lr", "loss", "train top-1", "test top-1", "align", "s"):
         table.add_column(name, justify="right")
-    for e in report.history:
+    for e in history:
         table.add_row(
             str(e.epoch),
             f"{e.lr:.4f}",
@@ -186,7 +183,15 @@ def render_train(report: Any) -> None:
             f"{e.align_penalty:.3f}",
             f"{e.seconds:.1f}",
         )
-    out.print(table)
+    return table
+
+
+def render_train(report: Any) -> None:
+    """``ssc train``: per-epoch history and where the checkpoint went."""
+    if report.kind == "task":  # a pipeline.train.TaskTrainReport
+        render_task_train(report)
+        return
+    out.print(epochs_table(f"Training {report.architecture}", report.history))
     if report.resumed_epochs:
         out.print(f"resumed after epoch {report.resumed_epochs} (from {report.output}.partial)")
     out.print(
