@@ -22,8 +22,9 @@ def render_iterations(report: Any) -> None:
         out.print(kv_table("Evaluation", rows))
         out.print(_sweep_table(r))
         best = r.best
+        plural = "s" if best.iterations != 1 else ""
         out.print(
-            f"best: {best.iterations} iterations, {pct(best.exact)} solved exactly "
+            f"best: {best.iterations} iteration{plural}, {pct(best.exact)} solved exactly "
             f"({r.throughput:,.0f} samples/s on {report.device}, one pass to "
             f"{r.points[-1].iterations})"
         )

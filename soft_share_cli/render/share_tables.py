@@ -52,6 +52,11 @@ def render_share(report: Any) -> None:
         f"probe: {p.shape[0]} random inputs {tuple(p.shape[1:])} ({p.basis}), shared vs original: "
         f"max |Δlogit| {p.max_abs_diff:.2e}{relative}"
     )
+    if report.data is None and p.relative is not None and p.relative > 0.5:
+        out.print(
+            "note: the shared network's outputs are far from the original's; measure and "
+            "fine-tune it with --data SPEC --finetune-epochs N"
+        )
     if report.history:
         epochs = len(report.history)
         title = f"Fine-tune ({epochs} epoch{'s' if epochs != 1 else ''})"
@@ -74,3 +79,8 @@ def render_share(report: Any) -> None:
             table.add_row(name, f"{top1:.2f} %", delta)
         out.print(table)
     out.print(styled("fold it: ", "bold", report.fold_command))
+    if "--model" in report.fold_command:
+        out.print(
+            "  (a fold of your own network writes only where it stores less: layers that "
+            "--align made alike; otherwise it says 'nothing to fold')"
+        )
