@@ -296,3 +296,12 @@ def test_progressive_is_refused_for_classifiers_and_outside_0_1(ssc, tmp_path: P
     assert run.code == 2 and "--progressive does not apply to --arch wrn" in run.err
     run = ssc("train", "--arch", "rfcn", "--data", DATA, "--progressive", "1.5", "-o", str(out))
     assert run.code == 2 and "--progressive" in run.err and not out.exists()
+
+
+def test_fold_says_an_rfcn_is_already_a_loop(ssc, trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.safetensors"
+    run = ssc("fold", str(trained), "-o", str(out))
+    assert run.code == 2
+    assert len(run.err.strip().splitlines()) == 1
+    assert "already one block in a real loop" in run.err and "--model" not in run.err
+    assert not out.exists()

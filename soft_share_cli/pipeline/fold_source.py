@@ -77,6 +77,11 @@ class FoldSource:
                 raise ArchitectureError(
                     f"{ckpt.path}: {exc}; to fold your own network pass --model MODULE:CALLABLE"
                 ) from None
+            if spec.arch == "rfcn":
+                raise InputError(
+                    f"{ckpt.path}: nothing to fold: {spec.describe()} is already one block in "
+                    "a real loop; run it longer with `ssc eval --iterations N`"
+                )
             if spec.arch not in SOFT_SHARED:
                 raise InputError(
                     f"{ckpt.path}: nothing to fold: {spec.describe()} has no template banks "
