@@ -92,18 +92,11 @@ def run_sweep(
     """
     from soft_share_cli.evaluation.iterations import sweep_iterations
 
-    opened = open_for_eval(path, data_spec, model_spec, key, task=True, loop="--iterations")
-    callback = (lambda done, total: progress("sweeping", done, total)) if progress else None
-    with users_forward(model_spec):
-        result = sweep_iterations(
-            opened.model,
-            opened.data,
-            counts,
-            batch_size=batch_size,
-            device=device,
-            progress=callback,
-        )
-    return _report(path, data_spec, opened, device, batch_size, result)
+    def measure(model: Any, data: Any, **run: Any) -> Any:
+        return sweep_iterations(model, data, counts, **run)
+
+    where = (path, data_spec, model_spec, key)
+    return _run_loop(where, "--iterations", "sweeping", measure, batch_size, device, progress)
 
 
 def run_auto(
@@ -126,18 +119,11 @@ def run_auto(
     """
     from soft_share_cli.evaluation.iterations import evaluate_auto
 
-    opened = open_for_eval(path, data_spec, model_spec, key, task=True, loop="--iterations auto")
-    callback = (lambda done, total: progress("iterating", done, total)) if progress else None
-    with users_forward(model_spec):
-        result = evaluate_auto(
-            opened.model,
-            opened.data,
-            options,
-            batch_size=batch_size,
-            device=device,
-            progress=callback,
-        )
-    return _report(path, data_spec, opened, device, batch_size, result)
+    def measure(model: Any, data: Any, **run: Any) -> Any:
+        return evaluate_auto(model, data, options, **run)
+
+    where = (path, data_spec, model_spec, key)
+    return _run_loop(where, "--iterations auto", "iterating", measure, batch_size, device, progress)
 
 
 def run_any(
@@ -163,15 +149,24 @@ def run_any(
     return run_auto(path, data_spec, auto, **options)
 
 
-def _report(
-    path: str | Path, data_spec: str, opened: Any, device: str, batch_size: int, result: Any
+def _run_loop(
+    where: tuple[Any, str, str | None, str | None],
+    loop: str,
+    stage: str,
+    measure: Any,
+    batch_size: int,
+    device: str,
+    progress: Progress | None,
 ) -> IterationEvalReport:
+    """Open ``where`` (path, data spec, model spec, key) for a loop that runs longer and
+    ``measure(model, data, batch_size=, device=, progress=)`` it: a sweep or auto."""
+    path, data_spec, model_spec, key = where
+    opened = open_for_eval(path, data_spec, model_spec, key, task=True, loop=loop)
+    callback = (lambda done, total: progress(stage, done, total)) if progress else None
+    with users_forward(model_spec):
+        result = measure(
+            opened.model, opened.data, batch_size=batch_size, device=device, progress=callback
+        )
     return IterationEvalReport(
-        str(path),
-        opened.name,
-        data_spec,
-        opened.description,
-        device,
-        batch_size,
-        result,
+        str(path), opened.name, data_spec, opened.description, device, batch_size, result
     )
