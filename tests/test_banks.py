@@ -269,7 +269,7 @@ def test_non_finite_templates_reported(swrn_sd: dict[str, Tensor]) -> None:
 
 def test_ignored_keys_and_lookup() -> None:
     state_dict = {
-        "conv.templates": torch.randn(3, 3, 3, 3),  # 4-d: not a bank
+        "conv.templates": torch.randn(3, 3, 3),  # 3-d: not a bank (1-d banks are 4-d, 2-d 5-d)
         "x.coefficients": torch.randn(4, 2),  # not a coefficient vector
         "y.coefficients": torch.ones(3, dtype=torch.int64),  # not floating
         "mytemplates": torch.randn(1, 1, 1, 1, 1),  # last component is not "templates"

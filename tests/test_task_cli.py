@@ -119,7 +119,8 @@ def test_train_refuses_mismatched_data_and_networks(
 def test_classifier_on_task_data_is_a_clear_error(ssc) -> None:
     digits = str(SAMPLES / "swrn28-1-4_digits.pt")  # one input channel, like prefix sums
     run = ssc("eval", digits, "--data", "prefix-sums:length=8,count=4")
-    assert run.code == 2 and "not per-pixel" in run.err
+    assert run.code == 2 and "holds sequences (1-d)" in run.err, run.err
+    assert "network of 2-d convolutions" in run.err and run.err.count("\n") == 1
 
 
 def test_maze_samples_solve_as_listed(ssc, manifest) -> None:

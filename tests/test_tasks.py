@@ -106,9 +106,9 @@ def test_carver_is_seeded_and_varied() -> None:
 
 def test_prefix_sum_targets_are_the_running_parity() -> None:
     x, y = generate_prefix_sums(13, 50, np.random.default_rng(0))
-    assert x.shape == (50, 1, 1, 13) and y.shape == (50, 1, 13)
+    assert x.shape == (50, 1, 13) and y.shape == (50, 13)  # 1-d sequences, one channel
     assert set(np.unique(x)) <= {0.0, 1.0}
-    for bits, target in zip(x[:, 0, 0], y[:, 0], strict=True):
+    for bits, target in zip(x[:, 0], y, strict=True):
         parity = 0
         for i, bit in enumerate(bits):
             parity ^= int(bit)
@@ -133,7 +133,7 @@ def test_data_specs_load_tasks() -> None:
     assert maze.num_classes == 2 and maze.in_channels == 3
     assert maze.preprocessing["task"] == "maze" and maze.preprocessing["size"] == 3
     bits = load_data("prefix-sums:length=9,count=5?limit=2")
-    assert tuple(bits.x.shape) == (2, 1, 1, 9) and tuple(bits.y.shape) == (2, 1, 9)
+    assert tuple(bits.x.shape) == (2, 1, 9) and tuple(bits.y.shape) == (2, 9)
     assert parse_data_spec("maze:size=5").options == {"size": 5, "count": 1000, "seed": 0}
 
 

@@ -71,12 +71,13 @@ def is_coefficients(key: str, tensor: Any) -> bool:
 
 
 def is_templates(key: str, tensor: Any) -> bool:
-    """The authors' bank: ``...templates`` holding a 5-d floating ``(K, O, I, k, k)``."""
+    """The authors' bank: ``...templates`` holding a 5-d floating ``(K, O, I, k, k)`` (or a
+    bank of 1-d kernels, 4-d ``(K, O, I, k)``)."""
     return (
         key.rsplit(".", 1)[-1] == TEMPLATES
         and arrays.is_tensor(tensor)
         and arrays.is_floating(tensor)
-        and len(tensor.shape) == 5
+        and len(tensor.shape) in (4, 5)
         and tensor.shape[0] >= 1
     )
 

@@ -10,8 +10,9 @@ Algorithm?" (Schwarzschild et al., NeurIPS 2021): train on small instances, test
   0 on walls — so a convolution's zero padding reads as wall), ``start`` and ``goal`` (one cell
   each, distinct, drawn uniformly). The target is 1 on every pixel of the unique start-goal path
   (both ends included), 0 elsewhere.
-* **prefix-sums** ``length=L``: uniformly random bit strings as ``(1, 1, L)`` images; the target
-  at position ``i`` is the parity of bits ``0..i`` (the running sum modulo 2).
+* **prefix-sums** ``length=L``: uniformly random bit strings as 1-d sequences ``(1, L)`` (one
+  channel; the networks use 1-d convolutions); the target at position ``i`` is the parity of
+  bits ``0..i`` (the running sum modulo 2), so the answer at the end depends on every bit.
 
 Splits are independent draws: the train split of seed ``s`` uses the random stream ``(s, 0)``,
 the test split ``(s, 1)``, so ``ssc eval --data maze:size=9`` never sees training mazes' stream.
@@ -124,7 +125,8 @@ def parse_task_spec(task: str, text: str) -> TaskSpec:
 
 
 def task_arrays(spec: TaskSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` float32 ``(N, C, H, W)`` and ``y`` int64 ``(N, H, W)`` of one split of ``spec``."""
+    """``x`` float32 ``(N, C, H, W)`` and ``y`` int64 ``(N, H, W)`` of one split of ``spec``
+    (prefix sums: ``(N, 1, L)`` and ``(N, L)``)."""
     if split not in _STREAM:
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     rng = np.random.default_rng([spec.seed, _STREAM[split]])
@@ -220,10 +222,11 @@ def generate_mazes(
 def generate_prefix_sums(
     length: int, count: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` random bit strings as ``(N, 1, 1, L)`` images and their running parity."""
+    """``count`` random bit strings as ``(N, 1, L)`` sequences and their running parity
+    ``(N, L)``."""
     bits = rng.integers(0, 2, size=(count, length), dtype=np.int64)
     parity = np.bitwise_xor.accumulate(bits, axis=1)  # = cumsum % 2, without a temporary
-    return bits.astype(np.float32).reshape(count, 1, 1, length), parity.reshape(count, 1, length)
+    return bits.astype(np.float32).reshape(count, 1, length), parity
 
 
 def describe_task(spec: TaskSpec) -> str:

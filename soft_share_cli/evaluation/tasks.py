@@ -26,8 +26,28 @@ if TYPE_CHECKING:
 
 
 def is_task_data(data: Dataset) -> bool:
-    """Whether ``data`` has a label per pixel, ``y`` of shape ``(N, H, W)``."""
-    return data.y.dim() == 3
+    """Whether ``data`` has a label per pixel, ``y`` of shape ``(N, H, W)`` (images) or per
+    position, ``(N, L)`` (sequences)."""
+    return data.y.dim() in (2, 3)
+
+
+def check_data_dims(model: nn.Module, data: Dataset, spec: str, name: str) -> None:
+    """Refuse (DataError) sequences for a network of 2-d convolutions and images for one of
+    1-d convolutions: ``model.dims`` (ssc's task networks, folded or not), else the kind of the
+    network's first convolution, against ``data``. A network without either is not checked."""
+    dims = getattr(model, "dims", None)
+    if not isinstance(dims, int) or dims not in (1, 2):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)), None)
+        if first is None:
+            return
+        dims = 1 if isinstance(first, nn.Conv1d) else 2
+    held = data.x.dim() - 2
+    if held != dims:
+        kinds = {1: "sequences (1-d)", 2: "images (2-d)"}
+        raise DataError(
+            f"{spec} holds {kinds.get(held, f'{held}-d inputs')} but {name} is a network of "
+            f"{dims}-d convolutions for {kinds[dims]}"
+        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +152,7 @@ class _PixelScorer:
 
 def check_task_output(logits: Tensor, labels: Tensor, data: Dataset) -> None:
     """Refuse outputs that are not one score per class and pixel."""
-    if logits.dim() != 4 or logits.shape[2:] != labels.shape[1:]:
+    if logits.dim() != labels.dim() + 1 or logits.shape[2:] != labels.shape[1:]:
         raise DataError(
             f"the network's output {tuple(logits.shape)} is not per-pixel for {data.name} "
             f"(labels {tuple(labels.shape)}); use a fully convolutional network (fcn/sfcn)"

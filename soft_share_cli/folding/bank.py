@@ -150,7 +150,7 @@ class FoldedBank(nn.Module):
                 direction[c] = 1.0
             if gain is not None:
                 direction = direction * gain.detach().to(direction.dtype)
-        return direction.reshape(-1, 1, 1, 1, 1)
+        return direction.reshape(-1, *(1,) * len(self.shape))  # (T, 1, 1, 1, 1); 1-d: (T, 1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"storage={self.storage}, clusters={self.clusters}, shape={self.shape}"

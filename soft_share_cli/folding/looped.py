@@ -5,11 +5,10 @@ plan of its one bank (:func:`soft_share_cli.analysis.plan.plan_bank`) into a :cl
 distinct weights are stored once (:class:`~soft_share_cli.folding.bank.FoldedBank`), runs of
 consecutive blocks whose two convs fall in the same clusters become :class:`LoopSegment`\\ s,
 and a Python ``for`` loop runs each. Every layer's least-squares scale stays an explicit gain
-(there is no BatchNorm to absorb it), one per conv and iteration, so with exactly parallel
-coefficients the fold is exact; a layer whose cluster is its own coefficients
-(``Absorb.UNIT``) has none. A segment's program lists the iterations whose convs carry a gain
-(``conv1_gain_iterations``, ``conv2_gain_iterations``; files without the lists have a gain at
-every iteration).
+(no BatchNorm to absorb it), so with exactly parallel coefficients the fold is exact; a layer
+whose cluster is its own coefficients (``Absorb.UNIT``) has none. A segment lists the iterations
+whose convs carry a gain (``conv{1,2}_gain_iterations``; without the lists: every iteration).
+A 1-d SFCN folds into a loop of 1-d convolutions (``"dims": 1``; programs without it are 2-d).
 
 **Thinking longer.** ``LoopedFCN.iterations`` (default: the trained number of blocks) is the
 total number of block applications. Fewer stop early; more keep running the *last* segment with
@@ -43,7 +42,8 @@ from soft_share_cli.limits import (
     MAX_TEMPLATES,
     count,
 )
-from soft_share_cli.models.recurrent import SFCN, Head, describe_fcn
+from soft_share_cli.models.layers import CONVS, conv
+from soft_share_cli.models.recurrent import SFCN, Head, check_dims, describe_fcn
 
 PROGRAM_FORMAT = "ssc-fcn-loops"
 PROGRAM_VERSION = 1
@@ -92,10 +92,10 @@ class LoopSegment(nn.Module):
     def step(self, h: Tensor, recall: Tensor | None, bank: FoldedBank, t: int) -> Tensor:
         """Block ``t`` of the segment: ``h + g2 W2 * relu(g1 W1 * relu(h [+ recall]))``."""
         z = h if recall is None else h + recall
-        out = F.conv2d(F.relu(z), bank.weight(self.conv1_cluster), padding=1)
+        out = conv(F.relu(z), bank.weight(self.conv1_cluster), None, 1, 1)
         if (g1 := self.gain(1, t)) is not None:
             out = out * g1
-        out = F.conv2d(F.relu(out), bank.weight(self.conv2_cluster), padding=1)
+        out = conv(F.relu(out), bank.weight(self.conv2_cluster), None, 1, 1)
         if (g2 := self.gain(2, t)) is not None:
             out = out * g2
         return h + out
@@ -119,20 +119,17 @@ class LoopedFCN(nn.Module):
         self.in_channels, self.recall = int(p["in_channels"]), bool(p["recall"])
         self.trained_iterations = sum(int(s["iterations"]) for s in p["segments"])
         self.iterations = self.trained_iterations  # override to think longer (or shorter)
-        self.stem = nn.Conv2d(self.in_channels, self.width, 3, padding=1, bias=False)
+        self.dims = int(p.get("dims", 2))  # programs before 1-d networks have no "dims": 2-d
+        self.stem = CONVS[self.dims](self.in_channels, self.width, 3, padding=1, bias=False)
         width, bank = self.width, p["bank"]
-        self.bank = FoldedBank(bank["storage"], bank["clusters"], bank["K"], [width, width, 3, 3])
+        shape = [width, width] + [3] * self.dims
+        self.bank = FoldedBank(bank["storage"], bank["clusters"], bank["K"], shape)
         self.segments = nn.ModuleList(
-            LoopSegment(
-                s["conv1_cluster"],
-                s["conv2_cluster"],
-                s["iterations"],
-                s.get("conv1_gain_iterations"),
-                s.get("conv2_gain_iterations"),
-            )  # fmt: skip
+            LoopSegment(s["conv1_cluster"], s["conv2_cluster"], s["iterations"],
+                        s.get("conv1_gain_iterations"), s.get("conv2_gain_iterations"))
             for s in p["segments"]
-        )
-        self.head = Head(self.width, self.num_classes)
+        )  # fmt: skip
+        self.head = Head(self.width, self.num_classes, self.dims)
 
     def program(self) -> dict[str, Any]:
         """The loop program (JSON-able): everything needed to rebuild this skeleton."""
@@ -235,6 +232,7 @@ def check_program(p: Any) -> None:
                 if c >= clusters:
                     raise ValueError("a segment uses a cluster the bank lacks")
         count(total, "its iterations in all", limit=MAX_ITERATIONS, name="MAX_ITERATIONS")
+        check_dims(p.get("dims", 2))
         if type(p["recall"]) is not bool:
             raise ValueError(f"recall should be true or false, got {p['recall']!r}")
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -291,6 +289,7 @@ def fold_sfcn(model: SFCN, plan: BankFold) -> LoopedFCN:
         "num_classes": model.num_classes,
         "in_channels": model.in_channels,
         "recall": model.recall,
+        "dims": model.dims,
         "num_templates": model.num_templates,
         "bank": {
             "storage": "weights" if plan.stores_weights else "templates",
@@ -362,6 +361,7 @@ def looped_source(looped: LoopedFCN, view: dict[str, Tensor]) -> tuple[str, dict
         "num_classes": p["num_classes"],
         "in_channels": p["in_channels"],
         "recall": p.get("recall", True),
+        "dims": p.get("dims", 2),
     }
 
 

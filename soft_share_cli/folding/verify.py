@@ -28,7 +28,8 @@ class Probe:
 
 
 def probe_input(ckpt: LoadedCheckpoint, model: nn.Module, samples: int, seed: int) -> Tensor:
-    """Seeded random inputs with the network's input channels.
+    """Seeded random inputs with the network's input channels (sequences of 32 for a network
+    of 1-d convolutions).
 
     8x8 for ssc's own (S)WRNs, which pool adaptively: every weight still acts (stages see 8, 4
     and 2 pixels) at 1/16 of the cost of 32x32, which on a WRN-28-10 is seconds per 16 samples.
@@ -39,17 +40,17 @@ def probe_input(ckpt: LoadedCheckpoint, model: nn.Module, samples: int, seed: in
     preprocessing = ckpt.metadata.get("preprocessing")  # whatever the file says: maybe no dict
     digits = isinstance(preprocessing, dict) and preprocessing.get("dataset") == "digits"
     size = 8 if digits or isinstance(model, SWRN | WRN) else 32
-    channels = 3
+    channels, dims = 3, 2
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            channels = module.in_channels
+        if isinstance(module, nn.Conv1d | nn.Conv2d):
+            channels, dims = module.in_channels, 1 if isinstance(module, nn.Conv1d) else 2
             break
         weight = getattr(module, "templates", None)
-        if isinstance(weight, Tensor):
-            channels = int(weight.shape[2])
+        if isinstance(weight, Tensor) and weight.dim() in (4, 5):
+            channels, dims = int(weight.shape[2]), weight.dim() - 3
             break
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(samples, channels, size, size, generator=generator)
+    return torch.randn(samples, channels, *(size,) * dims, generator=generator)
 
 
 def compare_on_probe(original: nn.Module, folded: nn.Module, x: Tensor) -> Probe:

@@ -198,6 +198,8 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the ch
                 )
         if "recall" in kwargs and type(kwargs["recall"]) is not bool:
             raise ValueError(f"recall should be true or false, got {kwargs['recall']!r}")
+        if "dims" in kwargs and (type(kwargs["dims"]) is not int or kwargs["dims"] not in (1, 2)):
+            raise ValueError(f"dims should be 1 or 2, got {kwargs['dims']!r}")
     except (ValueError, CheckpointError) as exc:
         raise ArchitectureError(f"{where}: its stored {arch} arguments: {exc}") from None
 
@@ -219,12 +221,13 @@ def minimum_parameters(arch: str, kwargs: Mapping[str, Any]) -> int:
         return max(0, total)
     if arch in ("sfcn", "fcn", "rfcn"):  # rfcn: an fcn of one block
         blocks, width, classes = k.get("blocks", 1), k.get("width", 1), k.get("num_classes", 2)
+        taps = 3 if k.get("dims", 2) == 1 else 9  # 1-d kernels of 3 taps, or 3x3
         body = (
-            blocks * 2 * k["num_templates"] + k["num_templates"] * width * width * 9
+            blocks * 2 * k["num_templates"] + k["num_templates"] * width * width * taps
             if (arch == "sfcn")
-            else blocks * 2 * width * width * 9
+            else blocks * 2 * width * width * taps
         )
-        return max(0, body + width * width * 9 + width * classes)
+        return max(0, body + width * width * taps + width * classes)
     return 0
 
 

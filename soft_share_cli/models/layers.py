@@ -4,11 +4,15 @@ Parameter names and shapes follow the authors' public code so that state dicts m
 two codebases unchanged: a bank holds ``templates`` of shape ``(K, O, I, k, k)``; a shared conv
 holds ``coefficients`` of shape ``(K, 1, 1, 1, 1)`` and registers its bank as the submodule
 ``bank`` (which is why one template tensor appears under several state-dict keys).
+
+A bank of 1-d kernels (``dims=1``: templates ``(K, O, I, k)``, coefficients ``(K, 1, 1, 1)``)
+serves 1-d convolutions, e.g. the prefix-sum networks; :func:`conv` picks the convolution from
+the weight's rank, so :class:`SConv2d` runs either.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +27,19 @@ class TemplateBank(nn.Module):
         in_planes: input channels of every layer that uses the bank.
         out_planes: output channels of every layer that uses the bank.
         kernel_size: spatial size k of the square kernels.
+        dims: 2 (``k x k`` kernels, the default) or 1 (kernels of ``k`` taps, for 1-d data).
     """
 
-    def __init__(self, num_templates: int, in_planes: int, out_planes: int, kernel_size: int):
+    def __init__(
+        self, num_templates: int, in_planes: int, out_planes: int, kernel_size: int, dims: int = 2
+    ):
         super().__init__()
         if num_templates < 1:
             raise ValueError(f"a template bank needs at least one template, got {num_templates}")
-        self.coefficient_shape = (num_templates, 1, 1, 1, 1)
-        templates = torch.empty(num_templates, out_planes, in_planes, kernel_size, kernel_size)
+        if dims not in CONVS:
+            raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+        self.coefficient_shape = (num_templates,) + (1,) * (dims + 2)
+        templates = torch.empty(num_templates, out_planes, in_planes, *(kernel_size,) * dims)
         if not templates.is_meta:  # a skeleton for loading weights into has nothing to draw
             for template in templates:
                 # Each template is initialised like an ordinary conv weight would be.
@@ -45,9 +54,27 @@ class TemplateBank(nn.Module):
         """Return the weight ``sum_k coefficients[k] * templates[k]``."""
         return torch.tensordot(coefficients.reshape(-1), self.templates, dims=1)
 
+    @property
+    def dims(self) -> int:
+        """1 or 2: the spatial rank of the kernels."""
+        return int(self.templates.dim()) - 3
+
     def extra_repr(self) -> str:
-        k, o, i, kh, _ = self.templates.shape
-        return f"templates={k}, out={o}, in={i}, kernel={kh}"
+        k, o, i, kh = self.templates.shape[:4]
+        one = ", dims=1" if self.dims == 1 else ""
+        return f"templates={k}, out={o}, in={i}, kernel={kh}{one}"
+
+
+#: The convolution module of each spatial rank a task network or bank can have.
+CONVS: dict[int, type[nn.Conv1d] | type[nn.Conv2d]] = {1: nn.Conv1d, 2: nn.Conv2d}
+
+
+def conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *args: Any) -> Tensor:
+    """``F.conv1d`` for a 3-d weight ``(O, I, k)``, ``F.conv2d`` otherwise (``args``: stride,
+    padding, dilation, groups, as both take them)."""
+    if weight.dim() == 3:
+        return F.conv1d(x, weight, bias, *args)
+    return F.conv2d(x, weight, bias, *args)
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -65,7 +92,8 @@ def allocate(module: ModuleT, device: torch.device | str) -> ModuleT:
 
 
 class SConv2d(nn.Module):
-    """A bias-free 2d convolution whose weight is a learned mix of a bank's templates.
+    """A bias-free convolution whose weight is a learned mix of a bank's templates (2-d, or
+    1-d with a bank of 1-d kernels).
 
     Args:
         bank: the :class:`TemplateBank` to draw the weight from (registered as ``bank``).
@@ -81,11 +109,11 @@ class SConv2d(nn.Module):
         self.coefficients = nn.Parameter(torch.zeros(bank.coefficient_shape))
 
     def weight(self) -> Tensor:
-        """The generated convolution weight ``(O, I, k, k)``."""
+        """The generated convolution weight ``(O, I, k, k)`` (``(O, I, k)`` for 1-d)."""
         return self.bank(self.coefficients)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight(), stride=self.stride, padding=self.padding)
+        return conv(x, self.weight(), None, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, padding={self.padding}"

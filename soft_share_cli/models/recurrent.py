@@ -1,7 +1,9 @@
 """Fully convolutional residual networks for per-pixel algorithmic tasks, plain and soft-shared.
 
 Size independent: no pooling, no linear layer, stride 1 everywhere, so one network runs on a
-maze of any size and answers per pixel (``(N, classes, H, W)`` logits). Layout::
+maze of any size and answers per pixel (``(N, classes, H, W)`` logits). ``dims=1`` builds the
+same networks from 1-d convolutions (kernels of 3 taps) for sequences such as prefix sums:
+``(N, C, L)`` in, ``(N, classes, L)`` out. Layout::
 
     stem    conv3x3(in -> w)
     body    `blocks` residual blocks   h + conv2(relu(conv1(relu(h))))      (w -> w)
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from soft_share_cli.models.layers import SConv2d, TemplateBank
+from soft_share_cli.models.layers import CONVS, SConv2d, TemplateBank
 
 
 def init_conv_(weight: Tensor) -> None:
@@ -45,13 +47,13 @@ def init_conv_(weight: Tensor) -> None:
 class ResidualBlock(nn.Module):
     """``h + conv2(relu(conv1(relu(h))))``; the convs come from ``bank`` when one is given."""
 
-    def __init__(self, width: int, bank: TemplateBank | None = None) -> None:
+    def __init__(self, width: int, bank: TemplateBank | None = None, dims: int = 2) -> None:
         super().__init__()
         self.conv1: nn.Module
         self.conv2: nn.Module
         if bank is None:
-            self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-            self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+            self.conv1 = CONVS[dims](width, width, 3, padding=1, bias=False)
+            self.conv2 = CONVS[dims](width, width, 3, padding=1, bias=False)
         else:
             self.conv1 = SConv2d(bank, stride=1, padding=1)
             self.conv2 = SConv2d(bank, stride=1, padding=1)
@@ -62,12 +64,13 @@ class ResidualBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Per-pixel read-out: ``relu, conv3x3(w -> w), relu, conv1x1(w -> classes)``."""
+    """Per-pixel read-out: ``relu, conv3x3(w -> w), relu, conv1x1(w -> classes)`` (1-d
+    convolutions of 3 and 1 taps when ``dims`` is 1)."""
 
-    def __init__(self, width: int, num_classes: int) -> None:
+    def __init__(self, width: int, num_classes: int, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.classifier = nn.Conv2d(width, num_classes, 1, bias=True)
+        self.conv = CONVS[dims](width, width, 3, padding=1, bias=False)
+        self.classifier = CONVS[dims](width, num_classes, 1, bias=True)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.classifier(F.relu(self.conv(F.relu(h))))
@@ -84,31 +87,34 @@ class _FullyConvolutional(nn.Module):
         num_classes: int,
         in_channels: int,
         recall: bool,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         if blocks < 1:
             raise ValueError(f"blocks must be >= 1, got {blocks}")
         if min(width, num_classes, in_channels) < 1:
             raise ValueError("width, num_classes and in_channels must be positive")
+        check_dims(dims)
+        self.dims = dims
         self.blocks = blocks
         self.width = width
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.recall = recall
-        self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.stem = CONVS[dims](in_channels, width, 3, padding=1, bias=False)
         bank = None
         if num_templates is not None:
-            bank = TemplateBank(num_templates, width, width, 3)
+            bank = TemplateBank(num_templates, width, width, 3, dims=dims)
             self.bank = bank
-        self.body = nn.ModuleList(ResidualBlock(width, bank) for _ in range(blocks))
-        self.head = Head(width, num_classes)
+        self.body = nn.ModuleList(ResidualBlock(width, bank, dims) for _ in range(blocks))
+        self.head = Head(width, num_classes, dims)
         self._init_weights()
 
     def _init_weights(self) -> None:
         if self.stem.weight.is_meta:
             return  # built on the meta device to receive a checkpoint's weights: nothing to draw
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
                 init_conv_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -160,8 +166,9 @@ class FCN(_FullyConvolutional):
         num_classes: int = 2,
         in_channels: int = 3,
         recall: bool = True,
+        dims: int = 2,
     ):
-        super().__init__(blocks, width, None, num_classes, in_channels, recall)
+        super().__init__(blocks, width, None, num_classes, in_channels, recall, dims)
 
 
 class SFCN(_FullyConvolutional):
@@ -175,10 +182,11 @@ class SFCN(_FullyConvolutional):
         num_classes: int = 2,
         in_channels: int = 3,
         recall: bool = True,
+        dims: int = 2,
     ):
         if num_templates < 1:
             raise ValueError(f"num_templates must be >= 1, got {num_templates}")
-        super().__init__(blocks, width, num_templates, num_classes, in_channels, recall)
+        super().__init__(blocks, width, num_templates, num_classes, in_channels, recall, dims)
         self.num_templates = num_templates
 
 
@@ -192,4 +200,11 @@ def describe_fcn(arch: str, kwargs: dict) -> str:
         name += f", K={kwargs.get('num_templates')}"
     channels = kwargs.get("in_channels", 3)
     plural = "s" if channels != 1 else ""
-    return f"{name} ({kwargs.get('num_classes', 2)} classes, {channels} input channel{plural})"
+    one = ", 1-d" if kwargs.get("dims", 2) == 1 else ""
+    return f"{name} ({kwargs.get('num_classes', 2)} classes, {channels} input channel{plural}{one})"
+
+
+def check_dims(dims: object) -> None:
+    """Raise ValueError unless ``dims`` is 1 (sequences: Conv1d) or 2 (images: Conv2d)."""
+    if type(dims) is not int or dims not in CONVS:
+        raise ValueError(f"dims must be 1 (sequences) or 2 (images), got {dims!r}")

@@ -27,7 +27,14 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from soft_share_cli.models.recurrent import Head, ResidualBlock, describe_fcn, init_conv_
+from soft_share_cli.models.layers import CONVS
+from soft_share_cli.models.recurrent import (
+    Head,
+    ResidualBlock,
+    check_dims,
+    describe_fcn,
+    init_conv_,
+)
 
 State = tuple[Tensor, ...]  # (h, e) with recall, (h,) without: the batch is the first dimension
 
@@ -42,24 +49,27 @@ class RecurrentFCN(nn.Module):
         num_classes: int = 2,
         in_channels: int = 3,
         recall: bool = True,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         if type(iterations) is not int or iterations < 1:
             raise ValueError(f"iterations must be a whole number >= 1, got {iterations!r}")
         if min(width, num_classes, in_channels) < 1:
             raise ValueError("width, num_classes and in_channels must be positive")
+        check_dims(dims)
+        self.dims = dims
         self.width = width
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.recall = recall
         self.trained_iterations = iterations
         self._iterations = iterations
-        self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        self.block = ResidualBlock(width)
-        self.head = Head(width, num_classes)
+        self.stem = CONVS[dims](in_channels, width, 3, padding=1, bias=False)
+        self.block = ResidualBlock(width, dims=dims)
+        self.head = Head(width, num_classes, dims)
         if not self.stem.weight.is_meta:  # a meta skeleton receives a checkpoint's weights
             for m in self.modules():
-                if isinstance(m, nn.Conv2d):
+                if isinstance(m, (nn.Conv1d, nn.Conv2d)):
                     init_conv_(m.weight)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
@@ -129,6 +139,7 @@ class RecurrentFCN(nn.Module):
             "width": self.width,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
+            "dims": self.dims,
         }
         text = describe_fcn("rfcn", kwargs)
         if self.iterations != self.trained_iterations:

@@ -180,7 +180,7 @@ def open_for_eval(
     from soft_share_cli.checkpoints.load import load_checkpoint
     from soft_share_cli.data.loaders import load_data
     from soft_share_cli.data.spec import parse_data_spec
-    from soft_share_cli.evaluation.tasks import runs_longer
+    from soft_share_cli.evaluation.tasks import check_data_dims, runs_longer
     from soft_share_cli.pipeline.network import open_network
 
     parsed = parse_data_spec(data_spec)  # fail on a bad spec before touching the checkpoint
@@ -204,6 +204,7 @@ def open_for_eval(
         raise DataError(
             f"{data_spec} has {data.in_channels} input channels but {name} expects {channels}"
         )
+    check_data_dims(model, data, data_spec, name)
     description = None
     if task:
         from soft_share_cli.data.tasks import Task, TaskSpec, describe_task

@@ -25,7 +25,7 @@ from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import InputError
 from soft_share_cli.evaluation.classification import evaluate
 from soft_share_cli.evaluation.fidelity import Fidelity, compare_outputs, scores_classes
-from soft_share_cli.evaluation.tasks import evaluate_task, is_task_data
+from soft_share_cli.evaluation.tasks import check_data_dims, evaluate_task, is_task_data
 from soft_share_cli.folding.verify import (
     compare_on_probe,
     probe_input,
@@ -108,6 +108,7 @@ def _check_data_fits(source: FoldSource, data: Dataset, spec: str) -> None:
             f"{spec} has {data.in_channels} input channels but {source.architecture} expects "
             f"{channels}"
         )
+    check_data_dims(source.model, data, spec, source.architecture)
     if source.model_spec is None and is_task_data(data) != source.is_sfcn:
         kind = "labels every pixel" if is_task_data(data) else "has one label per image"
         raise DataError(f"{source.architecture} cannot be measured on {spec}: it {kind}")

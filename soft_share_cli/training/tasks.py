@@ -117,6 +117,7 @@ def task_arch_kwargs(config: TaskTrainConfig, data: Dataset) -> dict[str, Any]:
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
         "recall": config.recall,
+        **({"dims": 1} if data.x.dim() == 3 else {}),  # sequences: 1-d convolutions
     }
 
 
@@ -142,7 +143,7 @@ def _check(config: TaskTrainConfig, train_data: Dataset) -> None:
     for bad, message in problems:
         if bad:
             raise InputError(message)
-    if train_data.y.dim() != 3 or train_data.x.dim() != 4:
+    if train_data.y.dim() not in (2, 3) or train_data.x.dim() != train_data.y.dim() + 1:
         raise DataError(f"{train_data.name} is not a per-pixel task (maze:..., prefix-sums:...)")
 
 
