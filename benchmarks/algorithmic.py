@@ -1,33 +1,38 @@
-"""Plain vs soft-shared vs folded-and-looped on mazes and prefix sums, over several seeds.
+"""Thinking longer, measured fairly: plain, soft-shared, folded and recurrent networks on
+prefix sums (1-d) and mazes, trained small and tested up to 8x larger, over several seeds.
 
-    python benchmarks/algorithmic.py [--seeds 3] [--jobs N] [--quick] [--out benchmarks/results]
+    python benchmarks/algorithmic.py [--seeds 3] [--jobs N] [--full] [--device cuda]
+    python benchmarks/algorithmic.py --quick                # a smoke run (seconds)
     python benchmarks/algorithmic.py --compare OLD.json     # rerun, then check OLD within noise
 
-The paper's second claim (Savarese & Maire, ICLR 2019): on algorithmic tasks, networks with
-shared weights train faster and extrapolate better beyond the training span. This script
-measures it on the maze and prefix-sums tasks of Schwarzschild et al. (2021), end to end through
-the library calls behind ``ssc train``, ``ssc fold`` and ``ssc eval``, on the CPU. Per task and
-seed it trains, with one recipe (AdamW, deep supervision of the last blocks):
+The paper's second claim (Savarese & Maire, ICLR 2019): networks with shared weights train
+faster and extrapolate better beyond the training span. Bansal et al. (NeurIPS 2022) showed
+what makes a loop extrapolate: recall of the input at every step and the progressive loss.
+This script gives every kind of network that recipe's chance, end to end through the library
+calls behind ``ssc train``, ``ssc fold`` and ``ssc eval``. Per task and seed it trains:
 
-* ``plain``: an FCN of the same depth and width as the shared network;
-* ``small``: an FCN of the same depth whose width gives about the shared network's parameters;
-* ``shared``: the SFCN as the paper trains it (no regulariser);
-* ``aligned``: the SFCN with ssc's signed recurrent alignment regulariser, which pulls
-  consecutive blocks towards one loop; it is folded (``ssc fold``) into a looped network.
+* ``plain``: an FCN of the trained depth T (blocks), the usual loss;
+* ``small``: an FCN of depth T whose width gives about the shared network's parameters;
+* ``shared``: the SFCN as the paper trains it (the usual loss, no regulariser);
+* ``looped``: the SFCN with signed recurrent alignment and the progressive loss, folded
+  (``ssc fold``) into a real loop;
+* ``recurrent``: the RFCN, one block looped T times with recall (tied by construction), with
+  the progressive loss.
 
-Each is measured by the optimizer steps until 95 % of the training instances are solved exactly,
-and by the exact-solve rate on fresh instances of 1x, 1.5x and 2x the training size. The looped
-network runs its block ``round(T * factor)`` times, T being the trained count: a rule fixed in
-advance, not chosen on the test instances; a sweep over the iteration count goes to the JSON
-and the plot.
+Measured: optimizer steps until 95 % of the training instances are solved exactly (each
+epoch's on-the-fly training accuracy: the paper's "trains faster"), and the exact-solve rate on
+fresh instances at 1x, 2x, 4x (prefix sums also 8x) the training size. Networks without a loop
+run their own depth. The two looped ones run ``round(T x factor)`` iterations (``factor``: the
+ratio of the test size to the training size, bits or cells per side) — a rule fixed before any
+test instance is seen — and also ``auto`` (each instance stops when its prediction has not
+changed for 3 iterations, capped at twice the rule's count). A sweep up to twice the rule's
+count gives the test-chosen best count, reported in its own, labelled row: it looks at the
+answers, so it is an upper bound, not a result.
 
-Seeds change everything random (the data and the initial weights). A run is deterministic on
-one machine, but another CPU computes the same float operations in another order, and training
-amplifies that into differences of the size seeds make (seen: one epoch of steps, a few points
-of exact-solve rate). So the table gives, per cell, the median over the seeds and their range,
-and ``--compare`` checks a run against an earlier one cell by cell. Trainings run in parallel
-processes of one torch thread each (``--jobs``, default: the CPU count). Writes
-``algorithmic.json``, ``algorithmic.md`` and ``algorithmic.png`` to ``--out``.
+Seeds change the data and the initial weights; the table gives the median over seeds and the
+range. Trainings run in parallel processes of one torch thread each (``--jobs``, default: the
+CPU count); ``--device cuda`` runs them one at a time on the GPU. Writes ``algorithmic.json``,
+``algorithmic.md`` and ``algorithmic.png`` (``algorithmic_full.*`` with ``--full``) to ``--out``.
 """
 
 from __future__ import annotations
@@ -48,25 +53,36 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-NETWORKS = ("plain", "small", "shared", "aligned")  # in order of the table
+NETWORKS = ("plain", "small", "shared", "looped", "recurrent")  # in order of the table
+LOOPS = ("looped", "recurrent")  # the networks that can run longer
 LABELS = {
-    "plain": "plain FCN",
+    "plain": "plain FCN, same depth",
     "small": "plain FCN, as few parameters",
-    "shared": "shared SFCN (the paper's training)",
-    "aligned": "shared SFCN + alignment",
-    "folded": "folded from it, looped",
-    "best": "folded, best iteration count (chosen on the test set: optimistic)",
+    "shared": "SFCN, the paper's training",
+    "looped": "SFCN + alignment + progressive loss, folded",
+    "recurrent": "recurrent RFCN + progressive loss",
 }
-COST = {"plain": 3, "small": 1, "shared": 3, "aligned": 4}  # relative, to start long jobs first
+COST = {"plain": 3, "small": 1, "shared": 3, "looped": 4, "recurrent": 2}  # long jobs first
+AUTO_PATIENCE = 3
 
 
 @dataclass(frozen=True)
 class TaskBench:
-    """One task of the benchmark: train at ``train_size``, test at ``factors`` times it."""
+    """One task: its networks' size and training, and the test sizes (``factors`` x train)."""
 
-    kind: str  # "maze" (size = cells per side) or "prefix-sums" (size = bits)
+    kind: str  # "prefix-sums" (size = bits) or "maze" (size = cells per side)
     train_size: int
-    factors: tuple[float, ...] = (1.0, 1.5, 2.0)
+    factors: tuple[float, ...]
+    blocks: int  # T: the depth of fcn/sfcn, the trained iterations of the rfcn
+    width: int
+    templates: int
+    train_count: int
+    test_count: int  # fresh instances at 1x; larger sizes get test_count / factor (>= 100)
+    epochs: int
+    batch_size: int
+    lr: float
+    progressive: float  # alpha of the progressive loss (looped and recurrent)
+    align: float = 10.0  # signed recurrent alignment of the looped SFCN
 
     @property
     def option(self) -> str:
@@ -80,27 +96,33 @@ class TaskBench:
     def sizes(self) -> list[int]:
         return [max(2, round(self.train_size * f)) for f in self.factors]
 
+    def test_counts(self) -> list[int]:
+        return [max(100, round(self.test_count / f)) for f in self.factors]
+
     def spec(self, size: int, count: int, seed: int) -> str:
         return f"{self.kind}:{self.option}={size},count={count},seed={seed}"
+
+    def rule(self, trained: int) -> list[int]:
+        """The iterations a loop runs at each test size: proportional to the size."""
+        return [max(1, round(trained * f)) for f in self.factors]
+
+
+PREFIX = TaskBench("prefix-sums", 32, (1.0, 2.0, 4.0, 8.0), blocks=30, width=64, templates=4,
+                   train_count=10000, test_count=1000, epochs=12, batch_size=100, lr=0.001,
+                   progressive=1.0)  # fmt: skip
+MAZE = TaskBench("maze", 5, (1.0, 2.0, 4.0), blocks=20, width=32, templates=4, train_count=4000,
+                 test_count=500, epochs=15, batch_size=50, lr=0.001, progressive=1.0)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Setup:
-    """The benchmark's knobs; ``--quick`` shrinks them for a smoke test."""
+    """The benchmark's knobs; ``--quick`` shrinks them for a smoke test, ``--full`` grows."""
 
-    tasks: tuple[TaskBench, ...] = (TaskBench("maze", 4), TaskBench("prefix-sums", 16))
+    tasks: tuple[TaskBench, ...] = (PREFIX, MAZE)
     seeds: int = 3  # how many seeds: first_seed, first_seed + 1, ...
     first_seed: int = 0
-    train_count: int = 4000  # training instances (one epoch)
-    test_count: int = 1000  # fresh instances per test size
-    epochs: int = 15
-    blocks: int = 12
-    width: int = 32
-    templates: int = 4
-    align: float = 10.0  # signed recurrent alignment: no BatchNorm here to absorb a sign flip
-    supervise: int = 6  # every network scores the read-outs of its last 6 blocks
     threshold: float = 0.99  # the fold's similarity threshold (ssc's default)
-    sweep_max: float = 3.0  # iteration sweep up to this multiple of the trained count
+    device: str = "cpu"
 
     @property
     def seed_list(self) -> list[int]:
@@ -115,15 +137,19 @@ class Setup:
 
 
 QUICK = Setup(
-    tasks=(TaskBench("maze", 3), TaskBench("prefix-sums", 6)),
+    tasks=(
+        replace(PREFIX, train_size=6, blocks=3, width=8, templates=2, train_count=96,
+                test_count=24, epochs=1, batch_size=32),
+        replace(MAZE, train_size=3, factors=(1.0, 2.0), blocks=3, width=8, templates=2,
+                train_count=96, test_count=24, epochs=1, batch_size=32),
+    ),  # fmt: skip
     seeds=2,
-    train_count=96,
-    test_count=24,
-    epochs=1,
-    blocks=3,
-    width=8,
-    templates=2,
-    supervise=2,
+)
+FULL = Setup(
+    tasks=(
+        replace(PREFIX, epochs=30),
+        replace(MAZE, train_size=9, blocks=30, width=64, train_count=10000, epochs=30),
+    )
 )
 
 
@@ -137,62 +163,57 @@ class Job:
     setup: Setup = field(repr=False)
 
 
-def matched_width(setup: Setup, task: TaskBench) -> int:
+def matched_width(task: TaskBench) -> int:
     """The FCN width whose parameter count is closest to the shared network's."""
     from soft_share_cli.models.params import count_parameters
     from soft_share_cli.models.registry import build_model
 
-    common = {"blocks": setup.blocks, "num_classes": 2, "in_channels": task.in_channels}
+    dims = {"dims": 1} if task.kind == "prefix-sums" else {}
+    common = {"blocks": task.blocks, "num_classes": 2, "in_channels": task.in_channels, **dims}
     shared = count_parameters(
-        build_model("sfcn", width=setup.width, num_templates=setup.templates, **common)
+        build_model("sfcn", width=task.width, num_templates=task.templates, **common)
     )
 
     def distance(width: int) -> int:
         return abs(count_parameters(build_model("fcn", width=width, **common)) - shared)
 
-    return min(range(1, setup.width + 1), key=distance)
+    return min(range(1, task.width + 1), key=distance)
 
 
-def _config(job: Job) -> Any:
+def config_of(job: Job) -> Any:
+    """The training configuration of ``job``'s network (see the module docstring)."""
     from soft_share_cli.training.regularizers import AlignMode
     from soft_share_cli.training.tasks import TaskTrainConfig
 
-    s = job.setup
+    t = job.task
     base = TaskTrainConfig(
-        arch="fcn",
-        num_templates=None,
-        blocks=s.blocks,
-        width=s.width,
-        epochs=s.epochs,
-        supervise=s.supervise,
-        seed=job.seed,
-    )
+        arch="fcn", num_templates=None, blocks=t.blocks, width=t.width, epochs=t.epochs,
+        batch_size=t.batch_size, lr=t.lr, seed=job.seed, device=job.setup.device,
+    )  # fmt: skip
     if job.network == "plain":
         return base
     if job.network == "small":
-        return replace(base, width=matched_width(s, job.task))
-    shared = replace(base, arch="sfcn", num_templates=s.templates)
+        return replace(base, width=matched_width(t))
+    if job.network == "recurrent":
+        return replace(base, arch="rfcn", progressive=t.progressive)
+    shared = replace(base, arch="sfcn", num_templates=t.templates)
     if job.network == "shared":
         return shared
-    return replace(shared, align=s.align, align_mode=AlignMode.SIGNED)
+    return replace(shared, align=t.align, align_mode=AlignMode.SIGNED, progressive=t.progressive)
 
 
 def run_job(job: Job, work: str) -> dict[str, Any]:
-    """Train ``job``'s network, evaluate it at every test size (fold and sweep if aligned)."""
+    """Train ``job``'s network and measure it at every test size."""
     from soft_share_cli.analysis.analyze import AnalysisOptions
-    from soft_share_cli.data.loaders import load_data
-    from soft_share_cli.evaluation.tasks import iteration_sweep
-    from soft_share_cli.folding.looped import load_looped
-    from soft_share_cli.pipeline.eval import run_eval
     from soft_share_cli.pipeline.fold import FoldOptions, fold_checkpoint
     from soft_share_cli.pipeline.train import run_train
 
     start = time.perf_counter()
     s, task = job.setup, job.task
-    config = _config(job)
+    config = config_of(job)
     stem = Path(work) / f"{task.kind}_{job.seed}_{job.network}"
     path = stem.with_suffix(".pt")
-    report = run_train(config, task.spec(task.train_size, s.train_count, job.seed), path)
+    report = run_train(config, task.spec(task.train_size, task.train_count, job.seed), path)
     result: dict[str, Any] = {
         "task": task.kind,
         "seed": job.seed,
@@ -208,35 +229,67 @@ def run_job(job: Job, work: str) -> dict[str, Any]:
         ],
         "train_seconds": report.seconds,
     }
-    specs = [task.spec(size, s.test_count, job.seed) for size in task.sizes]
-    result["exact"] = [run_eval(path, spec).result.exact for spec in specs]
-    if job.network == "aligned":
-        folded_path = stem.with_suffix(".safetensors")
-        fold = fold_checkpoint(
-            path, folded_path, FoldOptions(analysis=AnalysisOptions(threshold=s.threshold))
-        )
-        looped = load_looped(folded_path)
-        trained = looped.trained_iterations
-        rule = [max(1, round(trained * f)) for f in task.factors]
-        grid = sorted({*range(1, round(trained * s.sweep_max) + 1), *rule})
-        sweeps = [
-            [p.to_dict() for p in iteration_sweep(looped, load_data(spec, "test"), grid)]
-            for spec in specs
-        ]
-        by_count = [{p["iterations"]: p["exact"] for p in points} for points in sweeps]
-        result["folded"] = {
-            "architecture": looped.describe(),
-            "parameters": fold.params.folded,
-            "loops": list(fold.loops),
-            "segments": len(looped.segments),
-            "probe_max_abs_diff": fold.probe.max_abs_diff,
-            "trained_iterations": trained,
-            "iterations": rule,
-            "exact": [exact[n] for exact, n in zip(by_count, rule, strict=True)],
-            "sweeps": sweeps,
-        }
+    specs = [
+        task.spec(size, n, job.seed) for size, n in zip(task.sizes, task.test_counts(), strict=True)
+    ]
+    if job.network not in LOOPS:
+        from soft_share_cli.pipeline.eval import run_eval
+
+        result["exact"] = [run_eval(path, spec, device=s.device).result.exact for spec in specs]
+    else:
+        loop_path = path
+        if job.network == "looped":
+            loop_path = stem.with_suffix(".safetensors")
+            fold = fold_checkpoint(
+                path, loop_path, FoldOptions(analysis=AnalysisOptions(threshold=s.threshold))
+            )
+            result["fold"] = {
+                "parameters": fold.params.folded,
+                "loops": list(fold.loops),
+                "probe_max_abs_diff": fold.probe.max_abs_diff,
+            }
+        result.update(measure_loop(loop_path, task, specs, s.device))
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def measure_loop(path: Path, task: TaskBench, specs: list[str], device: str) -> dict[str, Any]:
+    """A looped network at each test size: the rule's count, ``auto``, and a sweep."""
+    from soft_share_cli.checkpoints.load import load_checkpoint
+    from soft_share_cli.data.loaders import load_data
+    from soft_share_cli.evaluation.iterations import AutoOptions, evaluate_auto
+    from soft_share_cli.evaluation.tasks import iteration_sweep
+    from soft_share_cli.folding.looped import load_looped
+    from soft_share_cli.models.builder import rebuild_model
+
+    if path.suffix == ".safetensors":
+        model: Any = load_looped(path)
+    else:
+        model = rebuild_model(load_checkpoint(path))[0].eval()
+    trained = int(model.trained_iterations)
+    rule = task.rule(trained)
+    out: dict[str, Any] = {
+        "description": model.describe(),
+        "trained_iterations": trained,
+        "iterations": rule,
+        "segments": len(getattr(model, "segments", [None])),
+        "exact": [],
+        "auto": [],
+        "sweeps": [],
+    }
+    for spec, n in zip(specs, rule, strict=True):
+        data = load_data(spec, "test")
+        grid = sorted({*range(max(1, n // 4), 2 * n + 1, max(1, n // 8)), n, 2 * n})
+        points = [p.to_dict() for p in iteration_sweep(model, data, grid, device=device)]
+        out["sweeps"].append(points)
+        out["exact"].append(next(p["exact"] for p in points if p["iterations"] == n))
+        auto = evaluate_auto(
+            model, data, AutoOptions(patience=AUTO_PATIENCE, max_iterations=2 * n), device=device
+        )
+        out["auto"].append(
+            {"exact": auto.exact, "mean_iterations": auto.mean_iterations, "capped": auto.capped}
+        )
+    return out
 
 
 def _worker_init() -> None:
@@ -255,8 +308,7 @@ def run_jobs(
         for seed in setup.seed_list
         for network in NETWORKS
     ]
-    # Longest first (mazes cost more than bit strings): fewer idle workers at the end.
-    todo.sort(key=lambda j: (j.task.kind != "maze", -COST[j.network], j.seed))
+    todo.sort(key=lambda j: (j.task.kind != "maze", -COST[j.network], j.seed))  # long first
     results: list[dict[str, Any]] = []
 
     def done(r: dict[str, Any]) -> None:
@@ -311,44 +363,50 @@ def _stats(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def summarize(setup: Setup, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per task and network: parameters, steps to 95 % and exact-solve rates over the seeds."""
+    """Per task and row of the table: parameters, steps to 95 %, solve rates over the seeds."""
     summary: dict[str, Any] = {}
     for task in setup.tasks:
         rows: dict[str, Any] = {}
         of = {
             n: [r for r in runs if r["task"] == task.kind and r["network"] == n] for n in NETWORKS
         }
+        sizes = range(len(task.sizes))
         for name in NETWORKS:
             rs = of[name]
             steps = [r["steps_to_95"] for r in rs]
             rows[name] = {
-                "parameters": rs[0]["parameters"],
+                "parameters": rs[0]["fold"]["parameters"] if name == "looped" else
+                rs[0]["parameters"],
                 "width": rs[0]["width"],
                 "steps_to_95": _stats(steps),
                 "reached_95": sum(v is not None for v in steps),
-                # seeds where it got to 95 % in fewer steps than the plain FCN of the same seed
                 "faster_than_plain": sum(
                     _before(r["steps_to_95"], p["steps_to_95"])
                     for r, p in zip(rs, of["plain"], strict=True)
                 ),
-                "exact": [_stats([r["exact"][i] for r in rs]) for i in range(len(task.sizes))],
-            }
-        folded = [r["folded"] for r in of["aligned"]]
-        rows["folded"] = {
-            "parameters": folded[0]["parameters"],
-            "iterations": folded[0]["iterations"],
-            "exact": [_stats([f["exact"][i] for f in folded]) for i in range(len(task.sizes))],
-            "loops": [f["loops"] for f in folded],
-            "segments": [f["segments"] for f in folded],
-        }
-        best = [[max(points, key=lambda p: p["exact"]) for points in f["sweeps"]] for f in folded]
-        rows["best"] = {
-            "parameters": folded[0]["parameters"],
-            "exact": [_stats([b[i]["exact"] for b in best]) for i in range(len(task.sizes))],
-            "iterations": [[b[i]["iterations"] for b in best] for i in range(len(task.sizes))],
-        }
+                "exact": [_stats([r["exact"][i] for r in rs]) for i in sizes],
+            }  # fmt: skip
+            if name in LOOPS:
+                rows[name]["iterations"] = rs[0]["iterations"]
+                rows[f"{name}_auto"] = {
+                    "parameters": rows[name]["parameters"],
+                    "exact": [_stats([r["auto"][i]["exact"] for r in rs]) for i in sizes],
+                    "mean_iterations": [
+                        _stats([r["auto"][i]["mean_iterations"] for r in rs]) for i in sizes
+                    ],
+                }
+                best = [[max(pts, key=lambda p: p["exact"]) for pts in r["sweeps"]] for r in rs]
+                rows[f"{name}_best"] = {
+                    "parameters": rows[name]["parameters"],
+                    "exact": [_stats([b[i]["exact"] for b in best]) for i in sizes],
+                    "iterations": [[b[i]["iterations"] for b in best] for i in sizes],
+                }
         summary[task.kind] = rows
     return summary
+
+
+ROWS = ("plain", "small", "shared", "looped", "looped_auto", "looped_best",
+        "recurrent", "recurrent_auto", "recurrent_best")  # fmt: skip
 
 
 def _before(a: int | None, b: int | None) -> bool:
@@ -367,6 +425,15 @@ def _cell(stat: dict[str, Any], unit: str = "") -> str:
     return f"{show(stat['median'])}{unit} ({spread})"
 
 
+def _label(key: str, row: dict[str, Any]) -> str:
+    base, _, mode = key.partition("_")
+    if mode == "auto":
+        return "  the same, `--iterations auto`"
+    if mode == "best":
+        return "  the same, best count *chosen on the test set* (optimistic)"
+    return LABELS[base] + (f" (width {row['width']})" if key == "small" else "")
+
+
 def table(results: dict[str, Any], task: TaskBench) -> str:
     """The summary of one task as a Markdown table (median over seeds, range in brackets)."""
     rows = results["summary"][task.kind]
@@ -376,29 +443,34 @@ def table(results: dict[str, Any], task: TaskBench) -> str:
         f"solved at {size(s)} ({f:g}x)" for s, f in zip(task.sizes, task.factors, strict=True)
     )
     lines = [
-        f"| network ({task.kind}, trained at {task.train_size} {unit}) | parameters "
-        f"| steps to 95 % train solved | seeds reaching it | {head} |",
+        f"| network ({task.kind}, trained at {task.train_size} {unit}, T = {task.blocks}) "
+        f"| parameters | steps to 95 % train solved | seeds reaching it | {head} |",
         "|---|---:|---:|---:|" + "---:|" * len(task.sizes),
     ]
     seeds = len(rows["plain"]["steps_to_95"]["values"])
-    for key in (*NETWORKS, "folded", "best"):
+    for key in ROWS:
         row = rows[key]
-        label = LABELS[key]
-        if key == "small":
-            label += f" (width {row['width']})"
-        if key in ("folded", "best"):
-            steps = "(= aligned) | " if key == "folded" else " | "
-        else:
+        if "steps_to_95" in row:
             steps = f"{_cell(row['steps_to_95'])} | {row['reached_95']}/{seeds}"
+        else:
+            steps = " | "
         cells = [_cell(stat, " %") for stat in row["exact"]]
-        if key == "folded":
+        if key in LOOPS:
             cells = [f"{c}, {n} it." for c, n in zip(cells, row["iterations"], strict=True)]
-        if key == "best":
-            cells = [
-                f"{c}, {_span(its)} it." for c, its in zip(cells, row["iterations"], strict=True)
-            ]
+        elif key.endswith("_auto"):
+            its = [f"{_whole(m)} it." for m in row["mean_iterations"]]
+            cells = [f"{c}, mean {n}" for c, n in zip(cells, its, strict=True)]
+        elif key.endswith("_best"):
+            cells = [f"{c}, {_span(n)} it." for c, n in zip(cells, row["iterations"], strict=True)]
+        label = _label(key, row)
         lines.append(f"| {label} | {row['parameters']:,} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _whole(stat: dict[str, Any]) -> str:
+    """A median (range) of iteration counts, to the whole iteration."""
+    lo, mid, hi = (f"{stat[k]:.0f}" for k in ("min", "median", "max"))
+    return mid if lo == hi else f"{mid} ({lo}–{hi})"
 
 
 def _span(values: Sequence[int]) -> str:
@@ -410,21 +482,19 @@ def per_seed_table(results: dict[str, Any], task: TaskBench) -> str:
     """Every run of one task: steps to 95 % and solved at each size, seed by seed."""
     sizes = " / ".join(str(s) for s in task.sizes)
     lines = [
-        f"| {task.kind} network | seed | steps to 95 % | solved at {sizes} (%) |",
-        "|---|---:|---:|" + "---:|",
+        f"| {task.kind} network | seed | steps to 95 % | solved at {sizes} (%) | auto (%) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in results["runs"]:
         if r["task"] != task.kind:
             continue
         steps = r["steps_to_95"] if r["steps_to_95"] is not None else "not reached"
         solved = " / ".join(f"{x:.1f}" for x in r["exact"])
-        lines.append(f"| {r['network']} | {r['seed']} | {steps} | {solved} |")
-        if "folded" in r:
-            f = r["folded"]
-            solved = " / ".join(
-                f"{x:.1f} ({n} it.)" for x, n in zip(f["exact"], f["iterations"], strict=True)
-            )
-            lines.append(f"| folded ({f['segments']} segments) | {r['seed']} | | {solved} |")
+        auto = " / ".join(f"{a['exact']:.1f}" for a in r.get("auto", []))
+        name = r["network"]
+        if name == "looped":
+            name += f" ({r['segments']} segments)"
+        lines.append(f"| {name} | {r['seed']} | {steps} | {solved} | {auto} |")
     return "\n".join(lines)
 
 
@@ -432,20 +502,22 @@ def per_seed_table(results: dict[str, Any], task: TaskBench) -> str:
 
 
 def figure(results: dict[str, Any], setup: Setup) -> Any:
-    """Per task: training curves, and the looped network's solve rate against iterations."""
+    """Per task: training curves, and the looped networks' solve rate against iterations."""
     import numpy as np
     from matplotlib.figure import Figure
 
     tasks = setup.tasks
-    fig = Figure(figsize=(11, 4.0 * len(tasks)), layout="constrained")
-    axes = fig.subplots(len(tasks), 2, squeeze=False)
+    fig = Figure(figsize=(15, 4.0 * len(tasks)), layout="constrained")
+    axes = fig.subplots(len(tasks), 3, squeeze=False)
     colors = {
         "plain": "tab:blue",
         "small": "tab:cyan",
         "shared": "tab:orange",
-        "aligned": "tab:red",
+        "looped": "tab:red",
+        "recurrent": "tab:green",
     }
-    for (left, right), task in zip(axes, tasks, strict=True):
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for (left, *loops), task in zip(axes, tasks, strict=True):
         runs = [r for r in results["runs"] if r["task"] == task.kind]
         for name in NETWORKS:
             curves = [r["history"] for r in runs if r["network"] == name]
@@ -456,26 +528,26 @@ def figure(results: dict[str, Any], setup: Setup) -> Any:
             left.fill_between(steps, values.min(axis=0), values.max(axis=0), color=c, alpha=0.15)
         left.axhline(95, color="grey", lw=0.8, ls=":")
         left.set(xlabel="optimizer steps", ylabel="training instances solved (%)", ylim=(0, 101))
-        left.set_title(f"{task.kind}: training speed (median, range over seeds)")
+        left.set_title(f"{task.kind}: training (median, range over seeds)")
         left.legend()
-        aligned = [r["folded"] for r in runs if r["network"] == "aligned"]
-        trained = aligned[0]["trained_iterations"]
         plain = results["summary"][task.kind]["plain"]["exact"]
-        palette = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-        for i, size in enumerate(task.sizes):
-            its = [p["iterations"] for p in aligned[0]["sweeps"][i]]
-            values = np.array([[p["exact"] for p in f["sweeps"][i]] for f in aligned])
-            c = palette[i % len(palette)]
-            label = f"{size}x{size}" if task.kind == "maze" else f"{size} bits"
-            right.plot(its, np.median(values, axis=0), color=c, label=label)
-            right.fill_between(its, values.min(axis=0), values.max(axis=0), color=c, alpha=0.15)
-            right.axhline(plain[i]["median"], color=c, ls="--", lw=0.8)
-        right.axvline(trained, color="grey", lw=0.8, ls=":")
-        right.set(xlabel="iterations of the looped network", ylabel="test instances solved (%)")
-        right.set_ylim(0, 101)
-        right.plot([], [], color="grey", ls="--", lw=0.8, label="plain FCN")
-        right.set_title(f"{task.kind}: the folded network, run longer")
-        right.legend(title="test size")
+        for ax, name in zip(loops, LOOPS, strict=True):
+            mine = [r for r in runs if r["network"] == name]
+            for i, size in enumerate(task.sizes):
+                its = [p["iterations"] for p in mine[0]["sweeps"][i]]
+                values = np.array([[p["exact"] for p in r["sweeps"][i]] for r in mine])
+                c = palette[i % len(palette)]
+                label = f"{size}x{size}" if task.kind == "maze" else f"{size} bits"
+                ax.plot(its, np.median(values, axis=0), color=c, label=label)
+                ax.fill_between(its, values.min(axis=0), values.max(axis=0), color=c, alpha=0.15)
+                ax.axvline(mine[0]["iterations"][i], color=c, lw=0.8, ls=":")
+                ax.axhline(plain[i]["median"], color=c, ls="--", lw=0.8)
+            ax.set(xlabel="iterations", ylabel="test instances solved (%)", ylim=(0, 101))
+            ax.set_xscale("log")
+            ax.plot([], [], color="grey", ls="--", lw=0.8, label="plain FCN")
+            ax.plot([], [], color="grey", ls=":", lw=0.8, label="the rule's count")
+            ax.set_title(f"{task.kind}: {name}, run longer")
+            ax.legend(title="test size", fontsize=8)
     return fig
 
 
@@ -492,7 +564,10 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], int, i
         if before is None:
             lines.append(f"{kind}: not in the earlier run")
             continue
-        for key in (*NETWORKS, "folded", "best"):
+        for key in ROWS:
+            if key not in before:
+                lines.append(f"{kind} {key}: not in the earlier run")
+                continue
             stats = []
             if key in NETWORKS:
                 stats.append(
@@ -523,7 +598,9 @@ def _inside(value: float | None, stat: dict[str, Any]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
+    size.add_argument("--full", action="store_true", help="larger mazes, longer training")
     parser.add_argument("--seeds", type=int, help="number of seeds (default 3; --quick 2)")
     parser.add_argument(
         "--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ... (0)"
@@ -531,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="parallel trainings (default: CPUs)"
     )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", type=Path, help="write the trained and folded networks here")
     parser.add_argument(
@@ -548,10 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         results["summary"] = summarize(setup, results["runs"])  # derived: redrawn from the runs
         write(results, setup, args.from_json.parent, args.from_json.stem)
         return 0
-    setup = QUICK if args.quick else Setup()
+    setup = QUICK if args.quick else FULL if args.full else Setup()
     if args.seeds is not None:
         setup = replace(setup, seeds=args.seeds)
-    setup = replace(setup, first_seed=args.first_seed)
+    setup = replace(setup, first_seed=args.first_seed, device=args.device)
+    jobs = 1 if args.device == "cuda" else args.jobs
     import torch
 
     start = time.perf_counter()
@@ -561,10 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp) if args.keep is None else args.keep
             work.mkdir(parents=True, exist_ok=True)
-            log(
-                f"{len(NETWORKS) * setup.seeds * len(setup.tasks)} trainings, {args.jobs} at a time"
-            )
-            runs = run_jobs(setup, work, args.jobs, log)
+            log(f"{len(NETWORKS) * setup.seeds * len(setup.tasks)} trainings, {jobs} at a time")
+            runs = run_jobs(setup, work, jobs, log)
     finally:
         torch.set_num_threads(threads)
     results: dict[str, Any] = {
@@ -576,15 +653,17 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "torch": str(torch.__version__),
             "threads_per_job": 1,
-            "jobs": args.jobs,
+            "jobs": jobs,
             "cpus": os.cpu_count(),
             "processor": _processor(),
+            "device": args.device,
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/algorithmic.py"
-        + (" --quick" if args.quick else "")
+        + (" --quick" if args.quick else " --full" if args.full else "")
         + (f" --seeds {args.seeds}" if args.seeds is not None else "")
-        + (f" --first-seed {args.first_seed}" if args.first_seed else ""),
+        + (f" --first-seed {args.first_seed}" if args.first_seed else "")
+        + (" --device cuda" if args.device == "cuda" else ""),
     }
     if args.compare is not None:
         lines, within, total = compare(json.loads(args.compare.read_text()), results)
@@ -595,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             "lines": lines,
         }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "algorithmic_quick" if args.quick else "algorithmic"
+    stem = "algorithmic_quick" if args.quick else "algorithmic_full" if args.full else "algorithmic"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     write(results, setup, args.out, stem)
     return 0
@@ -603,10 +682,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _setup_of(results: dict[str, Any]) -> Setup:
     s = dict(results["setup"])
-    tasks = tuple(
-        TaskBench(t["kind"], t["train_size"], tuple(t["factors"])) for t in s.pop("tasks")
-    )
-    return Setup(tasks=tasks, **s)
+    tasks = []
+    for t in s.pop("tasks"):
+        t = {k: v for k, v in t.items() if k != "sizes"}
+        tasks.append(TaskBench(**{**t, "factors": tuple(t["factors"])}))
+    return Setup(tasks=tuple(tasks), **s)
 
 
 def _processor() -> str:
@@ -625,10 +705,14 @@ def write(results: dict[str, Any], setup: Setup, out: Path, stem: str) -> None:
     m = results["machine"]
     tables = "\n\n".join(table(results, task) for task in setup.tasks)
     seeds = "\n\n".join(per_seed_table(results, task) for task in setup.tasks)
+    where = (
+        "1 GPU" if m.get("device") == "cuda" else f"{m['jobs']} parallel jobs of 1 thread"
+    )
     (out / f"{stem}.md").write_text(
-        f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min, {m['jobs']} "
-        f"parallel jobs of 1 thread, {m['processor']}, torch {m['torch']}). Median over "
-        f"seeds {_span(setup.seed_list)}, range in brackets.\n\n{tables}\n\nEvery run:\n\n{seeds}\n"
+        f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min, {where}, "
+        f"{m['processor']}, torch {m['torch']}). Median over seeds {_span(setup.seed_list)}, "
+        f"range in brackets. Loops run round(T x size factor) iterations unless the row says "
+        f"otherwise.\n\n{tables}\n\nEvery run:\n\n{seeds}\n"
     )
     compared = results.get("compare")
     if compared is not None:
