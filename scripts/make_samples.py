@@ -1,9 +1,9 @@
 """Regenerate ``sample_checkpoints/``: train with ``ssc train``, re-wrap, measure, document.
 
 Run from the repository root: ``python scripts/make_samples.py`` (about 5 minutes on 2 CPU cores
-for the digits samples; ``--digits`` or ``--tasks`` regenerates only those, ``--authors`` only
-re-wraps the trained digits files in the authors' layout; the other entries of the manifest are
-kept as they are).
+for the digits samples; ``--digits``, ``--tasks`` or ``--loops`` regenerates only those,
+``--authors`` only re-wraps the trained digits files in the authors' layout; the other entries
+of the manifest are kept as they are).
 Every file is produced by a command recorded in ``sample_checkpoints/README.md``, whose accuracy
 column is measured by ``ssc eval`` on the files as written, and mirrored in ``manifest.json`` for
 the tests.
@@ -45,6 +45,17 @@ TASK_TRAINED = {
     "tasks/maze_plain.pt": f"{TASK_COMMON} --arch fcn",
 }
 TASK_SIZES = (6, 8)  # 1.5x and 2x the training mazes' cells per side
+# The looped networks that think longer (sample_checkpoints/tasks/, README "Thinking longer"):
+# name -> (training arguments, task, size option, training size, test factors). Each is measured
+# at every factor with round(T x factor) iterations (T: its trained count) and with `auto`.
+LOOP_TRAINED = {
+    "tasks/prefix_sums_recurrent.pt": (
+        "--data prefix-sums:length=32,count=10000 --arch rfcn --block projection --blocks 30 "
+        "--channels 64 --progressive 1 --epochs 20 --batch-size 100 --lr 0.001 --seed 0",
+        "prefix-sums", "length", 32, (1, 2, 4, 8),
+    ),
+}  # fmt: skip
+LOOP_TEST_COUNT = 1000  # fresh instances at the training size; at F times it, 1000 / F
 # (output, source, legacy format?)
 AUTHORS = [
     ("authors_swrn28-1-4_digits_align.pth.tar", "swrn28-1-4_digits_align.pt", False),
@@ -98,6 +109,70 @@ def make_task_samples() -> dict[str, dict]:
     return entries
 
 
+def make_loop_samples() -> dict[str, dict]:
+    """Train the looped networks with ``ssc train`` and measure them with ``ssc eval``: at each
+    test size with the rule's iteration count, and with ``--iterations auto``."""
+    (OUT / "tasks").mkdir(exist_ok=True)
+    entries = {}
+    for name, (args, task, option, size, factors) in LOOP_TRAINED.items():
+        print(f"training {name} ...", file=sys.stderr)
+        ssc(f"train {args} -o sample_checkpoints/{name}")
+        info = json.loads(ssc(f"info sample_checkpoints/{name} --json"))
+        trained = int(info["arch_kwargs"]["iterations"])
+        measured = []
+        for factor in factors:
+            spec = f"{task}:{option}={size * factor},count={LOOP_TEST_COUNT // factor}"
+            n = round(trained * factor)
+            run = f"eval sample_checkpoints/{name} --data {spec} --json --iterations"
+            rule = json.loads(ssc(f"{run} {n}"))
+            auto = json.loads(ssc(f"{run} auto --max-iterations {2 * n}"))
+            measured.append({
+                "data": spec, "factor": factor, "iterations": n, "exact": rule["exact"],
+                "auto_exact": auto["exact"],
+                "auto_mean_iterations": auto["iterations_used"]["mean"],
+            })  # fmt: skip
+        entries[name] = {
+            "made_by": f"ssc train {args} -o sample_checkpoints/{name}",
+            "architecture": info["architecture_name"],
+            "trained_iterations": trained,
+            "loop": measured,
+            "bytes": (OUT / name).stat().st_size,
+        }
+    return entries
+
+
+def loop_readme(loops: dict[str, dict]) -> list[str]:
+    """The section of sample_checkpoints/README.md on the looped networks."""
+    lines = [
+        "## Looped networks that think longer",
+        "",
+        "Regenerate with `python scripts/make_samples.py --loops` (minutes, CPU). Each is measured",
+        "on fresh instances (`ssc eval FILE --data SPEC --iterations N`, SPEC as listed), N =",
+        "round(T x size factor) for the trained count T: a rule fixed before looking at test",
+        "data; in brackets `--iterations auto --max-iterations 2N` (each instance stops when its",
+        "prediction is unchanged for 3 iterations) and the mean iterations it used.",
+        "",
+    ]
+    for name, m in loops.items():
+        heads = " | ".join(f"`{r['data']}`" for r in m["loop"])
+        lines += [
+            f"`{name}` ({m['architecture']}, {m['bytes'] / 1e6:.2f} MB), made by",
+            f"`{m['made_by']}`:",
+            "",
+            f"| | {heads} |",
+            "|---|" + "---:|" * len(m["loop"]),
+            "| iterations (rule) | " + " | ".join(str(r["iterations"]) for r in m["loop"]) + " |",
+            "| solved exactly | " + " | ".join(f"{r['exact']:.1f} %" for r in m["loop"]) + " |",
+            "| auto: solved (mean iterations) | "
+            + " | ".join(
+                f"{r['auto_exact']:.1f} % ({r['auto_mean_iterations']:.0f})" for r in m["loop"]
+            )
+            + " |",
+            "",
+        ]
+    return lines
+
+
 def readme(manifest: dict[str, dict]) -> list[str]:
     """The lines of sample_checkpoints/README.md for ``manifest``."""
     lines = [
@@ -135,12 +210,16 @@ def readme(manifest: dict[str, dict]) -> list[str]:
                 f"| `{name}` | {m['architecture']} | `{m['made_by']}` | {m['exact']:.1f} % "
                 f"| {larger} | {m['bytes'] / 1e6:.2f} MB |"
             )
+    loops = {name: m for name, m in manifest.items() if "loop" in m}
+    if loops:
+        lines += ["", *loop_readme(loops)]
     return lines
 
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    only = {arg.removeprefix("--") for arg in sys.argv[1:]} & {"digits", "tasks", "authors"}
+    choices = {"digits", "tasks", "authors", "loops"}
+    only = {arg.removeprefix("--") for arg in sys.argv[1:]} & choices
     listed = OUT / "manifest.json"
     old = json.loads(listed.read_text()) if listed.exists() else {}
     manifest = {name: m for name, m in old.items() if "test_top1" in m}
@@ -151,6 +230,10 @@ def main() -> None:
     if not only or "tasks" in only:
         tasks = make_task_samples()
     manifest.update(tasks)
+    loops = {name: m for name, m in old.items() if "loop" in m}
+    if not only or "loops" in only:
+        loops = make_loop_samples()
+    manifest.update(loops)
     listed.write_text(json.dumps(manifest, indent=2) + "\n")
     lines = readme(manifest)
     # scripts/make_sharing_samples.py owns its section (up to the next "## "): keep it, in place

@@ -229,11 +229,15 @@ def test_train_writes_a_checkpoint_info_and_eval_read(ssc, trained: Path) -> Non
         "num_classes": 2,
         "in_channels": 3,
         "recall": True,
+        "block": "projection",  # ssc train's default block for an rfcn
     }
     assert ckpt.metadata["config"]["progressive"] == 0.5
     model, spec = rebuild_model(ckpt)
     assert isinstance(model, RecurrentFCN) and model.trained_iterations == 12
-    assert spec.describe() == "RFCN 1x32 looped 12 times (2 classes, 3 input channels)"
+    assert model.block_kind == "projection"
+    assert spec.describe() == (
+        "RFCN 1x32 looped 12 times, projection block (2 classes, 3 input channels)"
+    )
     info = ssc("info", str(trained), "--json")
     assert info.code == 0, info.err
     assert info.json()["architecture_name"] == spec.describe()

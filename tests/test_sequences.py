@@ -14,6 +14,7 @@ from soft_share_cli.errors import DataError
 from soft_share_cli.evaluation.tasks import check_data_dims, evaluate_task
 from soft_share_cli.folding.looped import fold_sfcn, load_looped, save_looped
 from soft_share_cli.models.builder import check_arch_kwargs, rebuild_model
+from soft_share_cli.models.params import count_parameters
 from soft_share_cli.models.recurrent import FCN, SFCN
 from soft_share_cli.models.recurrent_net import RecurrentFCN
 from soft_share_cli.models.registry import build_model
@@ -136,3 +137,50 @@ def test_exact_solve_needs_every_position_right() -> None:
     expected = (x == y).all(dim=1).float().mean().item() * 100
     assert result.exact == pytest.approx(expected)
     assert 0 < expected < 100
+
+
+def test_the_projection_block_recomputes_the_state_from_state_and_recall() -> None:
+    torch.manual_seed(2)
+    short = RecurrentFCN(3, 5, in_channels=1, dims=1, block="projection").eval()
+    long = RecurrentFCN(40, 5, in_channels=1, dims=1, block="projection")
+    assert count_parameters(short) == count_parameters(long)  # tied by construction
+    assert sorted(k for k in short.state_dict() if k.startswith("block.")) == [
+        "block.inner.0.conv1.weight", "block.inner.0.conv2.weight",
+        "block.inner.1.conv1.weight", "block.inner.1.conv2.weight", "block.project.weight",
+    ]  # fmt: skip
+    block = short.block
+    x = torch.randn(2, 1, 21)
+    with torch.no_grad():
+        # by hand: h' = R2(R1(W_p * [h, e])), R(z) = z + W2 * relu(W1 * relu(z)), no accumulation
+        e = nn.functional.conv1d(x, short.stem.weight, padding=1)
+        h = e
+        for _ in range(3):
+            z = nn.functional.conv1d(torch.cat([h, e], 1), block.project.weight, padding=1)
+            for inner in block.inner:
+                a = nn.functional.conv1d(nn.functional.relu(z), inner.conv1.weight, padding=1)
+                z = z + nn.functional.conv1d(nn.functional.relu(a), inner.conv2.weight, padding=1)
+            h = z
+        assert_close(short(x), short.head(h))
+        steps = list(short.trajectory(x, 5))
+        short.iterations = 5
+        assert_close(steps[-1], short(x))
+    assert "projection block" in short.describe()
+    with pytest.raises(ValueError, match="block must be"):
+        RecurrentFCN(3, 5, block="dense")
+    old = build_model("rfcn", iterations=2, width=3)  # no "block" stored: the residual one
+    assert "block.conv1.weight" in old.state_dict()
+
+
+def test_progressive_gradients_reach_the_projection_block_in_the_last_k_only() -> None:
+    from soft_share_cli.training.progressive import progressive_logits
+
+    torch.manual_seed(4)
+    model = RecurrentFCN(6, 4, in_channels=1, dims=1, block="projection").train()
+    calls = {True: 0, False: 0}
+    model.block.register_forward_hook(lambda *_: calls.__setitem__(
+        torch.is_grad_enabled(), calls[torch.is_grad_enabled()] + 1))  # fmt: skip
+    x, y = torch.randn(3, 1, 12), torch.randint(0, 2, (3, 12))
+    loss = nn.functional.cross_entropy(progressive_logits(model, x, 4, 2), y)
+    assert calls == {False: 4, True: 2}
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

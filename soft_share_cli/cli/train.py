@@ -49,6 +49,13 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
     help="fcn, sfcn, rfcn: weight alpha of the progressive loss (Bansal et al. 2022): each step "
     "also scores k blocks run after n without gradient (n, k random); 0: off.",
 )
+@opts.choice_option(
+    "--block",
+    ["projection", "residual"],
+    "projection",
+    "rfcn only: the looped block. projection: a conv of [state, recall] then two residual "
+    "blocks (Bansal et al.; holds its answer when run longer); residual: the fcn's block.",
+)
 @opts.count_option("--epochs", 30, "Passes over the training split.")
 @opts.count_option("--batch-size", 64, "Samples per optimizer step.")
 @click.option(

@@ -200,6 +200,8 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the ch
             raise ValueError(f"recall should be true or false, got {kwargs['recall']!r}")
         if "dims" in kwargs and (type(kwargs["dims"]) is not int or kwargs["dims"] not in (1, 2)):
             raise ValueError(f"dims should be 1 or 2, got {kwargs['dims']!r}")
+        if "block" in kwargs and kwargs["block"] not in ("residual", "projection"):
+            raise ValueError(f"block should be residual or projection, got {kwargs['block']!r}")
     except (ValueError, CheckpointError) as exc:
         raise ArchitectureError(f"{where}: its stored {arch} arguments: {exc}") from None
 

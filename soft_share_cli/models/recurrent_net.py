@@ -8,12 +8,21 @@ Recurrent Networks: Logical Extrapolation Without Overthinking"), in the layout 
     body    h_0 = e;  h_t = block(h_(t-1), recall=e)            t = 1 .. iterations
     head    relu, conv3x3(w -> w), relu, conv1x1(w -> classes)
 
-The block is one :class:`~soft_share_cli.models.recurrent.ResidualBlock` module (two 3x3 convs)
-called at every iteration: the weights are tied by construction, so the parameter count
-(stem + two convs + head) does not depend on the iteration count, and the state dict holds one
-block (``block.conv1.weight``, ``block.conv2.weight``). Recall adds the stem's encoding of the
-input to the block's input at every iteration (``ResidualBlock``'s ``recall``), so the state
-never loses sight of the problem however long the loop runs.
+The block is one module called at every iteration: the weights are tied by construction, so
+the parameter count does not depend on the iteration count. Two blocks (``block=``):
+
+* ``"residual"`` — the FCN's :class:`~soft_share_cli.models.recurrent.ResidualBlock` (two 3x3
+  convs, ``block.conv1.weight``, ``block.conv2.weight``): ``h + conv2(relu(conv1(relu(h + e))))``,
+  recall *added* to the state. Every iteration adds to the state, so it can drift.
+* ``"projection"`` — the recurrent block of Bansal et al.: a conv projects the concatenation
+  ``[h, e]`` (2w channels) back to w, then two residual blocks (``block.project.weight``,
+  ``block.inner.<i>.conv<r>.weight``): ``h' = R2(R1(project([h, e])))``. The state is
+  recomputed from itself and the problem at every step instead of accumulated, which is what
+  lets it hold a solved answer for hundreds of iterations (measured: README, "Thinking longer").
+
+Either way recall gives the stem's encoding ``e`` of the input to every iteration, so the state
+never loses sight of the problem however long the loop runs. Without recall the projection
+block projects ``h`` alone. Checkpoints without ``block`` in their arguments are residual.
 
 **Thinking longer.** ``trained_iterations`` is the count it was built (and trained) with;
 ``iterations`` (settable) is how many a forward pass runs. :meth:`RecurrentFCN.trajectory`
@@ -24,7 +33,9 @@ yields the output after every iteration in one pass, and ``begin``/``step``/``re
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from soft_share_cli.models.layers import CONVS
@@ -39,8 +50,27 @@ from soft_share_cli.models.recurrent import (
 State = tuple[Tensor, ...]  # (h, e) with recall, (h,) without: the batch is the first dimension
 
 
+BLOCKS = ("residual", "projection")
+
+
+class ProjectionBlock(nn.Module):
+    """``R2(R1(project([h, recall])))``: Bansal et al.'s recurrent block (see the module doc)."""
+
+    def __init__(self, width: int, recall: bool = True, dims: int = 2) -> None:
+        super().__init__()
+        inputs = 2 * width if recall else width
+        self.project = CONVS[dims](inputs, width, 3, padding=1, bias=False)
+        self.inner = nn.ModuleList(ResidualBlock(width, dims=dims) for _ in range(2))
+
+    def forward(self, h: Tensor, recall: Tensor | None = None) -> Tensor:
+        z = self.project(h if recall is None else torch.cat([h, recall], dim=1))
+        for block in self.inner:
+            z = block(z)
+        return z
+
+
 class RecurrentFCN(nn.Module):
-    """Stem, one residual block looped ``iterations`` times (recall of the stem), head."""
+    """Stem, one block looped ``iterations`` times (recall of the stem), head."""
 
     def __init__(
         self,
@@ -50,6 +80,7 @@ class RecurrentFCN(nn.Module):
         in_channels: int = 3,
         recall: bool = True,
         dims: int = 2,
+        block: str = "residual",
     ) -> None:
         super().__init__()
         if type(iterations) is not int or iterations < 1:
@@ -57,7 +88,10 @@ class RecurrentFCN(nn.Module):
         if min(width, num_classes, in_channels) < 1:
             raise ValueError("width, num_classes and in_channels must be positive")
         check_dims(dims)
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
         self.dims = dims
+        self.block_kind = block
         self.width = width
         self.num_classes = num_classes
         self.in_channels = in_channels
@@ -65,7 +99,10 @@ class RecurrentFCN(nn.Module):
         self.trained_iterations = iterations
         self._iterations = iterations
         self.stem = CONVS[dims](in_channels, width, 3, padding=1, bias=False)
-        self.block = ResidualBlock(width, dims=dims)
+        self.block: nn.Module = (
+            ProjectionBlock(width, recall, dims) if block == "projection"
+            else ResidualBlock(width, dims=dims)
+        )  # fmt: skip
         self.head = Head(width, num_classes, dims)
         if not self.stem.weight.is_meta:  # a meta skeleton receives a checkpoint's weights
             for m in self.modules():
@@ -134,12 +171,13 @@ class RecurrentFCN(nn.Module):
 
     def describe(self) -> str:
         """E.g. ``RFCN 1x32 looped 12 times (2 classes, 3 input channels)``."""
-        kwargs: dict[str, int] = {
+        kwargs: dict[str, Any] = {
             "iterations": self.trained_iterations,
             "width": self.width,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
             "dims": self.dims,
+            "block": self.block_kind,
         }
         text = describe_fcn("rfcn", kwargs)
         if self.iterations != self.trained_iterations:

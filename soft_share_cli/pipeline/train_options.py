@@ -33,6 +33,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "channels": TASK_NETWORKS,
     "supervise": TASK_NETWORKS,
     "progressive": TASK_NETWORKS,  # rfcn's loop, or fcn/sfcn's blocks in order
+    "block": ("rfcn",),
 }
 
 
@@ -59,6 +60,7 @@ def train_config(
     channels: int,
     supervise: int,
     progressive: float,
+    block: str,
     epochs: int,
     batch_size: int,
     lr: float | None,
@@ -103,6 +105,7 @@ def train_config(
             lr=lr,
             supervise=supervise,
             progressive=progressive,
+            block=block,
             **common,
         )
     from soft_share_cli.training.classification import Schedule, TrainConfig

@@ -63,6 +63,9 @@ class TaskTrainConfig:
     # step also scores k iterations run from the detached state after n random ones, so the
     # loop learns to improve any state and can run longer at test time. 0: off.
     progressive: float = 0.0
+    # rfcn's looped block: "projection" (Bansal et al.'s, the state recomputed from [h, recall]
+    # each step) or "residual" (the FCN's block, the state accumulated); models.recurrent_net
+    block: str = "projection"
     seed: int = 0  # seeds init and shuffling, so a run can be reproduced exactly
     device: str = "cpu"
 
@@ -118,6 +121,7 @@ def task_arch_kwargs(config: TaskTrainConfig, data: Dataset) -> dict[str, Any]:
         "in_channels": data.in_channels,
         "recall": config.recall,
         **({"dims": 1} if data.x.dim() == 3 else {}),  # sequences: 1-d convolutions
+        **({"block": config.block} if config.arch == "rfcn" else {}),
     }
 
 
@@ -140,6 +144,8 @@ def _check(config: TaskTrainConfig, train_data: Dataset) -> None:
             f"supervise must lie in [1, blocks = {config.blocks}], got {config.supervise}",
         ),
     ]
+    if config.block not in ("residual", "projection"):
+        problems.append((True, f"block must be residual or projection, got {config.block!r}"))
     for bad, message in problems:
         if bad:
             raise InputError(message)
