@@ -54,7 +54,7 @@ def test_every_network_of_every_task_and_seed_is_measured(bench: Any, quick) -> 
         assert abs(small - shared) < abs(rows["plain"]["parameters"] - shared)
     md = (out / "algorithmic_quick.md").read_text()
     assert "| plain FCN, same depth |" in md and "*chosen on the test set*" in md
-    assert "| recurrent RFCN + progressive loss |" in md and "prefix-sums" in md
+    assert "| RFCN, projection block, + progressive loss |" in md and "prefix-sums" in md
     assert (out / "algorithmic_quick.png").stat().st_size > 0
 
 
