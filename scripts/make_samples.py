@@ -1,9 +1,10 @@
 """Regenerate ``sample_checkpoints/``: train with ``ssc train``, re-wrap, measure, document.
 
 Run from the repository root: ``python scripts/make_samples.py`` (about 5 minutes on 2 CPU cores
-for the digits samples; ``--digits``, ``--tasks`` or ``--loops`` regenerates only those,
-``--authors`` only re-wraps the trained digits files in the authors' layout; the other entries
-of the manifest are kept as they are).
+for the digits samples; ``--digits``, ``--tasks`` or ``--loops [tasks/NAME.pt ...]`` regenerates
+only those (``--loops --measure``: re-measures the files there), ``--authors`` only re-wraps the
+trained digits files in the authors' layout; the other entries of the manifest are kept as
+they are).
 Every file is produced by a command recorded in ``sample_checkpoints/README.md``, whose accuracy
 column is measured by ``ssc eval`` on the files as written, and mirrored in ``manifest.json`` for
 the tests.
@@ -53,6 +54,11 @@ LOOP_TRAINED = {
         "--data prefix-sums:length=32,count=10000 --arch rfcn --block projection --blocks 30 "
         "--channels 64 --progressive 1 --epochs 20 --batch-size 100 --lr 0.001 --seed 0",
         "prefix-sums", "length", 32, (1, 2, 4, 8),
+    ),
+    "tasks/maze_recurrent.pt": (
+        "--data maze:size=4,count=4000 --arch rfcn --block projection --blocks 12 "
+        "--channels 32 --progressive 0.5 --epochs 15 --seed 0",
+        "maze", "size", 4, (1, 2, 4),
     ),
 }  # fmt: skip
 LOOP_TEST_COUNT = 1000  # fresh instances at the training size; at F times it, 1000 / F
@@ -109,16 +115,20 @@ def make_task_samples() -> dict[str, dict]:
     return entries
 
 
-def make_loop_samples() -> dict[str, dict]:
-    """Train the looped networks with ``ssc train`` and measure them with ``ssc eval``: at each
-    test size with the rule's iteration count, and with ``--iterations auto``."""
+def make_loop_samples(names: list[str], train: bool = True) -> dict[str, dict]:
+    """Train the looped networks ``names`` with ``ssc train`` (unless ``train`` is False: the
+    files are there) and measure them with ``ssc eval``: at each test size with the rule's
+    iteration count, and with ``--iterations auto``."""
     (OUT / "tasks").mkdir(exist_ok=True)
     entries = {}
-    for name, (args, task, option, size, factors) in LOOP_TRAINED.items():
-        print(f"training {name} ...", file=sys.stderr)
-        ssc(f"train {args} -o sample_checkpoints/{name}")
+    for name in names:
+        args, task, option, size, factors = LOOP_TRAINED[name]
+        if train:
+            print(f"training {name} ...", file=sys.stderr)
+            ssc(f"train {args} -o sample_checkpoints/{name}")
+        print(f"measuring {name} ...", file=sys.stderr)
         info = json.loads(ssc(f"info sample_checkpoints/{name} --json"))
-        trained = int(info["arch_kwargs"]["iterations"])
+        trained = int(info["architecture"]["kwargs"]["iterations"])
         measured = []
         for factor in factors:
             spec = f"{task}:{option}={size * factor},count={LOOP_TEST_COUNT // factor}"
@@ -149,8 +159,8 @@ def loop_readme(loops: dict[str, dict]) -> list[str]:
         "Regenerate with `python scripts/make_samples.py --loops` (minutes, CPU). Each is measured",
         "on fresh instances (`ssc eval FILE --data SPEC --iterations N`, SPEC as listed), N =",
         "round(T x size factor) for the trained count T: a rule fixed before looking at test",
-        "data; in brackets `--iterations auto --max-iterations 2N` (each instance stops when its",
-        "prediction is unchanged for 3 iterations) and the mean iterations it used.",
+        "data. The last row: `--iterations auto --max-iterations 2N` (each instance stops when",
+        "its prediction is unchanged for 3 iterations), the mean iterations used in brackets.",
         "",
     ]
     for name, m in loops.items():
@@ -190,6 +200,16 @@ def readme(manifest: dict[str, dict]) -> list[str]:
                 f"| `{name}` | {m['architecture']} | `{m['made_by']}` | {m['test_top1']:.2f} % "
                 f"| {m['bytes'] / 1e6:.2f} MB |"
             )
+    if "wrn28-1_digits.pt" in manifest:  # trained once by hand, not by this script
+        lines += [
+            "",
+            "`wrn28-1_digits.pt` is the plain network `ssc share` starts from (README, "
+            '"Post-hoc sharing"):',
+            "made with `ssc train`'s defaults (30 epochs, seed 0) in 36 s (2 shared cores of an "
+            "AMD EPYC,",
+            "torch 2.13.0 CPU build); not made by `scripts/make_samples.py`, rerun the command "
+            "above.",
+        ]
     tasks = {name: m for name, m in manifest.items() if "exact" in m}
     if tasks:
         sizes = ", ".join(f"`--data maze:size={s}`" for s in TASK_SIZES)
@@ -218,7 +238,7 @@ def readme(manifest: dict[str, dict]) -> list[str]:
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    choices = {"digits", "tasks", "authors", "loops"}
+    choices = {"digits", "tasks", "authors", "loops", "readme"}  # --readme: rewrite it only
     only = {arg.removeprefix("--") for arg in sys.argv[1:]} & choices
     listed = OUT / "manifest.json"
     old = json.loads(listed.read_text()) if listed.exists() else {}
@@ -232,7 +252,10 @@ def main() -> None:
     manifest.update(tasks)
     loops = {name: m for name, m in old.items() if "loop" in m}
     if not only or "loops" in only:
-        loops = make_loop_samples()
+        # --loops tasks/NAME.pt ...: only those; the others stay as the manifest lists them
+        named = [a for a in sys.argv[1:] if a in LOOP_TRAINED] or list(LOOP_TRAINED)
+        loops.update(make_loop_samples(named, train="--measure" not in sys.argv))
+        loops = {name: loops[name] for name in LOOP_TRAINED if name in loops}
     manifest.update(loops)
     listed.write_text(json.dumps(manifest, indent=2) + "\n")
     lines = readme(manifest)
