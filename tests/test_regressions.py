@@ -306,6 +306,7 @@ def _readme_maze_figures() -> tuple[list[str], dict[str, list[float]]]:
     """The specs the samples README says it measured, and each file's solved rates, in order."""
     text = (SAMPLES / "README.md").read_text()
     section = text[text.index("## Maze solvers") :]
+    section = section.split("\n## ", 1)[0]  # up to the next section (the looped networks)
     intro, table = section.split("\n|", 1)
     specs = re.findall(r"--data (maze:[^`\s]+)", intro)
     rows = [r.strip().strip("|").split("|") for r in ("|" + table).splitlines() if r.strip()]
