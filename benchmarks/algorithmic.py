@@ -615,7 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=os.cpu_count() or 1, help="parallel trainings (default: CPUs)"
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default benchmarks/results; --from-json: its own)"
+    )
     parser.add_argument("--keep", type=Path, help="write the trained and folded networks here")
     parser.add_argument(
         "--from-json", type=Path, help="only redraw the table and plot of an earlier run's JSON"
@@ -627,11 +629,18 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     if args.from_json is not None:
-        results = json.loads(args.from_json.read_text())
-        setup = _setup_of(results)
+        try:
+            results = json.loads(args.from_json.read_text())
+            setup = _setup_of(results)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--from-json {args.from_json}: not a run of this benchmark ({exc})")
         results["summary"] = summarize(setup, results["runs"])  # derived: redrawn from the runs
-        write(results, setup, args.from_json.parent, args.from_json.stem)
+        out = args.from_json.parent if args.out is None else args.out
+        out.mkdir(parents=True, exist_ok=True)
+        write(results, setup, out, args.from_json.stem)
         return 0
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results"
     setup = QUICK if args.quick else FULL if args.full else Setup()
     if args.seeds is not None:
         setup = replace(setup, seeds=args.seeds)

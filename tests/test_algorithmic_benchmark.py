@@ -110,3 +110,15 @@ def test_an_earlier_json_redraws_to_the_same_table(bench: Any, quick, tmp_path: 
     copy.write_text(json.dumps(results))
     bench.main(["--from-json", str(copy)])
     assert (tmp_path / "again.md").read_text() == (out / "algorithmic_quick.md").read_text()
+
+
+def test_a_redraw_writes_where_told_and_refuses_what_is_not_a_run(bench, quick, tmp_path) -> None:
+    results, out = quick
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps(results))
+    bench.main(["--from-json", str(source), "--out", str(tmp_path / "elsewhere")])
+    assert (tmp_path / "elsewhere" / "run.md").exists() and not (tmp_path / "run.md").exists()
+    for bad in (tmp_path / "missing.json", out / "algorithmic_quick.md"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--from-json", str(bad)])
+        assert exit_info.value.code == 2

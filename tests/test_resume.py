@@ -237,3 +237,32 @@ def test_an_interrupted_task_run_resumes_to_the_same_weights(
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in meta["history"]]
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in full_meta["history"]]
     assert meta["steps_to"] == full_meta["steps_to"]
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (("--data", "prefix-sums:length=8,count=60", "--arch", "rfcn", "--blocks", "3",
+          "--channels", "4", "--progressive", "0.5", "--epochs", "2"),
+         "RFCN 1x4 looped 3 times, projection block (2 classes, 1 input channel, 1-d)"),
+        (TASK_ARGS, "SFCN 2x4, K=2 (2 classes, 3 input channels)"),
+    ],
+)  # fmt: skip
+def test_a_task_networks_state_file_is_read_and_scored_like_its_checkpoint(
+    ssc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], name: str
+) -> None:
+    """The train state stores the config, not the network's arguments: ssc info and eval
+    rebuild the network from the config and the shapes, and score it as it was."""
+    out = tmp_path / "run.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 1)
+        assert ssc("train", *args, "-o", str(out), "--json").code == 130
+    partial = str(partial_path(out))
+    info = ssc("info", partial, "--json")
+    assert info.code == 0, info.err
+    assert info.json()["architecture_name"] == name
+    data = args[args.index("--data") + 1]
+    run = ssc("eval", partial, "--data", data, "--json")
+    assert run.code == 0, run.err
+    state = torch.load(partial, weights_only=True)
+    assert run.json()["exact"] == pytest.approx(state["history"][-1]["test_exact"])

@@ -274,6 +274,13 @@ def architecture_of(checkpoint: LoadedCheckpoint) -> ArchSpec:
         spec = ArchSpec(checkpoint.arch, dict(checkpoint.arch_kwargs), "stored")
         _check_estimated_size(spec, checkpoint.state_dict, where)
         return spec
+    from soft_share_cli.checkpoints.train_state import state_architecture
+
+    if (found := state_architecture(checkpoint)) is not None:  # a task network's OUTPUT.partial
+        spec = ArchSpec(*found, source="train state")
+        check_arch_kwargs(spec.arch, spec.kwargs, f"{checkpoint.path} (its train state)")
+        _check_estimated_size(spec, checkpoint.state_dict, str(checkpoint.path))
+        return spec
     spec = infer_architecture(checkpoint.state_dict)
     if checkpoint.arch is not None and checkpoint.arch != spec.arch:
         raise ArchitectureError(

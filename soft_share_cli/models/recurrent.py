@@ -196,8 +196,8 @@ def describe_fcn(arch: str, kwargs: dict) -> str:
     name = f"{arch.upper()} {kwargs.get('blocks')}x{kwargs.get('width')}"
     if arch == "rfcn":
         name = f"RFCN 1x{kwargs.get('width')} looped {kwargs.get('iterations')} times"
-        if kwargs.get("block", "residual") == "projection":
-            name += ", projection block"
+        if kwargs.get("block") in ("projection", "residual"):  # older files: residual, unnamed
+            name += f", {kwargs['block']} block"
     if arch == "sfcn":
         name += f", K={kwargs.get('num_templates')}"
     channels = kwargs.get("in_channels", 3)

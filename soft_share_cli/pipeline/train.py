@@ -104,8 +104,8 @@ def run_train(
         )
     if not task and is_task_spec(data_spec):
         raise InputError(
-            f"{config.arch} classifies whole images; {data_spec} labels every pixel: "
-            "train --arch sfcn (shared) or --arch fcn (plain) on it"
+            f"{config.arch} classifies whole images; {data_spec} labels every pixel or "
+            "position: train --arch sfcn (shared), fcn (plain) or rfcn (recurrent) on it"
         )
     train_data, test_data = training_splits(data_spec, output)
     trainer: Callable[..., Any] = tasks.train_task if task else classification.train

@@ -42,11 +42,19 @@ def inapplicable(arch: str, given: set[str]) -> str | None:
     unused = sorted(name for name in given if arch not in APPLIES_TO.get(name, (arch,)))
     if not unused:
         return None
-    flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-    takers = sorted({a for name in unused for a in APPLIES_TO[name]})
+    by_takers: dict[tuple[str, ...], list[str]] = {}
+    for name in unused:
+        by_takers.setdefault(tuple(sorted(APPLIES_TO[name])), []).append(
+            "--" + name.replace("_", "-")
+        )
+    flags = ", ".join(flag for group in by_takers.values() for flag in group)
+    only = "; ".join(
+        f"{', '.join(group) + ' only to ' if len(by_takers) > 1 else 'only to '}{', '.join(t)}"
+        for t, group in by_takers.items()
+    )
     return (
         f"{flags} {'does' if len(unused) == 1 else 'do'} not apply to --arch {arch} "
-        f"(only to {', '.join(takers)}); leave {'it' if len(unused) == 1 else 'them'} out"
+        f"({only}); leave {'it' if len(unused) == 1 else 'them'} out"
     )
 
 

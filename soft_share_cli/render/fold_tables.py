@@ -79,7 +79,9 @@ def render_fold(report: Any) -> None:
         table = Table(
             title=f"Accuracy on {d.spec} ({d.original.samples} samples)", title_justify="left"
         )
-        for name in ("network", "top-1", "top-5", "agreement"):
+        task = hasattr(d.original, "pixel_accuracy")  # a task: exact solves, not top-1
+        heads = ("solved exactly", "pixel accuracy") if task else ("top-1", "top-5")
+        for name in ("network", *heads, "agreement"):
             table.add_column(name, justify="left" if name == "network" else "right")
         networks: list[tuple[str, Any, str]] = [
             ("original", d.original, ""),
@@ -90,10 +92,13 @@ def render_fold(report: Any) -> None:
             networks.append(("folded, BN recalibrated", d.recalibrated, agreement))
         for name, result, agreement in networks:
             scores = result.summary()
-            table.add_row(name, f"{scores['top1']:.2f} %", pct(scores["top5"]) or "-", agreement)
+            second = pct(result.pixel_accuracy) if task else pct(scores["top5"]) or "-"
+            table.add_row(name, f"{scores['top1']:.2f} %", second, agreement)
         out.print(table)
         before = d.folded.headline - d.original.headline
-        if d.recalibrated is None:
+        if task:
+            out.print(f"Δ solved exactly (folded − original): {before:+.2f} points")
+        elif d.recalibrated is None:
             out.print(f"Δ top-1 (folded − original): {before:+.2f} points")
         else:  # the written network is the recalibrated one: both deltas, each labelled
             out.print(f"Δ top-1 (folded − original): {before:+.2f} points")

@@ -21,6 +21,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from soft_share_cli.checkpoints.train_state import FORMAT_NAME
 from soft_share_cli.errors import CheckpointError, InputError
 from soft_share_cli.training.fit import TrainState
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
     AnyConfig = TrainConfig | TaskTrainConfig
 
-FORMAT_NAME = "ssc-train-state"
 FORMAT_VERSION = 1
 SUFFIX = ".partial"
 #: Config fields a resumed run may change: where it runs does not change what it computes.
@@ -253,3 +253,4 @@ def train_resumably(
         ) from None
     partial.unlink(missing_ok=True)
     return result, meta, state.epoch if state is not None else 0
+
