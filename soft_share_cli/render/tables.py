@@ -366,12 +366,12 @@ def render_task_eval(report: Any) -> None:
 def render_task_train(report: Any) -> None:
     """``ssc train`` on a task: per-epoch training and test accuracy, steps, the checkpoint."""
     table = Table(title=f"Training {report.architecture}", title_justify="left")
-    for name in ("epoch", "steps", "lr", "loss", "train pixel", "train exact", "test exact"):
+    aligned = any(e.align_penalty for e in report.history)  # no regulariser: no column
+    names = ("epoch", "steps", "lr", "loss", "train pixel", "train exact", "test exact")
+    for name in (*names, *(("align",) if aligned else ()), "s"):
         table.add_column(name, justify="right")
-    table.add_column("align", justify="right")
-    table.add_column("s", justify="right")
     for e in report.history:
-        table.add_row(
+        cells = [
             str(e.epoch),
             str(e.steps),
             f"{e.lr:.5f}",
@@ -379,9 +379,8 @@ def render_task_train(report: Any) -> None:
             f"{e.train_pixel_accuracy:.2f}",
             f"{e.train_exact:.2f}",
             "-" if e.test_exact is None else f"{e.test_exact:.2f}",
-            f"{e.align_penalty:.3f}",
-            f"{e.seconds:.1f}",
-        )
+        ]
+        table.add_row(*cells, *([f"{e.align_penalty:.3f}"] if aligned else []), f"{e.seconds:.1f}")
     out.print(table)
     reached = report.steps_to.get("train_exact_95")
     out.print(
