@@ -184,3 +184,12 @@ def test_progressive_gradients_reach_the_projection_block_in_the_last_k_only() -
     assert calls == {False: 4, True: 2}
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_unknown_arguments_of_a_task_network_are_refused_before_building() -> None:
+    for arch, kwargs in (("rfcn", {"iterations": 2, "width": 3, "foo": 1}),
+                         ("sfcn", {"blocks": 2, "block": "projection"}),
+                         ("fcn", {"blocks": 1, "num_templates": 2})):  # fmt: skip
+        with pytest.raises(Exception, match="unknown argument"):
+            check_arch_kwargs(arch, kwargs)
+    check_arch_kwargs("rfcn", {"iterations": 2, "width": 3, "block": "residual", "dims": 1})

@@ -181,9 +181,8 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the ch
     """Raise :class:`ArchitectureError` unless ``kwargs`` are sane for ssc's ``arch``.
 
     Every size must be a plain int (not a bool, float, NaN or string) within its limit in
-    :mod:`soft_share_cli.limits`, and ``recall`` a bool; architectures registered by users are
-    not checked here (their shapes are, before their weights are loaded).
-    """
+    :mod:`soft_share_cli.limits`, ``recall`` a bool, a task network's arguments all known; users'
+    architectures are not checked here (their shapes are, before their weights are loaded)."""
     from soft_share_cli import limits
     from soft_share_cli.errors import CheckpointError
 
@@ -202,6 +201,9 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the ch
             raise ValueError(f"dims should be 1 or 2, got {kwargs['dims']!r}")
         if "block" in kwargs and kwargs["block"] not in ("residual", "projection"):
             raise ValueError(f"block should be residual or projection, got {kwargs['block']!r}")
+        known = {*bounds, "recall", "dims", *(("block",) if arch == "rfcn" else ())}
+        if arch in ("sfcn", "fcn", "rfcn") and (extra := sorted(set(kwargs) - known)):
+            raise ValueError(f"unknown argument(s) {', '.join(map(repr, extra[:4]))}")
     except (ValueError, CheckpointError) as exc:
         raise ArchitectureError(f"{where}: its stored {arch} arguments: {exc}") from None
 
