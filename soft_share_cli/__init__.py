@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_folded": "soft_share_cli.folding.kinds",
     "FCN": "soft_share_cli.models.recurrent",
     "SFCN": "soft_share_cli.models.recurrent",
+    "RecurrentFCN": "soft_share_cli.models.recurrent_net",
     "load_looped": "soft_share_cli.folding.looped",
     "SharedConv2d": "soft_share_cli.models.layers",
     "fit_templates": "soft_share_cli.sharing.svd",
