@@ -265,13 +265,9 @@ def measure_loop(path: Path, task: TaskBench, specs: list[str], device: str) -> 
     from soft_share_cli.data.loaders import load_data
     from soft_share_cli.evaluation.iterations import AutoOptions, evaluate_auto
     from soft_share_cli.evaluation.tasks import iteration_sweep
-    from soft_share_cli.folding.looped import load_looped
-    from soft_share_cli.models.builder import rebuild_model
+    from soft_share_cli.pipeline.network import open_network
 
-    if path.suffix == ".safetensors":
-        model: Any = load_looped(path)
-    else:
-        model = rebuild_model(load_checkpoint(path))[0].eval()
+    model, _, _ = open_network(load_checkpoint(path), path, None)  # as ssc eval opens it
     trained = int(model.trained_iterations)
     rule = task.rule(trained)
     out: dict[str, Any] = {

@@ -193,3 +193,54 @@ def test_unknown_arguments_of_a_task_network_are_refused_before_building() -> No
         with pytest.raises(Exception, match="unknown argument"):
             check_arch_kwargs(arch, kwargs)
     check_arch_kwargs("rfcn", {"iterations": 2, "width": 3, "block": "residual", "dims": 1})
+
+
+@pytest.mark.parametrize("dims", [3, 0, True, "1", 1.0, None])
+def test_a_looped_program_with_a_bad_dims_is_refused(dims: object) -> None:
+    from soft_share_cli.folding.looped import LoopedFCN, check_program
+
+    model = _parallel_1d_sfcn()
+    (result,), _, _, _ = analyze_state_dict(model.state_dict(), AnalysisOptions(threshold=0.99))
+    program = fold_sfcn(model, result.fold).program()
+    check_program(program)
+    program["dims"] = dims
+    with pytest.raises(ValueError, match="dims"):
+        LoopedFCN(program)
+
+
+def _hostile_state(tmp_path, config: dict, stem_shape=(4, 1, 3)) -> str:
+    """An ``OUTPUT.partial``-like file: ssc's train-state layout with a config of our choosing."""
+    path = tmp_path / "run.pt.partial"
+    model = {"stem.weight": torch.zeros(stem_shape), "head.classifier.weight": torch.zeros(2, 4, 1)}
+    torch.save({"format": "ssc-train-state", "format_version": 1, "model": model,
+                "config": config}, path)  # fmt: skip
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "config, says",
+    [
+        ({"arch": "rfcn", "blocks": 10**9, "width": 4}, "MAX_ITERATIONS"),
+        ({"arch": "sfcn", "blocks": 2, "width": "4", "num_templates": 2}, "width"),
+        ({"arch": "fcn", "blocks": True, "width": 4}, "blocks"),
+        ({"arch": "rfcn", "blocks": 2, "width": 4, "block": ["projection"]}, "block"),
+        ({"arch": "rfcn", "blocks": 2, "width": 4, "recall": "yes"}, "recall"),
+        ({"arch": "sfcn", "blocks": 2, "width": 4}, "num_templates"),
+        ({"arch": "fcn", "blocks": 2, "width": 10**7}, "MAX_CHANNELS"),
+    ],
+)
+def test_a_hostile_train_state_is_refused_in_one_line(ssc, tmp_path, config, says) -> None:
+    path = _hostile_state(tmp_path, config)
+    for command in (("info", path), ("eval", path, "--data", "prefix-sums:length=8,count=4")):
+        run = ssc(*command)
+        text = run.err if command[0] == "eval" else run.out + run.err
+        assert "Traceback" not in text and says in text, (command, text)
+        if command[0] == "eval":
+            assert run.code == 2 and run.err.count("\n") == 1, run.err
+
+
+def test_a_train_state_that_is_no_task_network_is_read_as_a_state_dict(ssc, tmp_path) -> None:
+    for config, shape in (({"arch": ["rfcn"]}, (4, 1, 3)), ({"arch": "rfcn"}, (4, 1, 3, 3, 3))):
+        path = _hostile_state(tmp_path, config, shape)
+        run = ssc("eval", path, "--data", "prefix-sums:length=8,count=4")
+        assert run.code == 2 and "Traceback" not in run.err and run.err.count("\n") == 1, run.err

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from soft_share_cli.cli import common as opts
+from soft_share_cli.models.names import RFCN_BLOCKS
 from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicable, train_config
 
 
@@ -51,7 +52,7 @@ from soft_share_cli.pipeline.train_options import ARCHS, DEFAULT_LR, inapplicabl
 )
 @opts.choice_option(
     "--block",
-    ["projection", "residual"],
+    RFCN_BLOCKS[::-1],  # projection first: the default
     "projection",
     "rfcn only: the looped block. projection: a conv of [state, recall] then two residual "
     "blocks (Bansal et al.; holds its answer when run longer); residual: the fcn's block.",

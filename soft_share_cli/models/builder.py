@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from soft_share_cli.errors import ArchitectureError, CheckpointError, InputError
+from soft_share_cli.models.names import RFCN_BLOCKS
 
 if TYPE_CHECKING:  # torch is imported by what builds networks; inference needs only shapes
     from torch import Tensor, nn
@@ -197,11 +198,10 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "the ch
                 )
         if "recall" in kwargs and type(kwargs["recall"]) is not bool:
             raise ValueError(f"recall should be true or false, got {kwargs['recall']!r}")
-        if "dims" in kwargs and (type(kwargs["dims"]) is not int or kwargs["dims"] not in (1, 2)):
-            raise ValueError(f"dims should be 1 or 2, got {kwargs['dims']!r}")
-        if "block" in kwargs and kwargs["block"] not in ("residual", "projection"):
-            raise ValueError(f"block should be residual or projection, got {kwargs['block']!r}")
-        known = {*bounds, "recall", "dims", *(("block",) if arch == "rfcn" else ())}
+        for key, ok in (("dims", (1, 2)), ("block", RFCN_BLOCKS)):  # a bool is no dims
+            if key in kwargs and (type(kwargs[key]) not in (int, str) or kwargs[key] not in ok):
+                raise ValueError(f"{key} should be one of {ok}, got {kwargs[key]!r}")
+        known = {*bounds, "recall", "dims", *(["block"] * (arch == "rfcn"))}
         if arch in ("sfcn", "fcn", "rfcn") and (extra := sorted(set(kwargs) - known)):
             raise ValueError(f"unknown argument(s) {', '.join(map(repr, extra[:4]))}")
     except (ValueError, CheckpointError) as exc:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from soft_share_cli.models.layers import CONVS, SConv2d, TemplateBank
+from soft_share_cli.models.names import RFCN_BLOCKS
 
 
 def init_conv_(weight: Tensor) -> None:
@@ -196,7 +197,7 @@ def describe_fcn(arch: str, kwargs: dict) -> str:
     name = f"{arch.upper()} {kwargs.get('blocks')}x{kwargs.get('width')}"
     if arch == "rfcn":
         name = f"RFCN 1x{kwargs.get('width')} looped {kwargs.get('iterations')} times"
-        if kwargs.get("block") in ("projection", "residual"):  # older files: residual, unnamed
+        if kwargs.get("block") in RFCN_BLOCKS:  # older files: residual, unnamed
             name += f", {kwargs['block']} block"
     if arch == "sfcn":
         name += f", K={kwargs.get('num_templates')}"

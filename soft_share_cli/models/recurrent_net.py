@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from soft_share_cli.models.layers import CONVS
+from soft_share_cli.models.names import RFCN_BLOCKS
 from soft_share_cli.models.recurrent import (
     Head,
     ResidualBlock,
@@ -50,7 +51,7 @@ from soft_share_cli.models.recurrent import (
 State = tuple[Tensor, ...]  # (h, e) with recall, (h,) without: the batch is the first dimension
 
 
-BLOCKS = ("residual", "projection")
+BLOCKS = RFCN_BLOCKS
 
 
 class ProjectionBlock(nn.Module):

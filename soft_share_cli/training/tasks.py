@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from soft_share_cli.data.loaders import Dataset
 from soft_share_cli.errors import DataError, InputError
-from soft_share_cli.models.names import TASK_NETWORKS
+from soft_share_cli.models.names import RFCN_BLOCKS, TASK_NETWORKS
 from soft_share_cli.training import fit, progressive
 from soft_share_cli.training.regularizers import AlignMode
 
@@ -144,7 +144,7 @@ def _check(config: TaskTrainConfig, train_data: Dataset) -> None:
             f"supervise must lie in [1, blocks = {config.blocks}], got {config.supervise}",
         ),
     ]
-    if config.block not in ("residual", "projection"):
+    if config.block not in RFCN_BLOCKS:
         problems.append((True, f"block must be residual or projection, got {config.block!r}"))
     for bad, message in problems:
         if bad:
